@@ -1,0 +1,367 @@
+"""Typed configuration: one nested dataclass tree, loaded from YAML, overridden by --set.
+
+Every stage reads its section of `R1VConfig`. Defaults are the paper's
+hyper-parameters (Skywork R1V, sections 2.1-2.3 and 3); `configs/demo/` shrinks
+them for a 2-core CPU run. Loading is strict: an unknown key, a wrong type or a
+missing required value fails at load time, naming the key and the closest
+valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass
+class ProjectorConfig:
+    # InternVL-style projector: pixel shuffle by `downsample_ratio`, then
+    # LayerNorm + Linear + GELU + Linear into the LLM's hidden size.
+    downsample_ratio: float = 0.5
+    hidden_act: str = "gelu"
+
+
+@dataclass
+class TinyModelConfig:
+    """Sizes of the locally built tiny models (tests and the demo)."""
+
+    image_size: int = 64
+    patch_size: int = 16
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 2
+    text_hidden: int = 128
+    text_layers: int = 2
+    text_heads: int = 4  # head_dim 32: vLLM CPU needs head_dim >= 32
+    text_kv_heads: int = 2
+    text_intermediate: int = 256
+    vocab_size: int = 640
+    max_position_embeddings: int = 2048
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    # "tiny" builds models locally; otherwise HF paths (local dirs or URIs).
+    source: Literal["tiny", "pretrained"] = "tiny"
+    vision_path: str | None = None  # e.g. OpenGVLab/InternViT-6B-448px-V2_5 (local copy)
+    llm_path: str | None = None  # reasoning LLM, e.g. DeepSeek-R1-Distill-Qwen-32B
+    substitute_llm_path: str | None = None  # e.g. Qwen2.5-32B-Instruct
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    # Parameter-name prefixes that train; aliases: vision, projector, llm, lm_head.
+    trainable_prefixes: list[str] = field(default_factory=lambda: ["projector"])
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class SyntheticDataConfig:
+    n_train: int = 2000
+    n_test: int = 200
+    seed: int = 0
+    image_size: int = 64
+    tasks: list[str] = field(
+        default_factory=lambda: ["count_color", "tallest_bar", "missing_angle", "sum_digits"]
+    )
+
+
+@dataclass
+class DataConfig:
+    # "synthetic" generates the image-reasoning task; otherwise canonical Parquet paths.
+    source: Literal["synthetic", "parquet"] = "synthetic"
+    train_path: str | None = None
+    test_path: str | None = None
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    max_image_bytes: int = 20 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------- engines
+
+
+@dataclass
+class RolloutConfig:
+    backend: Literal["vllm", "hf"] = "vllm"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tensor_parallel_size: int = 1
+    num_workers: int = 1
+    num_cpus_per_worker: float = 1.0
+    num_gpus_per_worker: float = 1.0
+    max_model_len: int = 16384
+    gpu_memory_utilization: float = 0.85
+    cpu_kvcache_gib: int = 2
+    seed: int = 0
+
+
+@dataclass
+class JudgeConfig:
+    kind: Literal["offline", "openai"] = "openai"
+    base_url: str | None = None  # None: the openai client's default
+    model: str = "gpt-4o"
+    api_key_env: str = "OPENAI_API_KEY"  # the key itself never enters a config
+    max_concurrency: int = 32
+    requests_per_second: float = 10.0
+    max_retries: int = 6
+    timeout_s: float = 60.0
+    cache_dir: str | None = None
+    usd_per_1k_input_tokens: float = 0.0025
+    usd_per_1k_output_tokens: float = 0.01
+
+
+# --------------------------------------------------------------------------- stages
+
+
+@dataclass
+class DistillConfig:
+    # DRLC, paper eq. (1): P = min(2, exp(alpha * (1 - (Sv + b St + g SI) / (1 + b + g))))
+    alpha: float = 0.7
+    beta: float = 1.0
+    gamma: float = 1.0
+    max_tokens: int = 8192
+    temperature: float = 0.0
+
+
+@dataclass
+class SFTStageConfig:
+    name: str = "full"
+    learning_rate: float = 2e-4
+    epochs: int = 1
+    # Subset selection: rows whose `score_column` >= `min_score`, or whose source is listed.
+    score_column: str | None = None
+    min_score: float | None = None
+    sources: list[str] | None = None
+
+
+@dataclass
+class SFTConfig:
+    global_batch_size: int = 512
+    micro_batch_size: int = 1
+    max_length: int = 16384
+    weight_decay: float = 0.05
+    warmup_ratio: float = 0.03
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    zero_stage: int = 2
+    num_workers: int = 8
+    use_gpu: bool = True
+    packing: bool = True
+    checkpoint_every_steps: int = 100
+    log_every_steps: int = 10
+    seed: int = 0
+    # Paper 2.1: full set at 2e-4, curated subset at 4e-5, CoT subset at 4e-5.
+    mlp_init_stages: list[SFTStageConfig] = field(
+        default_factory=lambda: [
+            SFTStageConfig(name="full", learning_rate=2e-4),
+            SFTStageConfig(name="curated", learning_rate=4e-5, score_column="rm_score", min_score=4),
+            SFTStageConfig(name="cot", learning_rate=4e-5, score_column="rm_score", min_score=5),
+        ]
+    )
+    # Paper 2.2: T = 4 iterations, tau_t = 2, 3, 4, 5; lr 1e-4 at t = 1, 2e-5 after.
+    iterations: int = 4
+    taus: list[int] = field(default_factory=lambda: [2, 3, 4, 5])
+    iteration_lrs: list[float] = field(default_factory=lambda: [1e-4, 2e-5, 2e-5, 2e-5])
+
+
+@dataclass
+class GRPOConfig:
+    learning_rate: float = 1e-6
+    group_size: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_completion_tokens: int = 8192
+    prompts_per_step: int = 32
+    steps: int = 200
+    tau: int = 5
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None
+    kl_coef: float = 0.0
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    scale_by_std: bool = True
+    drop_zero_variance_groups: bool = True
+    inner_epochs: int = 1
+    accuracy_weight: float = 1.0
+    format_weight: float = 0.5
+    reward_functions: list[str] = field(default_factory=list)  # "module:function"
+    checkpoint_every_steps: int = 50
+    zero_stage: int = 3
+    colocate: bool = False
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    runs: int = 5  # Pass@1 averaged over k independent runs (paper section 3)
+    max_tokens: int = 65536
+    temperature: float = 0.6
+    top_p: float = 0.95
+    split: str = "test"
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token_env: str = "R1V_SERVE_TOKEN"
+    allow_remote_images: bool = False
+    max_image_bytes: int = 10 * 1024 * 1024
+
+
+@dataclass
+class R1VConfig:
+    run_dir: str = "runs/default"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _closest(key: str, valid: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; the only conversion is int -> float."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}{_closest(str(value), map(str, args))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, prefix=key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {k: _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported annotation {tp!r}")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a plain mapping, strictly."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{full}'{_closest(str(key), fields)}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            full = f"{prefix}.{name}" if prefix else name
+            raise ConfigError(f"missing required config key '{full}'")
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _set_path(tree: dict, dotted: str, value: Any, cls: type) -> None:
+    """Apply one `a.b.c=value` override, validating every path segment."""
+    parts = dotted.split(".")
+    node, node_cls, walked = tree, cls, []
+    for i, part in enumerate(parts):
+        walked.append(part)
+        names = [f.name for f in dataclasses.fields(node_cls)] if dataclasses.is_dataclass(node_cls) else None
+        if names is not None and part not in names:
+            raise ConfigError(f"unknown config key '{'.'.join(walked)}'{_closest(part, names)}")
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        child_cls = typing.get_type_hints(node_cls)[part] if names is not None else None
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"'{'.'.join(walked)}' is a value, not a section")
+        node_cls = child_cls
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key.path=value")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (), cls: type = R1VConfig) -> Any:
+    """Load YAML (or only defaults when `path` is None), apply `key=value` overrides, validate."""
+    tree: dict = {}
+    if path is not None:
+        text = Path(path).read_text()
+        tree = yaml.safe_load(text) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_path(tree, key, value, cls)
+    return from_dict(cls, tree)
+
+
+def dump_config(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
