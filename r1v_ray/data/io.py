@@ -1,0 +1,133 @@
+"""Read and write canonical datasets on local paths and pyarrow/fsspec URIs.
+
+A dataset is a folder of Parquet files (`part-00000.parquet`, ...), the same
+layout Ray Data's `write_parquet` produces, so stages can hand datasets to
+`ray.data.read_parquet` unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local path, a pyarrow URI (s3://, gs://, hdfs://) or any fsspec URI."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(uri)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve_fs(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def makedirs(uri: str) -> None:
+    fs, path = resolve_fs(uri)
+    fs.create_dir(path, recursive=True)
+
+
+def write_text(uri: str, text: str) -> None:
+    fs, path = resolve_fs(uri)
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.create_dir(parent, recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def read_text(uri: str) -> str:
+    fs, path = resolve_fs(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+class ParquetSink:
+    """Streaming dataset writer: buffers at most `rows_per_file` rows, then writes a part file."""
+
+    def __init__(self, uri: str, schema: pa.Schema | None = None, rows_per_file: int = 4096):
+        self.fs, self.path = resolve_fs(uri)
+        self.fs.create_dir(self.path, recursive=True)
+        self.schema = schema
+        self.rows_per_file = rows_per_file
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
+        self._part = 0
+        self.rows_written = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        self._buffer.append(table)
+        self._buffered += table.num_rows
+        if self._buffered >= self.rows_per_file:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        table = pa.concat_tables(self._buffer, promote_options="default")
+        pq.write_table(table, f"{self.path}/part-{self._part:05d}.parquet", filesystem=self.fs)
+        self.rows_written += table.num_rows
+        self._part += 1
+        self._buffer, self._buffered = [], 0
+
+    def close(self) -> int:
+        self.flush()
+        if self._part == 0 and self.schema is not None:  # an empty dataset still has a schema
+            pq.write_table(self.schema.empty_table(), f"{self.path}/part-00000.parquet", filesystem=self.fs)
+        return self.rows_written
+
+    def __enter__(self) -> "ParquetSink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_parquet(table: pa.Table, uri: str, rows_per_file: int = 4096) -> int:
+    with ParquetSink(uri, rows_per_file=rows_per_file) as sink:
+        sink.write(table)
+    return sink.rows_written
+
+
+def _dataset(uri: str) -> pads.Dataset:
+    fs, path = resolve_fs(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no dataset at {uri}")
+    return pads.dataset(path, format="parquet", filesystem=fs)
+
+
+def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+    return _dataset(uri).to_table(columns=columns)
+
+
+def iter_batches(uri: str, batch_size: int = 1024, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Stream a dataset batch by batch without loading it whole."""
+    yield from _dataset(uri).to_batches(batch_size=batch_size, columns=columns)
+
+
+def count_rows(uri: str) -> int:
+    return _dataset(uri).count_rows()
+
+
+def iter_rows(uri: str, batch_size: int = 1024, columns: list[str] | None = None) -> Iterable[dict]:
+    for batch in iter_batches(uri, batch_size, columns):
+        yield from batch.to_pylist()

@@ -1,0 +1,146 @@
+"""Row validation: every row ends either canonical or in `rejected` with its reason."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from r1v_ray.rewards import OPTION_LETTERS, normalize_text
+
+
+class RowError(ValueError):
+    """Why a row cannot be used."""
+
+
+def _text(row: dict, key: str, required: bool = True) -> str | None:
+    value = row.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise RowError(f"missing {key}")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise RowError(f"wrong type for {key}: {type(value).__name__} (expected a string)")
+    return str(value).strip()
+
+
+def check_image(data, max_bytes: int) -> bytes:
+    if data is None:
+        raise RowError("missing image")
+    if not isinstance(data, (bytes, bytearray)):
+        raise RowError(f"wrong type for image: {type(data).__name__} (expected encoded bytes)")
+    if len(data) == 0:
+        raise RowError("empty image")
+    if len(data) > max_bytes:
+        raise RowError(f"image too large: {len(data)} bytes > {max_bytes}")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()  # decodes the pixels, catching truncated files that verify() passes
+            if img.width < 1 or img.height < 1:
+                raise RowError("image has no pixels")
+    except RowError:
+        raise
+    except Exception as exc:
+        raise RowError(f"undecodable image: {type(exc).__name__}: {exc}") from None
+    return bytes(data)
+
+
+def _choices(value) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)):
+        raise RowError(f"wrong type for choices: {type(value).__name__} (expected a list or null)")
+    if len(value) == 0:
+        return None
+    if len(value) > len(OPTION_LETTERS):
+        raise RowError(f"too many choices: {len(value)}")
+    out = []
+    for c in value:
+        if isinstance(c, bool) or not isinstance(c, (str, int, float)):
+            raise RowError(f"wrong type for a choice: {type(c).__name__}")
+        out.append(str(c))
+    return out
+
+
+def _answer_letter(answer: str, choices: list[str]) -> str:
+    """Multiple-choice answers are stored as option letters; option text is mapped to its letter."""
+    a = answer.strip().strip("()").strip()
+    if len(a) == 1 and a.upper() in OPTION_LETTERS[: len(choices)]:
+        return a.upper()
+    for i, c in enumerate(choices):
+        if normalize_text(answer) == normalize_text(c):
+            return OPTION_LETTERS[i]
+    raise RowError(f"answer {answer!r} is neither an option letter nor one of the choices")
+
+
+def _summary(row: dict) -> str:
+    """The row as JSON for the rejected set; binary values as their length."""
+
+    def enc(v):
+        if isinstance(v, (bytes, bytearray)):
+            return f"<{len(v)} bytes>"
+        if isinstance(v, (list, tuple)):
+            return [enc(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): enc(x) for k, x in v.items()}
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            return v
+        return repr(v)
+
+    return json.dumps(enc(row), ensure_ascii=False)
+
+
+@dataclass
+class RowValidator:
+    """Stateful validator for one dataset (it remembers ids to reject duplicates)."""
+
+    stage: str
+    max_image_bytes: int = 20 * 1024 * 1024
+    seen_ids: set = field(default_factory=set)
+    counts: Counter = field(default_factory=Counter)
+
+    def check(self, row: dict) -> dict:
+        """The canonical row, or RowError with the reason."""
+        rid = _text(row, "id")
+        if rid in self.seen_ids:
+            raise RowError(f"duplicate id {rid!r}")
+        question = _text(row, "question")
+        answer = _text(row, "answer")
+        choices = _choices(row.get("choices"))
+        if choices:
+            answer = _answer_letter(answer, choices)
+        image = check_image(row.get("image"), self.max_image_bytes)
+        clean = {k: v for k, v in row.items()}
+        clean.update(
+            id=rid, question=question, answer=answer, choices=choices, image=image,
+            source=_text(row, "source", required=False) or "unknown",
+            category=_text(row, "category", required=False),
+            rationale=_text(row, "rationale", required=False),
+        )
+        self.seen_ids.add(rid)
+        return clean
+
+    def split(self, rows: list[dict]) -> tuple[list[dict], list[dict]]:
+        """(canonical rows, rejected rows) — together they account for every input row."""
+        good, bad = [], []
+        for row in rows:
+            try:
+                good.append(self.check(row))
+                self.counts["output"] += 1
+            except RowError as exc:
+                bad.append(self.reject(row, str(exc)))
+        return good, bad
+
+    def reject(self, row: dict, reason: str) -> dict:
+        self.counts["rejected"] += 1
+        self.counts[f"rejected: {reason.split(':')[0]}"] += 1
+        rid = row.get("id")
+        image = row.get("image")
+        return {
+            "id": None if rid is None else str(rid), "stage": self.stage, "reason": reason,
+            "row": _summary({k: v for k, v in row.items() if k != "image"}),
+            "image": bytes(image) if isinstance(image, (bytes, bytearray)) else None,
+        }

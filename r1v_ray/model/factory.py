@@ -1,0 +1,120 @@
+"""Model parts: load real ones from paths, or build tiny ones here (tests and the demo).
+
+Tiny parts are written to disk as ordinary HF checkpoints and then loaded by
+the same `load_*` functions real checkpoints go through: there is one path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    InternVLForConditionalGeneration,
+    InternVLVisionConfig,
+    InternVLVisionModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from r1v_ray.config import ModelConfig, TinyModelConfig
+from r1v_ray.data.synthetic import corpus
+from r1v_ray.model.tokenizer import train_bpe_tokenizer
+
+
+def _round_up(n: int, multiple: int = 64) -> int:
+    return (n + multiple - 1) // multiple * multiple
+
+
+def tiny_vision_config(t: TinyModelConfig) -> InternVLVisionConfig:
+    return InternVLVisionConfig(
+        hidden_size=t.vision_hidden, num_hidden_layers=t.vision_layers, num_attention_heads=t.vision_heads,
+        intermediate_size=2 * t.vision_hidden, image_size=t.image_size, patch_size=t.patch_size,
+    )
+
+
+def tiny_text_config(t: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> Qwen2Config:
+    if t.text_hidden // t.text_heads < 32:
+        raise ValueError(
+            f"model.tiny: head_dim = text_hidden/text_heads = {t.text_hidden // t.text_heads}; vLLM on CPU needs >= 32"
+        )
+    return Qwen2Config(
+        vocab_size=_round_up(len(tokenizer)), hidden_size=t.text_hidden, intermediate_size=t.text_intermediate,
+        num_hidden_layers=t.text_layers, num_attention_heads=t.text_heads, num_key_value_heads=t.text_kv_heads,
+        max_position_embeddings=t.max_position_embeddings, tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+    )
+
+
+def _tiny_llm(t: TinyModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(tiny_text_config(t, tokenizer))
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()
+
+
+@dataclass
+class PartPaths:
+    vision: str
+    substitute_llm: str
+    reasoning_llm: str
+
+
+def write_tiny_parts(t: TinyModelConfig, out_dir: str) -> PartPaths:
+    """Build and save a tiny vision encoder and two tiny Qwen2 LLMs of one architecture.
+
+    The substitute LLM's tokenizer has the image tokens; the reasoning LLM's
+    tokenizer is trained on other text, with another vocabulary and without
+    image tokens, as a real reasoning LLM's would be: re-assembly must add them.
+    """
+    paths = PartPaths(*(os.path.join(out_dir, n) for n in ("vision", "substitute_llm", "reasoning_llm")))
+    torch.manual_seed(t.seed)
+    vision = InternVLVisionModel(tiny_vision_config(t)).eval()
+    vision.save_pretrained(paths.vision, safe_serialization=True)
+
+    sub_tok = train_bpe_tokenizer(corpus(400, seed=t.seed), t.vocab_size, with_image_tokens=True)
+    _tiny_llm(t, sub_tok, seed=t.seed + 1).save_pretrained(paths.substitute_llm, safe_serialization=True)
+    sub_tok.save_pretrained(paths.substitute_llm)
+
+    reason_tok = train_bpe_tokenizer(corpus(300, seed=t.seed + 7), t.vocab_size - 64, with_image_tokens=False)
+    _tiny_llm(t, reason_tok, seed=t.seed + 2).save_pretrained(paths.reasoning_llm, safe_serialization=True)
+    reason_tok.save_pretrained(paths.reasoning_llm)
+    return paths
+
+
+def part_paths(cfg: ModelConfig, work_dir: str) -> PartPaths:
+    """Where the parts are: built under `work_dir` for source=tiny (once), else the configured paths."""
+    if cfg.source == "tiny":
+        out = os.path.join(work_dir, "tiny_parts")
+        paths = PartPaths(*(os.path.join(out, n) for n in ("vision", "substitute_llm", "reasoning_llm")))
+        if not all(os.path.exists(os.path.join(p, "config.json")) for p in vars(paths).values()):
+            paths = write_tiny_parts(cfg.tiny, out)
+        return paths
+    missing = [k for k in ("vision_path", "llm_path", "substitute_llm_path") if getattr(cfg, k) is None]
+    if missing:
+        raise ValueError(f"model.source=pretrained needs {', '.join('model.' + m for m in missing)}")
+    return PartPaths(cfg.vision_path, cfg.substitute_llm_path, cfg.llm_path)
+
+
+def load_vision(path: str, dtype: torch.dtype = torch.float32) -> InternVLVisionModel:
+    """An InternViT in HF layout: a bare vision model, or the vision tower of an HF InternVL checkpoint."""
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type == "internvl":
+        full = InternVLForConditionalGeneration.from_pretrained(path, dtype=dtype, use_safetensors=True)
+        return full.model.vision_tower.eval()
+    if config.model_type != "internvl_vision":
+        raise ValueError(f"{path}: model_type {config.model_type!r} is not an InternVL vision encoder")
+    return AutoModel.from_pretrained(path, dtype=dtype, use_safetensors=True).eval()
+
+
+def load_llm(path: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+    return model.eval(), AutoTokenizer.from_pretrained(path)
