@@ -1,0 +1,78 @@
+import pytest
+
+from r1v_ray.config import ConfigError, R1VConfig, dump_config, load_config
+
+
+def test_defaults_are_the_papers():
+    cfg = load_config()
+    assert isinstance(cfg, R1VConfig)
+    assert cfg.sft.weight_decay == 0.05 and cfg.sft.warmup_ratio == 0.03
+    assert [s.learning_rate for s in cfg.sft.mlp_init_stages] == [2e-4, 4e-5, 4e-5]
+    assert cfg.sft.taus == [2, 3, 4, 5] and cfg.sft.iterations == 4
+    assert cfg.grpo.learning_rate == 1e-6 and cfg.grpo.group_size == 8 and cfg.grpo.temperature == 1.0
+    assert cfg.grpo.tau == 5 and cfg.eval.runs == 5 and cfg.eval.max_tokens == 65536
+    assert cfg.model.trainable_prefixes == ["projector"]
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("run_dir: /tmp/x\nsft:\n  global_batch_size: 16\n  taus: [2, 3]\nmodel:\n  tiny:\n    text_hidden: 256\n")
+    cfg = load_config(path, ["sft.global_batch_size=8", "grpo.clip_eps_high=0.28", "model.dtype=float32", "judge.base_url=null"])
+    assert cfg.run_dir == "/tmp/x"
+    assert cfg.sft.global_batch_size == 8 and cfg.sft.taus == [2, 3]
+    assert cfg.model.tiny.text_hidden == 256
+    assert cfg.grpo.clip_eps_high == 0.28
+    assert cfg.judge.base_url is None
+    # Round trip through YAML gives the same config.
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_config(cfg))
+    assert load_config(again) == cfg
+
+
+def test_int_accepted_for_float():
+    assert load_config(None, ["grpo.learning_rate=1"]).grpo.learning_rate == 1.0
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("sft.global_batchsize=4", "did you mean 'global_batch_size'"),
+        ("sfft.zero_stage=1", "did you mean 'sft'"),
+        ("sft.zero_stage=two", "sft.zero_stage: expected an integer"),
+        ("grpo.learning_rate=fast", "grpo.learning_rate: expected a number"),
+        ("model.dtype=fp32", "expected one of"),
+        ("sft.packing=3", "expected true or false"),
+        ("sft.taus=[2, x]", "sft.taus[1]"),
+        ("rollout.backend=vlm", "did you mean 'vllm'"),
+    ],
+)
+def test_bad_values_name_key_and_fix(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert needle in str(err.value)
+
+
+def test_unknown_nested_key_in_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("sft:\n  mlp_init_stages:\n    - name: full\n      learnig_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"sft.mlp_init_stages\[0\].learnig_rate.*learning_rate"):
+        load_config(path)
+
+
+def test_missing_required_value():
+    from dataclasses import dataclass
+
+    from r1v_ray.config import from_dict
+
+    @dataclass
+    class Needs:
+        path: str
+        n: int = 1
+
+    with pytest.raises(ConfigError, match="missing required config key 'outer.path'"):
+        from_dict(Needs, {"n": 2}, prefix="outer")
+
+
+def test_override_syntax():
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(None, ["sft.zero_stage"])

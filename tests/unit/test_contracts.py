@@ -1,0 +1,50 @@
+"""The DRLC penalty and GRPO group advantages (Public contracts in DESIGN.md)."""
+
+import math
+
+import pytest
+import torch
+
+from r1v_ray.distill import repetition_penalty
+from r1v_ray.grpo import group_advantages
+
+
+def test_penalty_formula():
+    # Paper eq. (1) by hand.
+    p = repetition_penalty(0.5, 0.2, 0.8, alpha=0.7, beta=1.0, gamma=2.0)
+    assert p == pytest.approx(math.exp(0.7 * (1 - (0.5 + 0.2 + 1.6) / 4.0)))
+    assert repetition_penalty(1, 1, 1, 0.7, 1, 1) == pytest.approx(1.0)
+    assert repetition_penalty(0, 0, 0, 0.5, 1, 1) == pytest.approx(math.exp(0.5))
+
+
+def test_penalty_capped_at_two():
+    assert repetition_penalty(0, 0, 0, alpha=5.0, beta=1, gamma=1) == 2.0
+
+
+def test_penalty_monotone_in_scores():
+    lo = repetition_penalty(0.1, 0.1, 0.1, 0.7, 1, 1)
+    hi = repetition_penalty(0.9, 0.9, 0.9, 0.7, 1, 1)
+    assert lo > hi >= 1.0
+
+
+@pytest.mark.parametrize("bad", [-0.01, 1.01, float("nan")])
+def test_penalty_rejects_unnormalized(bad):
+    with pytest.raises(ValueError, match="s_t"):
+        repetition_penalty(0.5, bad, 0.5, 0.7, 1, 1)
+
+
+def test_group_advantages_match_definition():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5, 3.0, 1.0, 2.0, 0.0])
+    adv = group_advantages(r, group_size=4)
+    for g in range(3):
+        grp = r[4 * g : 4 * g + 4]
+        expected = (grp - grp.mean()) / (grp.std() + 1e-6)
+        assert torch.allclose(adv[4 * g : 4 * g + 4], expected)
+    assert torch.equal(adv[4:8], torch.zeros(4))  # zero-variance group
+
+
+def test_group_advantages_unscaled_and_errors():
+    r = torch.tensor([1.0, 3.0, 2.0, 2.0])
+    assert torch.allclose(group_advantages(r, 2, scale_by_std=False), torch.tensor([-1.0, 1.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        group_advantages(torch.ones(5), 2)
