@@ -66,6 +66,7 @@ class ModelConfig:
     # Parameter-name prefixes that train; aliases: vision, projector, llm, lm_head.
     trainable_prefixes: list[str] = field(default_factory=lambda: ["projector"])
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    max_image_tiles: int = 12  # InternVL dynamic resolution: at most this many tiles per image
 
 
 # --------------------------------------------------------------------------- data

@@ -76,3 +76,16 @@ def test_missing_required_value():
 def test_override_syntax():
     with pytest.raises(ConfigError, match="key.path=value"):
         load_config(None, ["sft.zero_stage"])
+
+
+def test_shipped_configs_load():
+    import glob
+    import os
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+    files = glob.glob(os.path.join(root, "**", "*.yaml"), recursive=True)
+    assert len(files) >= 2
+    for f in files:
+        load_config(f)
+    demo = load_config(os.path.join(root, "demo", "tiny.yaml"))
+    assert demo.model.source == "tiny" and demo.judge.kind == "offline" and demo.sft.use_gpu is False
