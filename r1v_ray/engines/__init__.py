@@ -1,0 +1,1 @@
+"""Engines: rollout (vLLM, HF), learner (DeepSpeed), judge, weight sync."""

@@ -1,0 +1,128 @@
+"""The rollout engine on Ray: a placement-group-aware actor, and batch generation over a Ray Dataset.
+
+Batch generation uses an actor pool of this same engine rather than
+`ray.data.llm`: one engine class serves every stage (per-row repetition
+penalty, images, prompt-length rejection, in-place weight updates), and the
+CPU and GPU runs differ only in the resources asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from r1v_ray.config import RolloutConfig
+from r1v_ray.engines.rollout.hf_engine import make_engine
+from r1v_ray.engines.rollout.types import GenerationRequest, GenerationResult
+from r1v_ray.engines.rollout.vllm_engine import resolve_device, vllm_env
+
+
+class RolloutWorker:
+    """Holds one engine; Ray actor methods mirror the RolloutEngine interface."""
+
+    def __init__(self, checkpoint: str, cfg: RolloutConfig, dtype: str = "bfloat16"):
+        self.checkpoint = checkpoint
+        self.engine = make_engine(checkpoint, cfg, dtype)
+
+    def ready(self) -> str:
+        return self.checkpoint
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        return self.engine.generate(requests)
+
+    def update_weights(self, named_tensors: dict) -> int:
+        self.engine.update_weights(named_tensors)
+        return len(named_tensors)
+
+    def sequence_logprobs(self, request: GenerationRequest, completion_ids: list[int]) -> list[float]:
+        return self.engine.sequence_logprobs(request, completion_ids)
+
+
+def worker_resources(cfg: RolloutConfig) -> dict:
+    """One worker's bundle: CPUs always, GPUs (times tensor parallel) on CUDA."""
+    bundle = {"CPU": cfg.num_cpus_per_worker}
+    if resolve_device(cfg.device) == "cuda":
+        bundle["GPU"] = cfg.num_gpus_per_worker * cfg.tensor_parallel_size
+    return bundle
+
+
+def rollout_placement_group(cfg: RolloutConfig, name: str = "rollout") -> PlacementGroup:
+    """The rollout workers' own placement group, one bundle per worker."""
+    pg = placement_group([worker_resources(cfg)] * cfg.num_workers, strategy="PACK", name=name)
+    ray.get(pg.ready())
+    return pg
+
+
+def create_rollout_workers(checkpoint: str, cfg: RolloutConfig, dtype: str = "bfloat16",
+                           pg: PlacementGroup | None = None) -> list:
+    """Start `cfg.num_workers` engine actors (in `pg` when given) and wait until they are loaded."""
+    bundle = worker_resources(cfg)
+    actors = []
+    for i in range(cfg.num_workers):
+        options = dict(
+            num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0),
+            runtime_env={"env_vars": vllm_env(cfg) if cfg.backend == "vllm" else {}},
+        )
+        if pg is not None:
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
+        actors.append(ray.remote(RolloutWorker).options(**options).remote(checkpoint, cfg, dtype))
+    ray.get([a.ready.remote() for a in actors])
+    return actors
+
+
+class _EngineUDF:
+    """Ray Data callable class: one engine per pool actor, rows in, rows plus generations out."""
+
+    def __init__(self, checkpoint: str, cfg: RolloutConfig, dtype: str, build_request: Callable[[dict], GenerationRequest]):
+        self.engine = make_engine(checkpoint, cfg, dtype)
+        self.build_request = build_request
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        keys = list(batch)
+        rows = [{k: batch[k][i] for k in keys} for i in range(len(batch[keys[0]]))] if keys else []
+        requests, errors = [], {}
+        for i, row in enumerate(rows):
+            try:
+                requests.append(self.build_request(row))
+            except Exception as exc:  # a row that cannot become a request is rejected, not dropped
+                errors[i] = f"bad request: {type(exc).__name__}: {exc}"
+                requests.append(None)
+        results = self.engine.generate([r for r in requests if r is not None])
+        it = iter(results)
+        out_texts, out_tokens, out_err, out_prompt = [], [], [], []
+        for i, req in enumerate(requests):
+            res = None if req is None else next(it)
+            err = errors.get(i) if res is None else res.error
+            out_err.append(err)
+            out_prompt.append(0 if res is None else res.prompt_tokens)
+            out_texts.append([] if res is None else [c.text for c in res.completions])
+            out_tokens.append([] if res is None else [len(c.token_ids) for c in res.completions])
+        batch = dict(batch)
+        batch["completions"] = np.array(out_texts, dtype=object)
+        batch["completion_tokens"] = np.array(out_tokens, dtype=object)
+        batch["prompt_tokens"] = np.array(out_prompt)
+        batch["error"] = np.array(out_err, dtype=object)
+        return batch
+
+
+def generate_dataset(ds: "ray.data.Dataset", checkpoint: str, cfg: RolloutConfig,
+                     build_request: Callable[[dict], GenerationRequest], dtype: str = "bfloat16",
+                     batch_size: int = 16) -> "ray.data.Dataset":
+    """Every row plus `completions`, `completion_tokens`, `prompt_tokens` and `error` (None when generated).
+
+    Rows whose request was rejected keep their place with the reason in `error`,
+    so the caller can route them to `rejected`.
+    """
+    bundle = worker_resources(cfg)
+    return ds.map_batches(
+        _EngineUDF, fn_constructor_args=(checkpoint, cfg, dtype, build_request),
+        batch_size=batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
+        num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0),
+        runtime_env={"env_vars": vllm_env(cfg) if cfg.backend == "vllm" else {}},
+    )

