@@ -108,3 +108,10 @@ def test_generate_over_a_ray_dataset(local_ray, tiny_checkpoint):
     assert "prompt too long" in by_id[rows[3]["id"]]["error"]
     good = [r for r in out if r["error"] is None]
     assert len(good) == 5 and all(len(r["completions"]) == 1 for r in good)
+
+
+def test_many_seeded_requests_in_one_batch(vllm_worker):
+    """Regression: seeded requests beyond one prefill chunk crashed vLLM CPU's sampler."""
+    reqs = [image_request(i, n=4, temperature=1.0, max_tokens=8, seed=i) for i in range(40)]
+    results = ray.get(vllm_worker.generate.remote(reqs))
+    assert all(r.ok and len(r.completions) == 4 for r in results)

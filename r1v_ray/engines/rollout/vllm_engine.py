@@ -46,6 +46,10 @@ class VLLMEngine(RolloutEngine):
         )
         if self.device == "cpu":
             kwargs["enforce_eager"] = True  # compiling brings no speed on CPU, only start-up time
+            # A chunked prefill discards a sampled token and rewinds the request's seeded
+            # generator, which CPU generators cannot do ("CPU Generator does not use offset").
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(cfg.max_model_len, 8192)
         else:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         self.llm = LLM(**kwargs)
