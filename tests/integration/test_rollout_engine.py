@@ -112,6 +112,6 @@ def test_generate_over_a_ray_dataset(local_ray, tiny_checkpoint):
 
 def test_many_seeded_requests_in_one_batch(vllm_worker):
     """Regression: seeded requests beyond one prefill chunk crashed vLLM CPU's sampler."""
-    reqs = [image_request(i, n=4, temperature=1.0, max_tokens=8, seed=i) for i in range(40)]
+    reqs = [image_request(i, n=8, temperature=1.0, max_tokens=8, seed=i) for i in range(48)]
     results = ray.get(vllm_worker.generate.remote(reqs))
-    assert all(r.ok and len(r.completions) == 4 for r in results)
+    assert all(r.ok and len(r.completions) == 8 for r in results)
