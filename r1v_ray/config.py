@@ -79,7 +79,7 @@ class SyntheticDataConfig:
     seed: int = 0
     image_size: int = 64
     tasks: list[str] = field(
-        default_factory=lambda: ["count_color", "tallest_bar", "missing_angle", "sum_digits"]
+        default_factory=lambda: ["shape_kind", "count_color", "tallest_bar", "missing_angle", "sum_digits"]
     )
 
 
