@@ -107,6 +107,7 @@ class RolloutConfig:
     max_model_len: int = 16384
     gpu_memory_utilization: float = 0.85
     cpu_kvcache_gib: int = 2
+    max_images_per_prompt: int = 4
     seed: int = 0
 
 

@@ -192,3 +192,32 @@ def iter_hf_dataset(path: str, source: str | None = None, split: str | None = No
 def convert_hf_dataset(path: str, out_uri: str, rejected_uri: str, source: str | None = None,
                        split: str | None = None, max_image_bytes: int = 20 * 1024 * 1024) -> ConversionReport:
     return write_validated(iter_hf_dataset(path, source, split), out_uri, rejected_uri, "convert_hf", max_image_bytes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m r1v_ray.data.convert {jsonl,hf} ... — converts and prints the counts."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m r1v_ray.data.convert", description=main.__doc__)
+    sub = ap.add_subparsers(dest="kind", required=True)
+    j = sub.add_parser("jsonl", help="JSONL + image folder")
+    j.add_argument("jsonl")
+    j.add_argument("image_root")
+    h = sub.add_parser("hf", help="a Hugging Face dataset saved with save_to_disk (MMMU / MathVista layout)")
+    h.add_argument("path")
+    h.add_argument("--split")
+    for p in (j, h):
+        p.add_argument("--out", required=True, help="output dataset (path or URI)")
+        p.add_argument("--rejected", required=True, help="rejected rows dataset (path or URI)")
+        p.add_argument("--source")
+    args = ap.parse_args(argv)
+    if args.kind == "jsonl":
+        report = convert_jsonl(args.jsonl, args.image_root, args.out, args.rejected, args.source)
+    else:
+        report = convert_hf_dataset(args.path, args.out, args.rejected, args.source, args.split)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -174,3 +174,16 @@ def test_hf_dataset_converter_mmmu_and_mathvista_layouts(tmp_path):
     out = read_parquet(str(tmp_path / "o2")).to_pylist()
     assert [r["answer"] for r in out] == ["12", "B"] and report.rejected_rows == 1
     assert read_parquet(str(tmp_path / "r2")).to_pylist()[0]["id"] == "3"
+
+
+def test_convert_cli_prints_counts(tmp_path, capsys):
+    from r1v_ray.data.convert import main
+
+    (tmp_path / "a.png").write_bytes(_png())
+    (tmp_path / "d.jsonl").write_text(
+        json.dumps({"id": "1", "image": "a.png", "question": "q", "answer": "2"}) + "\n"
+        + json.dumps({"id": "2", "image": "a.png", "answer": "2"}) + "\n"
+    )
+    main(["jsonl", str(tmp_path / "d.jsonl"), str(tmp_path), "--out", str(tmp_path / "o"), "--rejected", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert "rows in: 2  written: 1  rejected: 1" in out and "missing question" in out

@@ -42,7 +42,7 @@ class VLLMEngine(RolloutEngine):
         self.device = resolve_device(cfg.device)
         kwargs = dict(
             model=checkpoint, dtype=dtype, max_model_len=cfg.max_model_len, seed=cfg.seed,
-            limit_mm_per_prompt={"image": 4, "video": 0}, tensor_parallel_size=cfg.tensor_parallel_size,
+            limit_mm_per_prompt={"image": cfg.max_images_per_prompt, "video": 0}, tensor_parallel_size=cfg.tensor_parallel_size,
         )
         if self.device == "cpu":
             kwargs["enforce_eager"] = True  # compiling brings no speed on CPU, only start-up time
