@@ -188,9 +188,15 @@ def write_split(uri: str, n: int, seed: int = 0, split: str = "train", image_siz
 
 
 def corpus(n: int = 400, seed: int = 0) -> Iterator[str]:
-    """Text of the task (questions, options, rationales) for training tokenizers."""
+    """Text of the task (questions, options, rationales, answers in the paper's format, the
+    evaluation prompts) for training tokenizers, so the tiny models' frequent strings are few tokens."""
+    from r1v_ray.rewards import MULTI_CHOICE_PROMPT, OPEN_PROMPT, format_choices
+
     for row in iter_rows(n, seed=seed, split="corpus", image_size=32):
         yield row["question"]
-        yield row["rationale"]
         if row["choices"]:
-            yield " ".join(row["choices"])
+            yield format_choices(row["choices"])
+        yield f"<think>\n{row['rationale']}\n</think>\n\nAnswer: \\boxed{{{row['answer']}}}"
+    for _ in range(max(1, n // 20)):
+        yield MULTI_CHOICE_PROMPT
+        yield OPEN_PROMPT
