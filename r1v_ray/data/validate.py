@@ -113,7 +113,7 @@ class RowValidator:
         if choices:
             answer = _answer_letter(answer, choices)
         image = check_image(row.get("image"), self.max_image_bytes)
-        clean = {k: v for k, v in row.items()}
+        clean = dict(row)
         clean.update(
             id=rid, question=question, answer=answer, choices=choices, image=image,
             source=_text(row, "source", required=False) or "unknown",

@@ -46,7 +46,6 @@ def reassemble(source: InternVLForConditionalGeneration, llm: PreTrainedModel, t
         copy.deepcopy(source.model.vision_tower), llm, tokenizer, projector_cfg,
         projector_module=copy.deepcopy(source.model.multi_modal_projector),
     )
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
     processor = build_processor(tokenizer, model.config.vision_config, projector_cfg.downsample_ratio, max_tiles, image_processor)
     record = {
         "image_tokens_added": added,
