@@ -13,10 +13,15 @@ from r1v_ray.engines.rollout.types import GenerationRequest, Sampling
 from r1v_ray.rewards import accuracy_reward, build_question_text
 
 
+def _choices(row: dict) -> list[str] | None:
+    """Options of a row as a list (Arrow/NumPy give arrays), or None for open questions."""
+    value = row.get("choices")
+    return list(value) if value is not None and len(value) else None
+
+
 def eval_request(row: dict, runs: int, max_tokens: int, temperature: float, top_p: float, seed: int) -> GenerationRequest:
     """The benchmark prompt: image, question, options, and the paper's prompt for its kind."""
-    choices = list(row["choices"]) if row.get("choices") is not None and len(row["choices"]) else None
-    text = build_question_text(row["question"], choices)
+    text = build_question_text(row["question"], _choices(row))
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
     # One request with n = k gives the k independent runs; the seed makes them reproducible.
     sampling = Sampling(n=runs, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
@@ -35,7 +40,7 @@ def score_rows(rows: list[dict], runs: int) -> dict:
     groups: dict[str, dict[str, list[list[float]]]] = {"category": defaultdict(lambda: [[] for _ in range(runs)]),
                                                       "source": defaultdict(lambda: [[] for _ in range(runs)])}
     for row in rows:
-        choices = list(row["choices"]) if row.get("choices") is not None and len(row["choices"]) else None
+        choices = _choices(row)
         completions = list(row["completions"])
         if len(completions) != runs:
             raise ValueError(f"row {row['id']}: {len(completions)} completions for {runs} runs")

@@ -15,9 +15,9 @@ from ray.util.placement_group import PlacementGroup, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from r1v_ray.config import RolloutConfig
-from r1v_ray.engines.rollout.hf_engine import make_engine
-from r1v_ray.engines.rollout.types import GenerationRequest, GenerationResult
-from r1v_ray.engines.rollout.vllm_engine import resolve_device, vllm_env
+from r1v_ray.engines.rollout import make_engine
+from r1v_ray.engines.rollout.types import GenerationRequest, GenerationResult, resolve_device
+from r1v_ray.engines.rollout.vllm_engine import vllm_env
 
 
 class RolloutWorker:
@@ -49,6 +49,11 @@ def worker_resources(cfg: RolloutConfig) -> dict:
     return bundle
 
 
+def worker_runtime_env(cfg: RolloutConfig) -> dict:
+    """vLLM reads its settings from the environment at import, so actors get them at start."""
+    return {"env_vars": vllm_env(cfg) if cfg.backend == "vllm" else {}}
+
+
 def rollout_placement_group(cfg: RolloutConfig, name: str = "rollout") -> PlacementGroup:
     """The rollout workers' own placement group, one bundle per worker."""
     pg = placement_group([worker_resources(cfg)] * cfg.num_workers, strategy="PACK", name=name)
@@ -64,7 +69,7 @@ def create_rollout_workers(checkpoint: str, cfg: RolloutConfig, dtype: str = "bf
     for i in range(cfg.num_workers):
         options = dict(
             num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0),
-            runtime_env={"env_vars": vllm_env(cfg) if cfg.backend == "vllm" else {}},
+            runtime_env=worker_runtime_env(cfg),
         )
         if pg is not None:
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
@@ -124,5 +129,5 @@ def generate_dataset(ds: "ray.data.Dataset", checkpoint: str, cfg: RolloutConfig
         batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
         num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0),
-        runtime_env={"env_vars": vllm_env(cfg) if cfg.backend == "vllm" else {}},
+        runtime_env=worker_runtime_env(cfg),
     )

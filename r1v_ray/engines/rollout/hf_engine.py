@@ -12,8 +12,8 @@ from r1v_ray.engines.rollout.types import (
     PromptBuilder,
     RequestRejected,
     RolloutEngine,
+    resolve_device,
 )
-from r1v_ray.engines.rollout.vllm_engine import resolve_device
 
 
 class HFEngine(RolloutEngine):
@@ -95,12 +95,3 @@ class HFEngine(RolloutEngine):
         n = len(completion_ids)
         logp = torch.log_softmax(logits[-n - 1 : -1], dim=-1)
         return logp.gather(1, completion.T).squeeze(1).tolist()
-
-
-def make_engine(checkpoint: str, cfg: RolloutConfig, dtype: str = "bfloat16") -> RolloutEngine:
-    """The configured backend for a checkpoint."""
-    if cfg.backend == "vllm":
-        from r1v_ray.engines.rollout.vllm_engine import VLLMEngine
-
-        return VLLMEngine(checkpoint, cfg, dtype)
-    return HFEngine(checkpoint, cfg, dtype)

@@ -57,6 +57,15 @@ class GenerationResult:
         return self.error is None
 
 
+def resolve_device(device: str) -> str:
+    """rollout.device "auto" means CUDA when torch sees a GPU, else CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class RequestRejected(ValueError):
     """A request that cannot run (too long, bad image); the reason goes to `rejected`."""
 
@@ -122,7 +131,6 @@ class PromptBuilder:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.max_model_len = max_model_len
-        self.image_token = getattr(processor, "image_token", None)
 
     def render(self, request: GenerationRequest) -> tuple[str, list[Image.Image], int]:
         messages, images = split_images(request.messages, request.images)

@@ -12,15 +12,15 @@ from r1v_ray.engines.rollout.types import (
     PromptBuilder,
     RequestRejected,
     RolloutEngine,
+    resolve_device,
 )
 
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def _with_images(prompt: dict, images: list) -> dict:
+    """vLLM prompt dict with the images attached (a single image is passed bare)."""
+    if images:
+        prompt["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
+    return prompt
 
 
 def vllm_env(cfg: RolloutConfig) -> dict[str, str]:
@@ -75,10 +75,7 @@ class VLLMEngine(RolloutEngine):
                 results[req.request_id].error = str(exc)
                 continue
             results[req.request_id].prompt_tokens = n_tokens
-            prompt = {"prompt": text}
-            if images:
-                prompt["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
-            prompts.append(prompt)
+            prompts.append(_with_images({"prompt": text}, images))
             params.append(self._params(req.sampling))
             ids.append(req.request_id)
         if prompts:
@@ -106,9 +103,7 @@ class VLLMEngine(RolloutEngine):
         text, images, _ = self.prompts.render(request)
         # Unexpanded ids (one <IMG_CONTEXT> per image): vLLM expands them itself, as for text prompts.
         prompt_ids = self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
-        prompt = {"prompt_token_ids": prompt_ids + list(completion_ids)}
-        if images:
-            prompt["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
+        prompt = _with_images({"prompt_token_ids": prompt_ids + list(completion_ids)}, images)
         from vllm import SamplingParams
 
         out = self.llm.generate([prompt], SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False)[0]
