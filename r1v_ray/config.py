@@ -222,6 +222,11 @@ class ServeConfig:
     token_env: str = "R1V_SERVE_TOKEN"
     allow_remote_images: bool = False
     max_image_bytes: int = 10 * 1024 * 1024
+    # Model id -> checkpoint path; empty: every checkpoint found under run_dir.
+    models: dict[str, str] = field(default_factory=dict)
+    max_models_per_replica: int = 2  # engines kept loaded per replica (LRU, Serve multiplexing)
+    max_batch_size: int = 16
+    max_n: int = 16
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Serving checkpoints through an OpenAI-compatible Ray Serve app."""
