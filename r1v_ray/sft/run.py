@@ -1,0 +1,37 @@
+"""Launch one SFT run on Ray Train and publish its final HF checkpoint."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from r1v_ray.sft.trainer import SFTJob, job_to_dict, train_loop_per_worker
+
+
+def run_sft(job: SFTJob, max_failures: int = 1) -> str:
+    """Train, resuming from the run's own latest checkpoint if one exists; returns `output_dir/model`."""
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    os.makedirs(job.output_dir, exist_ok=True)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=job_to_dict(job),
+        scaling_config=ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu),
+        torch_config=TorchConfig(backend="nccl" if job.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name="ray_train", storage_path=os.path.abspath(job.output_dir),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"{job.stage}: training finished without a checkpoint")
+    final = os.path.join(job.output_dir, "model")
+    with result.checkpoint.as_directory() as d:
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        shutil.copytree(os.path.join(d, "hf"), final)
+    return final

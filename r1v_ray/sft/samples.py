@@ -1,0 +1,97 @@
+"""SFT samples: chat rendering with assistant-only labels, padding-free packing, and the padded baseline.
+
+A sample is one canonical row rendered as [user: image + question + paper
+prompt, assistant: <think>reasoning</think> answer]. Only assistant tokens carry
+labels. Packing concatenates whole samples into one row with per-sample
+position ids; transformers derives a block-diagonal causal mask from them, so
+samples never attend to each other and no compute is spent on padding. Images
+stay whole with their tokens: a sample is never cut.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+from r1v_ray.data.validate import RowError
+from r1v_ray.model.tokenizer import assistant_text
+from r1v_ray.rewards import build_question_text
+
+IGNORE = -100
+
+
+def _choices(row: dict) -> list[str] | None:
+    value = row.get("choices")
+    return list(value) if value is not None and len(value) else None
+
+
+def sft_messages(row: dict) -> list[dict]:
+    """The training conversation for a row: distilled think/response when present, else rationale + answer."""
+    think = row.get("think") or row.get("rationale")
+    response = row.get("response") or f"Answer: \\boxed{{{row['answer']}}}"
+    question = build_question_text(row["question"], _choices(row))
+    return [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+        {"role": "assistant", "content": assistant_text(think, response)},
+    ]
+
+
+def encode_sample(row: dict, processor, max_length: int) -> dict:
+    """input_ids, labels (assistant tokens only), pixel_values and id; RowError if longer than max_length."""
+    messages = sft_messages(row)
+    image = Image.open(io.BytesIO(row["image"])).convert("RGB")
+    full_text = processor.apply_chat_template(messages, tokenize=False)
+    prompt_text = processor.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    if not full_text.startswith(prompt_text):
+        raise RowError("chat template does not render the prompt as a prefix of the conversation")
+    enc = processor(text=[full_text], images=[image], return_tensors="np")
+    ids = enc["input_ids"][0].tolist()
+    if len(ids) > max_length:
+        raise RowError(f"too long: {len(ids)} tokens > sft.max_length {max_length} (not truncated through image tokens)")
+    n_prompt = len(processor(text=[prompt_text], images=[image], return_tensors="np")["input_ids"][0])
+    labels = [IGNORE] * n_prompt + ids[n_prompt:]
+    return {"id": str(row["id"]), "input_ids": ids, "labels": labels, "pixel_values": enc["pixel_values"]}
+
+
+def pack(samples: list[dict]) -> dict[str, torch.Tensor]:
+    """One padding-free row: concatenated ids/labels, positions restarting per sample, all images in order."""
+    ids = [t for s in samples for t in s["input_ids"]]
+    labels = []
+    for s in samples:
+        # The first token of a sample is never predicted from the previous sample's last token.
+        labels += [IGNORE] + s["labels"][1:]
+    positions = [p for s in samples for p in range(len(s["input_ids"]))]
+    return {
+        "input_ids": torch.tensor([ids]),
+        "labels": torch.tensor([labels]),
+        "position_ids": torch.tensor([positions]),
+        "pixel_values": torch.from_numpy(np.concatenate([s["pixel_values"] for s in samples])),
+    }
+
+
+def pad_collate(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """The plain HF-style baseline: right-padded to the longest sample, with an attention mask."""
+    width = max(len(s["input_ids"]) for s in samples)
+    ids = torch.full((len(samples), width), pad_id)
+    labels = torch.full((len(samples), width), IGNORE)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    for i, s in enumerate(samples):
+        n = len(s["input_ids"])
+        ids[i, :n] = torch.tensor(s["input_ids"])
+        labels[i, :n] = torch.tensor(s["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask,
+            "pixel_values": torch.from_numpy(np.concatenate([s["pixel_values"] for s in samples]))}
+
+
+def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over labelled tokens, and their count (callers normalize globally)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
+    target = batch["labels"][:, 1:].to(logits.device)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                             ignore_index=IGNORE, reduction="sum")
+    return loss, int((target != IGNORE).sum())
