@@ -177,6 +177,13 @@ class SFTConfig:
     iterations: int = 4
     taus: list[int] = field(default_factory=lambda: [2, 3, 4, 5])
     iteration_lrs: list[float] = field(default_factory=lambda: [1e-4, 2e-5, 2e-5, 2e-5])
+    stage1_learning_rate: float = 2e-4  # stage 1 (M0) "follows the MLP initialization" configuration
+    epochs: int = 1  # per run of stage 1 and of each iteration (paper: 1)
+    # Trainable parts for stage 1 and the iterations; None: model.trainable_prefixes (paper: projector).
+    trainable_prefixes: list[str] | None = None
+    rm_score_column: str = "rm_score"  # D_rm(tau) = rows with this column >= tau
+    error_set_max_tokens: int = 8192  # generation length when collecting E_{t-1}
+    max_failures: int = 1  # Ray Train FailureConfig: worker failures survived by resuming
 
 
 @dataclass

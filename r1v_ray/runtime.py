@@ -12,11 +12,15 @@ def job_parser(description: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--config", help="YAML config (defaults: the paper's settings)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. eval.runs=3")
+    ap.add_argument("--force", action="store_true", help="re-run a stage whose manifest says complete")
     return ap
 
 
 def load_job_config(args: argparse.Namespace) -> R1VConfig:
-    return load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set)
+    if "://" not in cfg.run_dir:  # Ray workers run elsewhere: paths they receive must be absolute
+        cfg.run_dir = os.path.abspath(cfg.run_dir)
+    return cfg
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -34,3 +38,13 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"])
     else:
         ray.init(num_cpus=num_cpus or max(8, os.cpu_count() or 1), include_dashboard=False)
+
+
+def stage_output(cfg: R1VConfig, stage: str, key: str = "model") -> str:
+    """An earlier stage's output, or a clear error naming the job to run first."""
+    from r1v_ray.runs import StageRun
+
+    run = StageRun(cfg, stage)
+    if not run.complete:
+        raise SystemExit(f"stage '{stage}' has not completed in {cfg.run_dir}; run jobs/{stage}.py first")
+    return run.manifest["outputs"][key]

@@ -95,3 +95,10 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                                              ignore_index=IGNORE, reduction="sum")
     return loss, int((target != IGNORE).sum())
+
+
+def sample_tokens(row: dict, processor, prompt_builder) -> int:
+    """Length of a row's full training conversation in tokens, images included, without pixel work."""
+    text = processor.apply_chat_template(sft_messages(row), tokenize=False)
+    with Image.open(io.BytesIO(row["image"])) as image:  # header only: the size is all the count needs
+        return prompt_builder.count_tokens(text, [image])

@@ -1,0 +1,101 @@
+"""The run directory: one folder per stage, each with a manifest that says what ran and whether it finished.
+
+A stage whose manifest says `complete` is skipped (unless forced); any other
+state means the stage starts again and its trainers resume from their own
+checkpoints. Manifests hold the resolved config (which names environment
+variables for secrets, never their values), inputs, version, git commit,
+metrics and wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from typing import Any
+
+import r1v_ray
+from r1v_ray.config import R1VConfig, to_dict
+
+MANIFEST = "manifest.json"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=os.path.dirname(os.path.abspath(r1v_ray.__file__)))
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class StageRun:
+    def __init__(self, cfg: R1VConfig, stage: str):
+        self.cfg = cfg
+        self.stage = stage
+        self.dir = os.path.join(cfg.run_dir, stage)
+        self.path = os.path.join(self.dir, MANIFEST)
+        self._start = time.time()
+        self.manifest: dict[str, Any] = self._read()
+
+    def _read(self) -> dict:
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                return json.load(f)
+        return {}
+
+    def _write(self) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.manifest, f, indent=2, default=str)
+        os.replace(tmp, self.path)  # never a half-written manifest
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest.get("status") == "complete"
+
+    def start(self, inputs: dict | None = None) -> None:
+        attempts = self.manifest.get("attempts", 0) + 1
+        self.manifest = {
+            "stage": self.stage, "status": "running", "attempts": attempts, "started": time.time(),
+            "version": r1v_ray.__version__, "git_commit": git_commit(), "config": to_dict(self.cfg),
+            "inputs": inputs or {}, "metrics": self.manifest.get("metrics", {}), "outputs": {},
+        }
+        self._start = time.time()
+        self._write()
+
+    def record(self, **metrics: Any) -> None:
+        """Add metrics while running (kept on failure, so a resumed stage shows its history)."""
+        self.manifest.setdefault("metrics", {}).update(metrics)
+        self._write()
+
+    def finish(self, outputs: dict, **metrics: Any) -> dict:
+        self.manifest["metrics"].update(metrics)
+        self.manifest.update(status="complete", outputs=outputs, wall_s=round(time.time() - self._start, 2))
+        self._write()
+        return self.manifest
+
+    def fail(self, error: BaseException) -> None:
+        self.manifest.update(status="failed", error=f"{type(error).__name__}: {error}",
+                             wall_s=round(time.time() - self._start, 2))
+        self._write()
+
+    def path_for(self, *parts: str) -> str:
+        return os.path.join(self.dir, *parts)
+
+
+def run_stage(cfg: R1VConfig, stage: str, body, inputs: dict | None = None, force: bool = False) -> dict:
+    """Run `body(run) -> (outputs, metrics)` as a stage: skip when complete, record failures."""
+    run = StageRun(cfg, stage)
+    if run.complete and not force:
+        print(f"[{stage}] complete, skipping (force to re-run)")
+        return run.manifest
+    run.start(inputs)
+    try:
+        outputs, metrics = body(run)
+    except BaseException as exc:
+        run.fail(exc)
+        raise
+    return run.finish(outputs, **metrics)
