@@ -53,22 +53,53 @@ def encode_sample(row: dict, processor, max_length: int) -> dict:
         raise RowError(f"too long: {len(ids)} tokens > sft.max_length {max_length} (not truncated through image tokens)")
     n_prompt = len(processor(text=[prompt_text], images=[image], return_tensors="np")["input_ids"][0])
     labels = [IGNORE] * n_prompt + ids[n_prompt:]
+    eos = processor.tokenizer.eos_token_id
+    if eos in ids[n_prompt:]:  # the template's newline after the final <|im_end|> is not a target
+        last = len(ids) - 1 - ids[::-1].index(eos)
+        labels[last + 1:] = [IGNORE] * (len(ids) - last - 1)
     return {"id": str(row["id"]), "input_ids": ids, "labels": labels, "pixel_values": enc["pixel_values"]}
 
 
-def pack(samples: list[dict]) -> dict[str, torch.Tensor]:
-    """One padding-free row: concatenated ids/labels, positions restarting per sample, all images in order."""
-    ids = [t for s in samples for t in s["input_ids"]]
-    labels = []
-    for s in samples:
-        # The first token of a sample is never predicted from the previous sample's last token.
-        labels += [IGNORE] + s["labels"][1:]
-    positions = [p for s in samples for p in range(len(s["input_ids"]))]
+def bins(samples: list[dict], capacity: int) -> list[list[dict]]:
+    """First-fit-decreasing bin packing of whole samples into rows of at most `capacity` tokens."""
+    rows: list[list[dict]] = []
+    room: list[int] = []
+    for s in sorted(samples, key=lambda s: -len(s["input_ids"])):
+        n = len(s["input_ids"])
+        slot = next((i for i, r in enumerate(room) if r >= n), None)
+        if slot is None:
+            rows.append([s])
+            room.append(capacity - n)
+        else:
+            rows[slot].append(s)
+            room[slot] -= n
+    return rows
+
+
+def pack(samples: list[dict], capacity: int | None = None, pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Padding-free rows: samples concatenated (into bins of `capacity` tokens when given), positions
+    restarting per sample, images in row-major order. Bin tails are filled with pad tokens whose
+    positions restart too, so they form their own masked-out block."""
+    packed = bins(samples, capacity) if capacity else [samples]
+    width = max(sum(len(s["input_ids"]) for s in row) for row in packed)
+    ids, labels, positions, pixels = [], [], [], []
+    for row in packed:
+        r_ids, r_labels, r_pos = [], [], []
+        for s in row:
+            r_ids += s["input_ids"]
+            # The first token of a sample is never predicted from the previous sample's last token.
+            r_labels += [IGNORE] + s["labels"][1:]
+            r_pos += list(range(len(s["input_ids"])))
+            pixels.append(s["pixel_values"])
+        tail = width - len(r_ids)
+        ids.append(r_ids + [pad_id] * tail)
+        labels.append(r_labels + [IGNORE] * tail)
+        positions.append(r_pos + list(range(tail)))
     return {
-        "input_ids": torch.tensor([ids]),
-        "labels": torch.tensor([labels]),
-        "position_ids": torch.tensor([positions]),
-        "pixel_values": torch.from_numpy(np.concatenate([s["pixel_values"] for s in samples])),
+        "input_ids": torch.tensor(ids),
+        "labels": torch.tensor(labels),
+        "position_ids": torch.tensor(positions),
+        "pixel_values": torch.from_numpy(np.concatenate(pixels)),
     }
 
 

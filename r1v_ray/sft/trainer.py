@@ -148,6 +148,7 @@ def train_loop_per_worker(job_dict: dict) -> None:
     from r1v_ray.metrics import StageMetrics, truncate_after
     from r1v_ray.model.assemble import load_checkpoint
     from r1v_ray.model.freeze import set_trainable
+    from r1v_ray.model.varlen import use_varlen_attention
     from r1v_ray.sft.samples import encode_sample, pack, token_loss_sum
 
     ctx = ray.train.get_context()
@@ -156,6 +157,7 @@ def train_loop_per_worker(job_dict: dict) -> None:
     torch.manual_seed(job.seed + rank)
     model, processor = load_checkpoint(job.init_checkpoint, dtype=job.dtype, device=device)
     set_trainable(model, job.trainable_prefixes)
+    use_varlen_attention(model)  # packed rows: attention per sample, no O(L^2) over the whole row
     model.train()
     table = read_parquet(job.data_uri)
     n_rows = table.num_rows
