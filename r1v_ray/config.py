@@ -108,6 +108,7 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.85
     cpu_kvcache_gib: int = 2
     max_images_per_prompt: int = 4
+    node_resource: str | None = None  # custom resource each worker asks 1 of (cluster.yaml: "rollout")
     seed: int = 0
 
 
@@ -184,6 +185,7 @@ class SFTConfig:
     rm_score_column: str = "rm_score"  # D_rm(tau) = rows with this column >= tau
     error_set_max_tokens: int = 8192  # generation length when collecting E_{t-1}
     max_failures: int = 1  # Ray Train FailureConfig: worker failures survived by resuming
+    node_resource: str | None = None  # custom resource each worker asks 1 of (cluster.yaml: "learner")
 
 
 @dataclass

@@ -151,6 +151,7 @@ def build_app(models: dict[str, str], cfg: R1VConfig, token_sha256: str):
     server = serve.deployment(ModelServer, name="ModelServer").options(
         num_replicas=cfg.rollout.num_workers,
         ray_actor_options={"num_cpus": bundle["CPU"], "num_gpus": bundle.get("GPU", 0),
+                           "resources": {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")},
                            "runtime_env": worker_runtime_env(cfg.rollout)},
     ).bind(models, cfg)
     limits = Limits(max_image_bytes=cfg.serve.max_image_bytes, allow_remote_images=cfg.serve.allow_remote_images,

@@ -8,6 +8,13 @@ import shutil
 from r1v_ray.sft.trainer import SFTJob, job_to_dict, train_loop_per_worker
 
 
+def _worker_resources(job: SFTJob) -> dict | None:
+    """Ray Train's defaults (1 CPU, plus 1 GPU on GPU runs), plus the learner nodes' custom resource."""
+    if not job.node_resource:
+        return None
+    return {"CPU": 1, **({"GPU": 1} if job.use_gpu else {}), job.node_resource: 1}
+
+
 def run_sft(job: SFTJob, max_failures: int = 1) -> str:
     """Train, resuming from the run's own latest checkpoint if one exists; returns `output_dir/model`."""
     import ray.train
@@ -18,7 +25,8 @@ def run_sft(job: SFTJob, max_failures: int = 1) -> str:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=job_to_dict(job),
-        scaling_config=ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu),
+        scaling_config=ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu,
+                                     resources_per_worker=_worker_resources(job)),
         torch_config=TorchConfig(backend="nccl" if job.use_gpu else "gloo"),
         run_config=RunConfig(
             name="ray_train", storage_path=os.path.abspath(job.output_dir),

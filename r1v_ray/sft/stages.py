@@ -57,7 +57,7 @@ def train(cfg: R1VConfig, run: StageRun, name: str, init: str, table: pa.Table, 
         weight_decay=s.weight_decay, warmup_ratio=s.warmup_ratio, lr_scheduler=s.lr_scheduler, zero_stage=s.zero_stage,
         num_workers=s.num_workers, use_gpu=s.use_gpu, dtype=cfg.model.dtype if s.use_gpu else "float32",
         trainable_prefixes=prefixes, checkpoint_every_steps=s.checkpoint_every_steps,
-        log_every_steps=s.log_every_steps, seed=s.seed,
+        log_every_steps=s.log_every_steps, node_resource=s.node_resource, seed=s.seed,
     )
     run_sft(job, max_failures=s.max_failures)
     summary = {"model": final, "rows": n_rows, "rows_in": table.num_rows, "learning_rate": lr, "init": init,

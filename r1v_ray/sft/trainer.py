@@ -47,6 +47,7 @@ class SFTJob:
     checkpoint_every_steps: int = 100
     log_every_steps: int = 10
     max_grad_norm: float = 1.0
+    node_resource: str | None = None
     seed: int = 0
 
     def layout(self, n_rows: int) -> tuple[int, int, int]:

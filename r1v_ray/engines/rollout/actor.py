@@ -46,6 +46,8 @@ def worker_resources(cfg: RolloutConfig) -> dict:
     bundle = {"CPU": cfg.num_cpus_per_worker}
     if resolve_device(cfg.device) == "cuda":
         bundle["GPU"] = cfg.num_gpus_per_worker * cfg.tensor_parallel_size
+    if cfg.node_resource:
+        bundle[cfg.node_resource] = 1
     return bundle
 
 
@@ -69,6 +71,7 @@ def create_rollout_workers(checkpoint: str, cfg: RolloutConfig, dtype: str = "bf
     for i in range(cfg.num_workers):
         options = dict(
             num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0),
+            resources={k: v for k, v in bundle.items() if k not in ("CPU", "GPU")},
             runtime_env=worker_runtime_env(cfg),
         )
         if pg is not None:
@@ -129,5 +132,6 @@ def generate_dataset(ds: "ray.data.Dataset", checkpoint: str, cfg: RolloutConfig
         batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
         num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0),
+        resources={k: v for k, v in bundle.items() if k not in ("CPU", "GPU")} or None,
         runtime_env=worker_runtime_env(cfg),
     )
