@@ -1,0 +1,82 @@
+"""GRPO's loss pieces as small pure functions (verl style): surrogate, KL, aggregation, group filters.
+
+Shapes: per-token tensors are [batch, tokens] with a 0/1 `mask` of completion tokens.
+Variants by configuration: GRPO (seq-mean of token-means, std-scaled advantages),
+Dr.GRPO (token-sum normalized by a constant length, mean-centred advantages),
+DAPO (token-mean over the batch, decoupled clip range eps_low / eps_high).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                      eps_low: float = 0.2, eps_high: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token PPO-clip loss -min(r A, clip(r, 1-eps_low, 1+eps_high) A), and where clipping was active.
+
+    `advantages` is per sequence ([batch]) or per token ([batch, tokens]).
+    """
+    eps_high = eps_low if eps_high is None else eps_high
+    adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
+    ratio = torch.exp(logp - old_logp)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
+    loss = -torch.minimum(unclipped, clipped)
+    clip_active = (clipped < unclipped).float() * mask
+    return loss * mask, clip_active
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """Per-token KL(pi || ref) estimators (Schulman): k1 = log r, k2 = (log r)^2 / 2, k3 = r' - 1 - log r'."""
+    delta = logp - ref_logp
+    if kind == "k1":
+        return delta
+    if kind == "k2":
+        return 0.5 * delta.pow(2)
+    if kind == "k3":
+        # with r' = ref / pi: unbiased and always >= 0; clamp keeps exp finite on outliers
+        log_ratio = torch.clamp(-delta, -20.0, 20.0)
+        return torch.exp(log_ratio) - 1.0 - log_ratio
+    raise ValueError(f"grpo.kl_estimator={kind!r}: use k1, k2 or k3")
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean", max_tokens: int | None = None) -> torch.Tensor:
+    """Reduce a per-token loss to a scalar.
+
+    token_mean              sum over all tokens / number of tokens (DAPO)
+    seq_mean_token_mean     mean over sequences of each sequence's token mean (GRPO)
+    seq_mean_token_sum_norm sum / (sequences * max_tokens): no length bias (Dr.GRPO)
+    """
+    if mode == "token_mean":
+        return (per_token * mask).sum() / mask.sum().clamp(min=1)
+    if mode == "seq_mean_token_mean":
+        per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        return per_seq.mean()
+    if mode == "seq_mean_token_sum_norm":
+        norm = max_tokens if max_tokens is not None else per_token.shape[-1]
+        return (per_token * mask).sum() / (per_token.shape[0] * norm)
+    raise ValueError(f"grpo.loss_agg={mode!r}: use token_mean, seq_mean_token_mean or seq_mean_token_sum_norm")
+
+
+def nonzero_variance_groups(rewards: torch.Tensor, group_size: int, eps: float = 1e-8) -> torch.Tensor:
+    """Boolean per group: True where rewards differ (a zero-variance group has no learning signal)."""
+    if rewards.numel() % group_size:
+        raise ValueError(f"len(rewards)={rewards.numel()} is not a multiple of group_size={group_size}")
+    grouped = rewards.reshape(-1, group_size)
+    return (grouped.max(dim=1).values - grouped.min(dim=1).values) > eps
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Per-token entropy of the softmax distribution."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def logprob_gap(learner_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean |learner - rollout| log-prob of the sampled tokens: the train/inference mismatch metric."""
+    return masked_mean((learner_logp - rollout_logp).abs(), mask).item()

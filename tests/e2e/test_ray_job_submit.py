@@ -1,0 +1,83 @@
+"""End to end: a local head (`ray start --head`, dashboard on 127.0.0.1), the stages submitted with
+`ray job submit`, each job SUCCEEDED according to the dashboard's job API, outputs on disk."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+# Small but complete: every stage runs its real code path.
+OVERRIDES = [
+    "data.synthetic.n_train=64", "data.synthetic.n_test=10", "sft.iterations=1", "sft.taus=[2]",
+    "sft.iteration_lrs=[5.0e-4]", "sft.epochs=1", "sft.error_set_max_tokens=24", "eval.runs=1", "eval.max_tokens=24",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("head")
+    port, dash = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    subprocess.run([RAY, "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                    "--num-cpus=8", "--include-dashboard=true", f"--temp-dir={tmp}"], check=True, env=env,
+                   capture_output=True, timeout=180)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if requests.get(f"{address}/api/version", timeout=5).ok:
+                break
+        except requests.ConnectionError:
+            time.sleep(1)
+    yield address, env
+    subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def _submit(address: str, env: dict, run_dir: str, script: str, *extra: str) -> str:
+    sets = [a for o in OVERRIDES for a in ("--set", o)]
+    cmd = [RAY, "job", "submit", "--address", address, "--working-dir", ROOT, "--no-wait", "--",
+           sys.executable, f"jobs/{script}.py", "--config", "configs/demo/tiny.yaml", "--set", f"run_dir={run_dir}",
+           *sets, *extra]
+    out = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True, timeout=300).stdout
+    return next(line.split("'")[1] for line in out.splitlines() if "submitted successfully" in line)
+
+
+def _wait(address: str, job_id: str, timeout: float = 900) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        info = requests.get(f"{address}/api/jobs/{job_id}", timeout=10).json()
+        if info["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return info
+        time.sleep(2)
+    raise TimeoutError(job_id)
+
+
+def test_stages_run_as_ray_jobs(head, tmp_path):
+    address, env = head
+    run_dir = str(tmp_path / "run")
+    for script, extra in (("mlp_init", ()), ("reassemble", ()), ("iterative_sft", ()),
+                          ("eval", ("--checkpoint", os.path.join(run_dir, "sft", "model"), "--name", "final"))):
+        job_id = _submit(address, env, run_dir, script, *extra)
+        info = _wait(address, job_id)
+        logs = requests.get(f"{address}/api/jobs/{job_id}/logs", timeout=10).json().get("logs", "")
+        assert info["status"] == "SUCCEEDED", f"{script}: {info.get('message')}\n{logs[-3000:]}"
+    for stage in ("mlp_init", "reassemble", "sft"):
+        with open(os.path.join(run_dir, stage, "manifest.json")) as f:
+            assert json.load(f)["status"] == "complete"
+        assert os.path.exists(os.path.join(run_dir, stage, "model", "model.safetensors"))
+    with open(os.path.join(run_dir, "eval", "final", "eval.json")) as f:
+        assert json.load(f)["overall"]["n"] == 10
