@@ -212,6 +212,16 @@ class GRPOConfig:
     checkpoint_every_steps: int = 50
     zero_stage: int = 3
     colocate: bool = False
+    num_learners: int = 8
+    use_gpu: bool = True
+    node_resource: str | None = None  # learners' custom resource (cluster.yaml: "learner")
+    trainable_prefixes: list[str] | None = None  # None: model.trainable_prefixes
+    weight_sync: Literal["object_store"] = "object_store"
+    sync_bucket_mb: int = 512
+    resample_rounds: int = 2  # extra prompt batches drawn to refill groups dropped for zero variance
+    eval_prompts: int = 64  # held-out prompts whose mean reward is tracked
+    eval_every_steps: int = 10
+    max_rollout_restarts: int = 3
     seed: int = 0
 
 
@@ -266,7 +276,8 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`; the only conversion is int -> float."""
+    """Check `value` against the annotation `tp`; the only conversions are int -> float and
+    numeric strings -> float (YAML 1.1 reads 1e-4 as a string)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -299,6 +310,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return {k: _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

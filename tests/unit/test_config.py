@@ -89,3 +89,7 @@ def test_shipped_configs_load():
         load_config(f)
     demo = load_config(os.path.join(root, "demo", "tiny.yaml"))
     assert demo.model.source == "tiny" and demo.judge.kind == "offline" and demo.sft.use_gpu is False
+
+
+def test_exponent_without_dot_is_a_float():
+    assert load_config(None, ["grpo.learning_rate=1e-4"]).grpo.learning_rate == 1e-4

@@ -1,0 +1,136 @@
+"""GRPO learners: Ray actors holding DeepSpeed engines in one process group (gloo on CPU, NCCL on GPU)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import ray
+import torch
+
+from r1v_ray.config import GRPOConfig
+from r1v_ray.grpo.algorithms import aggregate, clipped_surrogate, kl_penalty, logprob_gap, masked_mean
+from r1v_ray.grpo.batch import Trajectory, completion_logprobs, encode
+
+
+class LearnerWorker:
+    def __init__(self, checkpoint: str, cfg: GRPOConfig, trainable_prefixes: list[str], rank: int, world: int,
+                 use_gpu: bool = False, dtype: str = "float32", max_model_len: int = 16384):
+        self.checkpoint, self.cfg, self.prefixes = checkpoint, cfg, trainable_prefixes
+        self.rank, self.world, self.use_gpu, self.dtype, self.max_model_len = rank, world, use_gpu, dtype, max_model_len
+
+    def address(self) -> tuple[str, int]:
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+    def init(self, master_addr: str, master_port: int) -> int:
+        """Join the learners' process group, then build the model and its DeepSpeed engine."""
+        if not self.use_gpu:
+            os.environ["DS_ACCELERATOR"] = "cpu"
+        import deepspeed
+        import torch.distributed as dist
+
+        from r1v_ray.engines.rollout.types import PromptBuilder
+        from r1v_ray.model.assemble import load_checkpoint
+        from r1v_ray.model.freeze import set_trainable
+        from r1v_ray.model.varlen import use_varlen_attention
+
+        # DeepSpeed reads the torch launcher's variables; one learner per placement-group bundle (one GPU each).
+        os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world), LOCAL_RANK="0",
+                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+        dist.init_process_group("nccl" if self.use_gpu else "gloo", init_method=f"tcp://{master_addr}:{master_port}",
+                                rank=self.rank, world_size=self.world)
+        self.device = "cuda" if self.use_gpu else "cpu"
+        torch.manual_seed(self.cfg.seed + self.rank)
+        model, self.processor = load_checkpoint(self.checkpoint, dtype=self.dtype, device=self.device)
+        set_trainable(model, self.prefixes)
+        use_varlen_attention(model)
+        model.train()
+        self.builder = PromptBuilder(self.processor, self.max_model_len)
+        self.ref = None
+        if self.cfg.kl_coef > 0:  # reference-free unless a KL term is asked for
+            self.ref, _ = load_checkpoint(self.checkpoint, dtype=self.dtype, device=self.device)
+            use_varlen_attention(self.ref)
+            self.ref.requires_grad_(False)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=self.cfg.learning_rate,
+                                      weight_decay=0.0)
+        ds_config = {
+            "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": self.world,
+            "zero_optimization": {"stage": self.cfg.zero_stage}, "gradient_clipping": 1.0,
+            "bf16": {"enabled": self.use_gpu and self.dtype == "bfloat16"}, "steps_per_print": 1 << 30,
+            "zero_allow_untested_optimizer": True,
+        }
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        return self.rank
+
+    def _padded(self, values: list[list[float]], width: int) -> torch.Tensor:
+        out = torch.zeros(len(values), width, device=self.device)
+        for i, v in enumerate(values):
+            out[i, :len(v)] = torch.tensor(v[:width], device=self.device)
+        return out
+
+    def train_step(self, trajectories: list[Trajectory]) -> dict:
+        """`inner_epochs` updates on this rank's share, against the rollout-time log-probs."""
+        samples = [encode(t, self.processor, self.builder) for t in trajectories]
+        adv = torch.tensor([t.advantage for t in trajectories], device=self.device)
+        stats: dict[str, float] = {}
+        for epoch in range(self.cfg.inner_epochs):
+            logp, mask, entropy = completion_logprobs(self.engine, samples, self.device, with_entropy=(epoch == 0))
+            old = self._padded([t.rollout_logprobs for t in trajectories], logp.shape[1])
+            per_token, clipped = clipped_surrogate(logp, old, adv, mask, self.cfg.clip_eps, self.cfg.clip_eps_high)
+            kl = torch.zeros_like(per_token)
+            if self.ref is not None:
+                with torch.no_grad():
+                    ref_logp, _, _ = completion_logprobs(self.ref, samples, self.device)
+                kl = kl_penalty(logp, ref_logp, self.cfg.kl_estimator) * mask
+                per_token = per_token + self.cfg.kl_coef * kl
+            loss = aggregate(per_token, mask, self.cfg.loss_agg, self.cfg.max_completion_tokens)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"GRPO loss is {loss.item()} at inner epoch {epoch}; the step is stopped "
+                                         "before any update is applied or checkpointed")
+            if epoch == 0:
+                stats.update(entropy=masked_mean(entropy, mask).item(), logprob_gap=logprob_gap(logp.detach(), old, mask))
+            self.engine.backward(loss)
+            self.engine.step()
+            stats.update(loss=loss.item(), kl=masked_mean(kl, mask).item(), clip_frac=masked_mean(clipped, mask).item(),
+                         grad_norm=float(self.engine.get_global_grad_norm() or 0.0))
+        return stats
+
+    @torch.no_grad()
+    def logprobs(self, trajectories: list[Trajectory]) -> list[list[float]]:
+        """The learner's current log-probs of each trajectory's completion tokens."""
+        samples = [encode(t, self.processor, self.builder) for t in trajectories]
+        logp, mask, _ = completion_logprobs(self.engine.module, samples, self.device)
+        return [row[: int(m.sum())].tolist() for row, m in zip(logp, mask)]
+
+    def trainable_buckets(self, bucket_bytes: int) -> list:
+        """Trainable tensors in HF names, gathered (ZeRO-3: one parameter at a time) and put in the object
+        store in buckets; rank 0 returns their refs, every rank must call (the gather is collective)."""
+        import deepspeed
+
+        buckets, current, size = [], {}, 0
+        for name, param in self.engine.module.named_parameters():
+            if not param.requires_grad:
+                continue
+            with deepspeed.zero.GatheredParameters([param], enabled=self.cfg.zero_stage == 3):
+                if self.rank == 0:
+                    current[name] = param.detach().to("cpu", copy=True)
+                    size += current[name].numel() * current[name].element_size()
+            if self.rank == 0 and size >= bucket_bytes:
+                buckets.append(ray.put(current))
+                current, size = {}, 0
+        if self.rank == 0 and current:
+            buckets.append(ray.put(current))
+        return buckets
+
+    def save(self, path: str, step: int) -> None:
+        """DeepSpeed state (optimizer included) for resuming, plus a standard HF checkpoint at path/model."""
+        from r1v_ray.sft.trainer import _export_hf
+
+        self.engine.save_checkpoint(os.path.join(path, "ds"), tag="state")
+        _export_hf(self.engine, self.processor, os.path.join(path, "model"), self.cfg.zero_stage, self.rank,
+                   {"stage": "grpo", "step": step, "init_checkpoint": self.checkpoint})
+
+    def load(self, path: str) -> None:
+        self.engine.load_checkpoint(os.path.join(path, "ds"), tag="state")  # our own files

@@ -1,0 +1,259 @@
+"""The GRPO driver: rollout actors -> reward actors -> group advantages -> learner actors -> weight sync.
+
+Rollout workers and learners live in separate placement groups; every step's
+time is split into generation / reward / update / sync. Checkpoints every k
+steps hold the learners' DeepSpeed state, an HF checkpoint and the sampler
+position, and a restarted job resumes from the newest one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import time
+
+import numpy as np
+import ray
+import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from r1v_ray.config import R1VConfig
+from r1v_ray.engines.rollout.actor import create_rollout_workers
+from r1v_ray.engines.sync import make_sync
+from r1v_ray.eval.scoring import eval_request
+from r1v_ray.grpo.advantages import group_advantages
+from r1v_ray.grpo.algorithms import nonzero_variance_groups
+from r1v_ray.grpo.batch import Trajectory
+from r1v_ray.grpo.learner import LearnerWorker
+from r1v_ray.grpo.reward import RewardWorker
+from r1v_ray.metrics import StageMetrics, truncate_after
+
+LATEST = "latest.json"
+
+
+class PromptSampler:
+    """Epoch-wise permutations by seed: the position (epoch, index) fully determines what comes next."""
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, index: int = 0):
+        self.n, self.seed, self.epoch, self.index = n, seed, epoch, index
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+            take = min(k - len(out), self.n - self.index)
+            out += order[self.index:self.index + take].tolist()
+            self.index += take
+            if self.index == self.n:
+                self.epoch, self.index = self.epoch + 1, 0
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+
+class GRPORun:
+    def __init__(self, cfg: R1VConfig, init_checkpoint: str, rows: list[dict], eval_rows: list[dict], out_dir: str):
+        self.cfg, self.g, self.rows, self.eval_rows, self.out = cfg, cfg.grpo, rows, eval_rows, out_dir
+        self.ckpt_dir = os.path.join(out_dir, "checkpoints")
+        os.makedirs(self.ckpt_dir, exist_ok=True)
+        latest = self._latest()
+        self.step = latest["step"] if latest else 0
+        self.sampler = PromptSampler(len(rows), self.g.seed, **(latest["sampler"] if latest else {}))
+        self.model_path = os.path.join(self.ckpt_dir, f"step-{self.step}", "model") if latest else init_checkpoint
+        self.init_checkpoint = init_checkpoint
+        self.metrics = StageMetrics("grpo", os.path.join(out_dir, "metrics.jsonl"))
+        if latest:
+            truncate_after(self.metrics.path, self.step)
+        elif os.path.exists(self.metrics.path):
+            os.remove(self.metrics.path)
+        self.sync = make_sync(self.g.weight_sync)
+        self.restarts = 0
+        self._start_actors(latest is not None)
+
+    # ------------------------------------------------------------------ set-up
+
+    def _latest(self) -> dict | None:
+        path = os.path.join(self.ckpt_dir, LATEST)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def _start_actors(self, resume: bool) -> None:
+        g, cfg = self.g, self.cfg
+        self.rollout_workers = create_rollout_workers(self.model_path, cfg.rollout, cfg.model.dtype)
+        bundle = {"CPU": 1, **({"GPU": 1} if g.use_gpu else {}), **({g.node_resource: 1} if g.node_resource else {})}
+        self.learner_pg = placement_group([bundle] * g.num_learners, strategy="PACK", name="grpo-learners")
+        ray.get(self.learner_pg.ready())
+        prefixes = g.trainable_prefixes or cfg.model.trainable_prefixes
+        dtype = cfg.model.dtype if g.use_gpu else "float32"
+        env = {"env_vars": {"DS_ACCELERATOR": "cpu"}} if not g.use_gpu else {}
+        self.learners = [
+            ray.remote(LearnerWorker).options(
+                num_cpus=1, num_gpus=1 if g.use_gpu else 0, runtime_env=env,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.learner_pg, placement_group_bundle_index=i),
+            ).remote(self.model_path, g, prefixes, i, g.num_learners, g.use_gpu, dtype, cfg.rollout.max_model_len)
+            for i in range(g.num_learners)
+        ]
+        addr, port = ray.get(self.learners[0].address.remote())
+        ray.get([l.init.remote(addr, port) for l in self.learners])
+        if resume:
+            ray.get([l.load.remote(os.path.join(self.ckpt_dir, f"step-{self.step}")) for l in self.learners])
+        self.rewarder = ray.remote(RewardWorker).options(num_cpus=0.5).remote(
+            g.accuracy_weight, g.format_weight, g.reward_functions)
+
+    def shutdown(self) -> None:
+        for actor in self.rollout_workers + self.learners + [self.rewarder]:
+            ray.kill(actor)
+        remove_placement_group(self.learner_pg)
+
+    # ------------------------------------------------------------------ pieces of a step
+
+    def _requests(self, indices: list[int], rows: list[dict], n: int, tag: int) -> list:
+        out = []
+        for k, i in enumerate(indices):
+            req = eval_request(rows[i], n, self.g.max_completion_tokens, self.g.temperature, self.g.top_p,
+                               seed=self.g.seed * 1_000_003 + tag * 10_007 + k)
+            req.sampling.logprobs = True
+            out.append(req)
+        return out
+
+    def generate(self, requests: list) -> list:
+        """Round-robin over rollout workers; a dead worker is restarted with the current weights and retried."""
+        while True:
+            shares = [requests[i::len(self.rollout_workers)] for i in range(len(self.rollout_workers))]
+            try:
+                parts = ray.get([w.generate.remote(s) for w, s in zip(self.rollout_workers, shares) if s])
+                break
+            except ray.exceptions.RayActorError:
+                self.restarts += 1
+                if self.restarts > self.g.max_rollout_restarts:
+                    raise
+                self._restart_rollout()
+        by_id = {r.request_id: r for part in parts for r in part}
+        return [by_id[r.request_id] for r in requests]
+
+    def _restart_rollout(self) -> None:
+        for w in self.rollout_workers:
+            ray.kill(w)
+        self.rollout_workers = create_rollout_workers(self.model_path, self.cfg.rollout, self.cfg.model.dtype)
+        self._sync()  # the new workers load the last checkpoint; bring them to the learners' weights
+
+    def _sync(self) -> dict:
+        refs = ray.get([l.trainable_buckets.remote(self.g.sync_bucket_mb << 20) for l in self.learners])[0]
+        return self.sync.sync(refs, self.rollout_workers)
+
+    def _score(self, rows: list[dict], results: list) -> list[list[dict]]:
+        items, shape = [], []
+        for row, res in zip(rows, results):
+            choices = list(row["choices"]) if row.get("choices") is not None and len(row["choices"]) else None
+            items += [(c.text, row["answer"], choices) for c in res.completions]
+            shape.append(len(res.completions))
+        flat = ray.get(self.rewarder.score.remote(items))
+        out, k = [], 0
+        for n in shape:
+            out.append(flat[k:k + n])
+            k += n
+        return out
+
+    def held_out_reward(self) -> dict:
+        idx = list(range(min(self.g.eval_prompts, len(self.eval_rows))))
+        rows = [self.eval_rows[i] for i in idx]
+        results = self.generate(self._requests(idx, self.eval_rows, self.g.group_size, tag=-1))
+        scores = [s for group in self._score(rows, [r for r in results]) for s in group]
+        return {"heldout_reward": statistics.fmean(s["reward"] for s in scores) if scores else 0.0,
+                "heldout_accuracy": statistics.fmean(s["accuracy"] for s in scores) if scores else 0.0}
+
+    # ------------------------------------------------------------------ the step
+
+    def train_step(self) -> dict:
+        g, t0 = self.g, time.perf_counter()
+        trajectories, rewards_all, groups_dropped, rejected, scores_all = [], [], 0, 0, []
+        gen_s = score_s = 0.0
+        for round_ in range(1 + (g.resample_rounds if g.drop_zero_variance_groups else 0)):
+            need = g.prompts_per_step - len(trajectories) // g.group_size
+            if need <= 0:
+                break
+            idx = self.sampler.take(need)
+            rows = [self.rows[i] for i in idx]
+            t = time.perf_counter()
+            results = self.generate(self._requests(idx, self.rows, g.group_size, tag=self.step * 7 + round_))
+            gen_s += time.perf_counter() - t
+            keep_rows = [(row, res) for row, res in zip(rows, results) if res.ok and len(res.completions) == g.group_size]
+            rejected += len(rows) - len(keep_rows)
+            if not keep_rows:
+                continue
+            t = time.perf_counter()
+            scores = self._score([r for r, _ in keep_rows], [res for _, res in keep_rows])
+            score_s += time.perf_counter() - t
+            rewards = torch.tensor([s["reward"] for group in scores for s in group])
+            rewards_all += rewards.tolist()
+            scores_all += [s for group in scores for s in group]
+            adv = group_advantages(rewards, g.group_size, g.scale_by_std)
+            keep = nonzero_variance_groups(rewards, g.group_size) if g.drop_zero_variance_groups else torch.ones(len(keep_rows), dtype=torch.bool)
+            groups_dropped += int((~keep).sum())
+            for gi, ((row, res), kept) in enumerate(zip(keep_rows, keep.tolist())):
+                if not kept:
+                    continue
+                req = self._requests([0], [row], 1, tag=0)[0]
+                for ci, comp in enumerate(res.completions):
+                    trajectories.append(Trajectory(req, comp.token_ids, comp.logprobs or [], float(adv[gi * g.group_size + ci]),
+                                                   float(rewards[gi * g.group_size + ci])))
+        t = time.perf_counter()
+        learner_stats = {}
+        if trajectories:
+            # Every learner must take part in the collectives: pad shares with zero-advantage copies.
+            shares = [trajectories[i::len(self.learners)] for i in range(len(self.learners))]
+            shares = [s or [Trajectory(trajectories[0].request, trajectories[0].completion_ids,
+                                       trajectories[0].rollout_logprobs, 0.0, 0.0)] for s in shares]
+            stats = ray.get([l.train_step.remote(s) for l, s in zip(self.learners, shares)])
+            learner_stats = {k: statistics.fmean(s[k] for s in stats) for k in stats[0]}
+        update_s = time.perf_counter() - t
+        sync = self._sync() if trajectories else {"sync_s": 0.0}
+        self.step += 1
+        lengths = [len(tr.completion_ids) for tr in trajectories]
+        values = {
+            "reward_mean": statistics.fmean(rewards_all) if rewards_all else 0.0,
+            "reward_std": statistics.pstdev(rewards_all) if len(rewards_all) > 1 else 0.0,
+            "accuracy": statistics.fmean(s["accuracy"] for s in scores_all) if scores_all else 0.0,
+            "format_rate": statistics.fmean(s["format"] for s in scores_all) if scores_all else 0.0,
+            "response_length": statistics.fmean(lengths) if lengths else 0.0,
+            "groups_dropped": groups_dropped, "prompts_rejected": rejected, "trajectories": len(trajectories),
+            "generation_s": gen_s, "reward_s": score_s, "update_s": update_s, "sync_s": sync["sync_s"],
+            "step_s": time.perf_counter() - t0, "rollout_restarts": self.restarts, **learner_stats,
+        }
+        return values
+
+    def checkpoint(self) -> str:
+        path = os.path.join(self.ckpt_dir, f"step-{self.step}")
+        ray.get([l.save.remote(path, self.step) for l in self.learners])
+        tmp = os.path.join(self.ckpt_dir, LATEST + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"step": self.step, "sampler": self.sampler.state()}, f)
+        os.replace(tmp, os.path.join(self.ckpt_dir, LATEST))  # only a finished checkpoint becomes "latest"
+        self.model_path = os.path.join(path, "model")
+        return path
+
+    def run(self) -> dict:
+        history = []
+        if self.step == 0:
+            history.append({"step": 0, **self.held_out_reward()})
+            self.metrics.log(0, **{k: v for k, v in history[-1].items() if k != "step"})
+        while self.step < self.g.steps:
+            values = self.train_step()
+            last = self.step == self.g.steps
+            if self.step % self.g.eval_every_steps == 0 or last:
+                values.update(self.held_out_reward())
+                history.append({"step": self.step, "heldout_reward": values["heldout_reward"]})
+            self.metrics.log(self.step, **values)
+            if self.step % self.g.checkpoint_every_steps == 0 or last:
+                self.checkpoint()
+        final = os.path.join(self.out, "model")
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        shutil.copytree(self.model_path, final)
+        return {"model": final, "heldout": history}
