@@ -115,3 +115,9 @@ def test_many_seeded_requests_in_one_batch(vllm_worker):
     reqs = [image_request(i, n=8, temperature=1.0, max_tokens=8, seed=i) for i in range(48)]
     results = ray.get(vllm_worker.generate.remote(reqs))
     assert all(r.ok and len(r.completions) == 8 for r in results)
+    # Image placeholders are never sampled (a random model would, ~1 token in 180 here).
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ray.get(vllm_worker.ready.remote()))
+    banned = {tok.context_image_token_id, tok.start_image_token_id, tok.end_image_token_id}
+    assert not banned & {t for r in results for c in r.completions for t in c.token_ids}

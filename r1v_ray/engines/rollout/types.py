@@ -131,6 +131,11 @@ class PromptBuilder:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.max_model_len = max_model_len
+        # Image placeholders must never be generated: a completion holding one cannot be fed back
+        # with its image (the features/tokens count would not match).
+        self.banned_tokens = [t for t in (getattr(self.tokenizer, n, None) for n in
+                                          ("context_image_token", "start_image_token", "end_image_token", "video_token")) if t]
+        self.banned_ids = [[self.tokenizer.convert_tokens_to_ids(t)] for t in self.banned_tokens]
 
     def render(self, request: GenerationRequest) -> tuple[str, list[Image.Image], int]:
         messages, images = split_images(request.messages, request.images)

@@ -62,7 +62,7 @@ class VLLMEngine(RolloutEngine):
         return SamplingParams(
             n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
             repetition_penalty=s.repetition_penalty, stop=s.stop, seed=s.seed,
-            logprobs=0 if s.logprobs else None, **extra,
+            logprobs=0 if s.logprobs else None, bad_words=self.prompts.banned_tokens or None, **extra,
         )
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
