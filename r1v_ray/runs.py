@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from typing import Any
@@ -92,6 +93,9 @@ def run_stage(cfg: R1VConfig, stage: str, body, inputs: dict | None = None, forc
     if run.complete and not force:
         print(f"[{stage}] complete, skipping (force to re-run)")
         return run.manifest
+    if force and os.path.isdir(run.dir):  # a forced re-run starts from scratch, not from old checkpoints
+        shutil.rmtree(run.dir)
+        run = StageRun(cfg, stage)
     run.start(inputs)
     try:
         outputs, metrics = body(run)

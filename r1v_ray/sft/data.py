@@ -52,3 +52,10 @@ def filter_by_length(table: pa.Table, processor, max_length: int, out_uri: str, 
             kept += sum(ok)
             rejected += len(bad)
     return {"rows": kept, "rejected_too_long": rejected}
+
+
+def d_rm(table: pa.Table, column: str, tau: float) -> tuple[pa.Table, str]:
+    """D_rm(tau) = {x in D | RM(x) >= tau}; without RM scores (no score stage yet) it is all of D, said so."""
+    if column not in table.column_names:
+        return table, f"all rows (no '{column}' column: run jobs/score.py for the RM filter)"
+    return select_subset(table, column, tau)

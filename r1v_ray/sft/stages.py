@@ -25,7 +25,7 @@ from r1v_ray.model.assemble import build_processor, load_checkpoint, read_meta, 
 from r1v_ray.model.factory import load_llm, load_vision, part_paths
 from r1v_ray.rewards import accuracy_reward
 from r1v_ray.runs import StageRun
-from r1v_ray.sft.data import filter_by_length, select_subset, union_by_id
+from r1v_ray.sft.data import d_rm, filter_by_length, select_subset, union_by_id
 from r1v_ray.sft.run import run_sft
 from r1v_ray.sft.trainer import SFTJob
 
@@ -138,13 +138,6 @@ def error_set(cfg: R1VConfig, model_path: str, train_uri: str, out_dir: str) -> 
         if rejected:
             sink.write(rejected_table(rejected))
     return path, {"generated": n, "wrong": len(wrong), "rejected": len(rejected), "train_accuracy": 1 - len(wrong) / max(1, n - len(rejected))}
-
-
-def d_rm(table: pa.Table, column: str, tau: float) -> tuple[pa.Table, str]:
-    """D_rm(tau) = {x in D | RM(x) >= tau}; without RM scores (no score stage yet) it is all of D, said so."""
-    if column not in table.column_names:
-        return table, f"all rows (no '{column}' column: run jobs/score.py for the RM filter)"
-    return select_subset(table, column, tau)
 
 
 def iterative_sft(cfg: R1VConfig, run: StageRun, base_model: str, train_uri: str, test_uri: str,

@@ -1,0 +1,71 @@
+"""Weight sync: ObjectStoreSync into a vLLM rollout worker against a raw ray.put + ray.get of the same bytes.
+
+The sync includes what makes it correct (vLLM reload_weights and the prefix / multimodal /
+encoder cache resets); the baseline only moves the bytes into an actor. Prints both and the
+ratio from one run (target <= 1.3x), for the projector only and for the whole model.
+
+    .venv/bin/python benchmarks/grpo.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import ray
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.rollout import build_checkpoint  # noqa: E402
+from r1v_ray.config import RolloutConfig  # noqa: E402
+from r1v_ray.engines.rollout.actor import create_rollout_workers  # noqa: E402
+from r1v_ray.engines.sync import ObjectStoreSync  # noqa: E402
+from r1v_ray.model import load_checkpoint  # noqa: E402
+
+
+@ray.remote(num_cpus=1)
+class Sink:
+    def receive(self, state: dict) -> int:
+        return sum(t.numel() for t in state.values())
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory() as work:
+        ckpt = build_checkpoint(work)
+        model, _ = load_checkpoint(ckpt)
+        states = {
+            "projector": {n: p.detach() for n, p in model.named_parameters() if "multi_modal_projector" in n},
+            "full model": {n: p.detach() for n, p in model.named_parameters()},
+        }
+        (worker,) = create_rollout_workers(ckpt, RolloutConfig(device="cpu", max_model_len=512, cpu_kvcache_gib=1), "float32")
+        sink = Sink.remote()
+        sync = ObjectStoreSync()
+        for name, state in states.items():
+            size = sum(t.numel() * t.element_size() for t in state.values())
+            ours = timed(lambda: sync.sync([ray.put(state)], [worker]), args.repeats)
+            raw = timed(lambda: ray.get(sink.receive.remote(ray.put(state))), args.repeats)
+            print(f"{name:>10}: {size / 1e6:7.2f} MB  sync {ours * 1e3:7.2f} ms  raw put+get {raw * 1e3:7.2f} ms  "
+                  f"ratio {ours / raw:.2f}x (target <= 1.3x)")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Reward workers: rule rewards with weights, user functions by 'module:function', NaN stops the step."""
+
+import math
+
+import pytest
+
+from r1v_ray.grpo.reward import RewardWorker, load_function
+from r1v_ray.grpo.trainer import PromptSampler
+
+GOOD = "<think>\ncount them\n</think>\n\nAnswer: \\boxed{3}"
+
+
+def length_bonus(completion, answer, choices):
+    return 0.01 * len(completion)
+
+
+def nan_reward(completion, answer, choices):
+    return math.nan
+
+
+def test_rule_rewards_and_user_functions():
+    worker = RewardWorker(1.0, 0.5, [f"{__name__}:length_bonus"])
+    good, wrong, unformatted = worker.score([(GOOD, "3", None), (GOOD, "4", None), ("Answer: \\boxed{3}", "3", None)])
+    assert (good["accuracy"], good["format"]) == (1.0, 1.0)
+    assert good["reward"] == pytest.approx(1.5 + 0.01 * len(GOOD))
+    assert (wrong["accuracy"], wrong["format"]) == (0.0, 1.0)
+    assert (unformatted["accuracy"], unformatted["format"]) == (1.0, 0.0)
+
+
+def test_nan_reward_stops_with_a_clear_error():
+    with pytest.raises(FloatingPointError, match="reward is nan"):
+        RewardWorker(1.0, 0.5, [f"{__name__}:nan_reward"]).score([(GOOD, "3", None)])
+
+
+def test_bad_function_specs():
+    with pytest.raises(ValueError, match="package.module:function"):
+        load_function("no_colon")
+    with pytest.raises(ValueError, match="not a callable"):
+        load_function("math:pi")
+
+
+def test_prompt_sampler_positions_are_exact():
+    a = PromptSampler(10, seed=1)
+    first = a.take(7) + a.take(7)  # crosses an epoch boundary
+    b = PromptSampler(10, seed=1, **{"epoch": 0, "index": 7})
+    assert b.take(7) == first[7:]
+    assert sorted(first[:10]) == list(range(10)) and a.state() == {"epoch": 1, "index": 4}
