@@ -3,6 +3,7 @@
 
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -31,19 +32,24 @@ def _free_port() -> int:
 def head(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("head")
     port, dash = _free_port(), _free_port()
+    token_path = tmp / "auth_token"
+    token_path.write_text(secrets.token_hex(32))
+    # Token authentication on: the job API refuses requests without the cluster's token.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
     subprocess.run([RAY, "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
                     "--num-cpus=8", "--include-dashboard=true", f"--temp-dir={tmp}"], check=True, env=env,
                    capture_output=True, timeout=180)
     address = f"http://127.0.0.1:{dash}"
+    headers = {"Authorization": f"Bearer {token_path.read_text()}"}
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
-            if requests.get(f"{address}/api/version", timeout=5).ok:
+            if requests.get(f"{address}/api/version", headers=headers, timeout=5).ok:
                 break
         except requests.ConnectionError:
             time.sleep(1)
-    yield address, env
+    yield address, env, headers
     subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
@@ -56,10 +62,10 @@ def _submit(address: str, env: dict, run_dir: str, script: str, *extra: str) -> 
     return next(line.split("'")[1] for line in out.splitlines() if "submitted successfully" in line)
 
 
-def _wait(address: str, job_id: str, timeout: float = 900) -> dict:
+def _wait(address: str, headers: dict, job_id: str, timeout: float = 900) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        info = requests.get(f"{address}/api/jobs/{job_id}", timeout=10).json()
+        info = requests.get(f"{address}/api/jobs/{job_id}", headers=headers, timeout=10).json()
         if info["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
             return info
         time.sleep(2)
@@ -67,13 +73,14 @@ def _wait(address: str, job_id: str, timeout: float = 900) -> dict:
 
 
 def test_stages_run_as_ray_jobs(head, tmp_path):
-    address, env = head
+    address, env, headers = head
+    assert requests.get(f"{address}/api/jobs/", timeout=10).status_code == 401  # no token, no job API
     run_dir = str(tmp_path / "run")
     for script, extra in (("mlp_init", ()), ("reassemble", ()), ("iterative_sft", ()),
                           ("eval", ("--checkpoint", os.path.join(run_dir, "sft", "model"), "--name", "final"))):
         job_id = _submit(address, env, run_dir, script, *extra)
-        info = _wait(address, job_id)
-        logs = requests.get(f"{address}/api/jobs/{job_id}/logs", timeout=10).json().get("logs", "")
+        info = _wait(address, headers, job_id)
+        logs = requests.get(f"{address}/api/jobs/{job_id}/logs", headers=headers, timeout=10).json().get("logs", "")
         assert info["status"] == "SUCCEEDED", f"{script}: {info.get('message')}\n{logs[-3000:]}"
     for stage in ("mlp_init", "reassemble", "sft"):
         with open(os.path.join(run_dir, stage, "manifest.json")) as f:
