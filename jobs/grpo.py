@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from r1v_ray.data.io import read_parquet  # noqa: E402
 from r1v_ray.data.sources import dataset_uris  # noqa: E402
+from r1v_ray.distill.recipes import training_data  # noqa: E402
 from r1v_ray.grpo.trainer import GRPORun  # noqa: E402
 from r1v_ray.runs import run_stage  # noqa: E402
 from r1v_ray.runtime import init_ray, job_parser, load_job_config, stage_output  # noqa: E402
@@ -36,7 +37,8 @@ if __name__ == "__main__":
     cfg = load_job_config(args)
     init_ray()
     base = stage_output(cfg, "sft")
-    train_uri, test_uri = dataset_uris(cfg)
+    _, test_uri = dataset_uris(cfg)
+    train_uri = training_data(cfg)
     manifest = run_stage(cfg, "grpo", body(cfg, base, train_uri, test_uri),
                          {"sft": base, "train": train_uri, "test": test_uri}, args.force)
     print("step  held-out reward")

@@ -9,6 +9,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from r1v_ray.data.sources import dataset_uris  # noqa: E402
+from r1v_ray.distill.recipes import redistill_hook, training_data  # noqa: E402
 from r1v_ray.runs import run_stage  # noqa: E402
 from r1v_ray.runtime import init_ray, job_parser, load_job_config, stage_output  # noqa: E402
 from r1v_ray.sft.stages import iterative_sft  # noqa: E402
@@ -18,8 +19,9 @@ if __name__ == "__main__":
     cfg = load_job_config(args)
     init_ray()
     base = stage_output(cfg, "reassemble")
-    train_uri, test_uri = dataset_uris(cfg)
-    manifest = run_stage(cfg, "sft", lambda run: iterative_sft(cfg, run, base, train_uri, test_uri),
+    _, test_uri = dataset_uris(cfg)
+    train_uri = training_data(cfg)
+    manifest = run_stage(cfg, "sft", lambda run: iterative_sft(cfg, run, base, train_uri, test_uri, redistill_hook(cfg, run)),
                          {"reassembled": base, "train": train_uri, "test": test_uri}, args.force)
     print("model        Pass@1")
     for row in manifest["metrics"]["table"]:

@@ -118,7 +118,8 @@ class JudgeConfig:
     base_url: str | None = None  # None: the openai client's default
     model: str = "gpt-4o"
     api_key_env: str = "OPENAI_API_KEY"  # the key itself never enters a config
-    max_concurrency: int = 32
+    num_workers: int = 2  # Ray Data actors calling the judge; concurrency and rate limits are split among them
+    max_concurrency: int = 32  # requests in flight, all actors together
     requests_per_second: float = 10.0
     max_retries: int = 6
     timeout_s: float = 60.0
@@ -138,6 +139,11 @@ class DistillConfig:
     gamma: float = 1.0
     max_tokens: int = 8192
     temperature: float = 0.0
+    # The model that generates the chains; None: the newest finished stage's model (sft, reassemble, mlp_init),
+    # else the freshly assembled vision + reasoning LLM.
+    model: str | None = None
+    before_iterations: bool = True  # re-distill (and re-score) with M_{t-1} before each iterative-SFT iteration
+    batch_size: int = 32  # rows per Ray Data batch (one engine.generate call)
 
 
 @dataclass

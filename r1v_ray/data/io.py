@@ -38,6 +38,16 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def remove(uri: str) -> None:
+    """Delete a dataset folder (or file) if it exists."""
+    fs, path = resolve_fs(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
 def makedirs(uri: str) -> None:
     fs, path = resolve_fs(uri)
     fs.create_dir(path, recursive=True)
@@ -59,13 +69,15 @@ def read_text(uri: str) -> str:
 
 
 class ParquetSink:
-    """Streaming dataset writer: buffers at most `rows_per_file` rows, then writes a part file."""
+    """Streaming dataset writer: buffers at most `rows_per_file` rows or `max_bytes`, then writes a part file."""
 
-    def __init__(self, uri: str, schema: pa.Schema | None = None, rows_per_file: int = 4096):
+    def __init__(self, uri: str, schema: pa.Schema | None = None, rows_per_file: int = 4096, max_bytes: int = 64 << 20):
         self.fs, self.path = resolve_fs(uri)
         self.fs.create_dir(self.path, recursive=True)
         self.schema = schema
         self.rows_per_file = rows_per_file
+        self.max_bytes = max_bytes
+        self._bytes = 0
         self._buffer: list[pa.Table] = []
         self._buffered = 0
         self._part = 0
@@ -76,7 +88,8 @@ class ParquetSink:
             return
         self._buffer.append(table)
         self._buffered += table.num_rows
-        if self._buffered >= self.rows_per_file:
+        self._bytes += table.nbytes
+        if self._buffered >= self.rows_per_file or self._bytes >= self.max_bytes:
             self.flush()
 
     def flush(self) -> None:
@@ -86,7 +99,7 @@ class ParquetSink:
         pq.write_table(table, f"{self.path}/part-{self._part:05d}.parquet", filesystem=self.fs)
         self.rows_written += table.num_rows
         self._part += 1
-        self._buffer, self._buffered = [], 0
+        self._buffer, self._buffered, self._bytes = [], 0, 0
 
     def close(self) -> int:
         self.flush()

@@ -118,3 +118,17 @@ def load_vision(path: str, dtype: torch.dtype = torch.float32) -> InternVLVision
 def load_llm(path: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
     return model.eval(), AutoTokenizer.from_pretrained(path)
+
+
+def assemble_initial(cfg: ModelConfig, work_dir: str, out: str, seed: int = 0) -> str:
+    """The MLP-initialization starting point (paper 2.1): vision encoder + fresh projector + substitute LLM."""
+    from r1v_ray.model.assemble import assemble, build_processor, save_checkpoint
+
+    if os.path.exists(os.path.join(out, "config.json")):
+        return out
+    parts = part_paths(cfg, work_dir)
+    llm, tok = load_llm(parts.substitute_llm)
+    model = assemble(load_vision(parts.vision), llm, tok, cfg.projector, seed=seed)
+    processor = build_processor(tok, model.config.vision_config, cfg.projector.downsample_ratio, cfg.max_image_tiles)
+    return save_checkpoint(model, processor, out, meta={"stage": "assembled", "vision": parts.vision,
+                                                        "llm": parts.substitute_llm})

@@ -21,8 +21,8 @@ from r1v_ray.data.schema import REJECTED_SCHEMA, rejected_table
 from r1v_ray.engines.rollout.actor import generate_dataset
 from r1v_ray.eval.scoring import eval_request
 from r1v_ray.eval.stage import run_eval
-from r1v_ray.model.assemble import build_processor, load_checkpoint, read_meta, save_checkpoint
-from r1v_ray.model.factory import load_llm, load_vision, part_paths
+from r1v_ray.model.assemble import load_checkpoint, read_meta, save_checkpoint
+from r1v_ray.model.factory import assemble_initial, load_llm, part_paths
 from r1v_ray.rewards import accuracy_reward
 from r1v_ray.runs import StageRun
 from r1v_ray.sft.data import d_rm, filter_by_length, select_subset, union_by_id
@@ -69,17 +69,7 @@ def train(cfg: R1VConfig, run: StageRun, name: str, init: str, table: pa.Table, 
 
 def mlp_init(cfg: R1VConfig, run: StageRun, train_uri: str) -> tuple[dict, dict]:
     """Paper 2.1: vision encoder + fresh projector + substitute LLM, trained in sub-stages (full, curated, CoT)."""
-    parts = part_paths(cfg.model, cfg.run_dir)
-    init = run.path_for("assembled")
-    if not _model_done(init):
-        from r1v_ray.model.assemble import assemble
-
-        llm, tok = load_llm(parts.substitute_llm)
-        model = assemble(load_vision(parts.vision), llm, tok, cfg.model.projector, seed=cfg.seed)
-        processor = build_processor(tok, model.config.vision_config, cfg.model.projector.downsample_ratio,
-                                    cfg.model.max_image_tiles)
-        save_checkpoint(model, processor, init, meta={"stage": "mlp_init/assembled", "vision": parts.vision,
-                                                      "llm": parts.substitute_llm})
+    init = assemble_initial(cfg.model, cfg.run_dir, run.path_for("assembled"), seed=cfg.seed)
     table = read_parquet(train_uri)
     current, sub_stages = init, []
     for sub in cfg.sft.mlp_init_stages:

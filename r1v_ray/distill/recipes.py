@@ -1,0 +1,85 @@
+"""Distillation and scoring as stages of a run: which model generates, which data goes in, what comes out.
+
+The first distillation runs before MLP initialization (paper 2.3: "prior to
+Stage 1"); before each iterative-SFT iteration the data is re-distilled with
+M_{t-1} and re-scored. The query assessment (QDAM, VTIA) does not depend on
+the model, so re-distillation reuses it: only generation, verification and
+revision run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+
+import ray
+
+from r1v_ray.config import R1VConfig
+from r1v_ray.data.sources import dataset_uris
+from r1v_ray.distill.stage import distill, score
+from r1v_ray.model.factory import assemble_initial
+from r1v_ray.runs import StageRun
+
+MODEL_STAGES = ("grpo", "sft", "reassemble", "mlp_init")  # newest first
+
+
+def generation_model(cfg: R1VConfig) -> str:
+    """distill.model, else the newest finished stage's model, else the assembled MLP-init starting point."""
+    if cfg.distill.model:
+        return cfg.distill.model
+    for stage in MODEL_STAGES:
+        run = StageRun(cfg, stage)
+        if run.complete:
+            return run.manifest["outputs"]["model"]
+    return assemble_initial(cfg.model, cfg.run_dir, os.path.join(cfg.run_dir, "distill", "base_model"), seed=cfg.seed)
+
+
+def distill_stage(cfg: R1VConfig, run: StageRun, model: str, train_uri: str) -> tuple[dict, dict]:
+    metrics = distill(cfg, ray.data.read_parquet(train_uri), model, run.dir)
+    return {"data": run.path_for("data"), "rejected": [run.path_for("rejected_assess"), run.path_for("rejected")],
+            "model": model}, metrics
+
+
+def score_stage(cfg: R1VConfig, run: StageRun, data_uri: str) -> tuple[dict, dict]:
+    metrics = score(cfg, ray.data.read_parquet(data_uri), run.dir)
+    return {"data": run.path_for("data"), "rejected": run.path_for("rejected")}, metrics
+
+
+def training_data(cfg: R1VConfig) -> str:
+    """The SFT / GRPO training set: scored data, else distilled data, else the canonical train split."""
+    for stage in ("score", "distill"):
+        run = StageRun(cfg, stage)
+        if run.complete:
+            return run.manifest["outputs"]["data"]
+    return dataset_uris(cfg)[0]
+
+
+def redistill_hook(cfg: R1VConfig, run: StageRun) -> Callable[[int, str], str] | None:
+    """`before_iteration(t, model)` for iterative SFT: re-distill with M_{t-1}, re-score; returns the new data."""
+    distilled = StageRun(cfg, "distill")
+    if not cfg.distill.before_iterations or not distilled.complete:
+        return None
+    train_uri = distilled.manifest["inputs"]["train"]
+
+    def before_iteration(t: int, model: str) -> str:
+        out = run.path_for(f"M{t}", "redistill")
+        done = os.path.join(out, "done.json")
+        if os.path.exists(done):
+            with open(done) as f:
+                return json.load(f)["data"]
+        os.makedirs(os.path.join(out, "distill"), exist_ok=True)
+        for name in ("bounds.json", "assessed"):  # the model-independent first pass, reused
+            src, dst = distilled.path_for(name), os.path.join(out, "distill", name)
+            if not os.path.exists(dst):
+                (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, dst)
+        d = distill(cfg, ray.data.read_parquet(train_uri), model, os.path.join(out, "distill"), stage=f"sft/M{t}/distill")
+        s = score(cfg, ray.data.read_parquet(os.path.join(out, "distill", "data")), os.path.join(out, "score"),
+                  stage=f"sft/M{t}/score")
+        summary = {"data": os.path.join(out, "score", "data"), "model": model, "distill": d, "score": s}
+        with open(done, "w") as f:
+            json.dump(summary, f, indent=2)
+        return summary["data"]
+
+    return before_iteration

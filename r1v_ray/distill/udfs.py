@@ -1,0 +1,173 @@
+"""Ray Data callables of the distillation and scoring stages: judge pools and the self-distiller.
+
+Each takes a pyarrow batch and returns it with new columns plus `error` (None, or
+why the row cannot go on) and the judge usage of each row, so the driver can
+route rows to the output or to `rejected` and count calls, cache hits, retries
+and tokens without any shared state between actors.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+
+from r1v_ray.config import DistillConfig, JudgeConfig, RolloutConfig
+from r1v_ray.engines.judge import Usage, image_clarity, make_judge, split_think
+from r1v_ray.engines.rollout import GenerationRequest, Sampling, make_engine
+from r1v_ray.rewards import build_question_text
+
+USAGE_COLUMNS = list(Usage().as_dict())
+ASSESS_COLUMNS = ["clarity", "image_necessity", "question_quality", "difficulty", "reasoning_demand", "integration",
+                  "s_v_raw", "s_t_raw", "s_i_raw"]
+DISTILL_COLUMNS = ["think", "response", "correct", "revised", "generated_tokens", "generated_text", "think_chars",
+                   "response_chars"]
+
+
+COLUMN_TYPES = {"think": pa.string(), "response": pa.string(), "generated_text": pa.string(), "rm_reason": pa.string(),
+                "error": pa.string(), "correct": pa.bool_(), "revised": pa.bool_(), "rm_score": pa.int64(),
+                "generated_tokens": pa.int64(), "think_chars": pa.int64(), "response_chars": pa.int64()}
+
+
+def batch_rows(batch: pa.Table) -> list[dict]:
+    return batch.to_pylist()
+
+
+def with_columns(batch: pa.Table, columns: dict[str, list]) -> pa.Table:
+    """`batch` plus the new columns, typed explicitly so every batch has one schema even when all are null."""
+    for name, values in columns.items():
+        kind = COLUMN_TYPES.get(name, pa.int64() if name.startswith("judge_") else pa.float64())
+        if name in batch.column_names:
+            batch = batch.drop_columns([name])
+        batch = batch.append_column(pa.field(name, kind), pa.array(values, type=kind))
+    return batch
+
+
+def _choices(row: dict) -> list[str] | None:
+    choices = row.get("choices")
+    return list(choices) if choices is not None and len(choices) else None
+
+
+class _JudgePool:
+    """Common part of the judge-only stages: one judge per actor, rows of a batch judged concurrently."""
+
+    def __init__(self, judge_cfg: JudgeConfig, cache_dir: str | None, num_actors: int, api_key: str | None = None):
+        share = 1.0 / max(1, num_actors)
+        self.judge = make_judge(judge_cfg, cache_dir, share, api_key)
+        threads = 1 if judge_cfg.kind == "offline" else max(1, int(judge_cfg.max_concurrency * share))
+        self.pool = ThreadPoolExecutor(max_workers=threads)
+
+    columns: list[str] = []  # every batch carries all of them (None for rejected rows): one schema
+
+    def judge_row(self, row: dict) -> tuple[dict, Usage]:
+        raise NotImplementedError
+
+    def _safe(self, row: dict) -> tuple[dict, Usage, str | None]:
+        try:
+            values, usage = self.judge_row(row)
+            return values, usage, None
+        except Exception as exc:  # a row the judge cannot handle is rejected with the reason, never dropped
+            return {}, getattr(exc, "usage", Usage()), f"judge: {type(exc).__name__}: {exc}"
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self._assemble(batch, list(self.pool.map(self._safe, batch_rows(batch))))
+
+    def _assemble(self, batch: pa.Table, results: list[tuple[dict, Usage, str | None]]) -> pa.Table:
+        columns = {name: [values.get(name) for values, _, _ in results] for name in self.columns}
+        columns.update({k: [usage.as_dict()[k] for _, usage, _ in results] for k in USAGE_COLUMNS})
+        columns["error"] = [err for _, _, err in results]
+        return with_columns(batch, columns)
+
+
+class Assess(_JudgePool):
+    """QDAM (S_v from local clarity and judged necessity; S_t) and VTIA (S_I), raw, before normalization."""
+
+    columns = ASSESS_COLUMNS
+
+    def judge_row(self, row: dict) -> tuple[dict, Usage]:
+        clarity = image_clarity(row["image"])
+        a, usage = self.judge.assess(row)
+        values = {"clarity": clarity, "image_necessity": a.image_necessity, "question_quality": a.question_quality,
+                  "difficulty": a.difficulty, "reasoning_demand": a.reasoning_demand, "integration": a.integration,
+                  "s_v_raw": (clarity + a.image_necessity) / 2,
+                  "s_t_raw": (a.question_quality + a.difficulty + a.reasoning_demand) / 3,
+                  "s_i_raw": a.integration}
+        return values, usage
+
+
+class RMScore(_JudgePool):
+    """RM(x) in {0..5} for each sample (paper 2.2)."""
+
+    columns = ["rm_score", "rm_reason"]
+
+    def judge_row(self, row: dict) -> tuple[dict, Usage]:
+        score, reason, usage = self.judge.rm_score(row)
+        return {"rm_score": int(score), "rm_reason": reason}, usage
+
+
+def distill_request(row: dict, cfg: DistillConfig, seed: int, hint: str | None = None) -> GenerationRequest:
+    """The self-distillation prompt with the row's own DRLC repetition penalty."""
+    text = build_question_text(str(row["question"]), _choices(row))
+    if hint:
+        text += f"\n\nHint: {hint}"
+    penalty = float(row["rep_penalty"])
+    if not math.isfinite(penalty) or penalty <= 0:
+        raise ValueError(f"rep_penalty={penalty!r} must be a positive number")
+    sampling = Sampling(n=1, temperature=cfg.temperature, max_tokens=cfg.max_tokens, repetition_penalty=penalty, seed=seed)
+    return GenerationRequest(messages=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}],
+                             images=[row["image"]], sampling=sampling, request_id=str(row["id"]) + ("/hint" if hint else ""))
+
+
+class SelfDistill(_JudgePool):
+    """Generate with each row's penalty, verify with the judge, revise what is wrong (paper 2.3)."""
+
+    columns = DISTILL_COLUMNS
+
+    def __init__(self, checkpoint: str, rollout: RolloutConfig, dtype: str, judge_cfg: JudgeConfig,
+                 cache_dir: str | None, num_actors: int, distill: DistillConfig, seed: int, api_key: str | None = None):
+        super().__init__(judge_cfg, cache_dir, num_actors, api_key)
+        self.engine = make_engine(checkpoint, rollout, dtype)
+        self.cfg, self.seed = distill, seed
+        self.generated: dict[str, tuple[str | None, int, str | None]] = {}
+        self.hinted: dict[str, str] = {}
+
+    def _generate(self, rows: list[dict], hint: bool) -> dict[str, tuple[str | None, int, str | None]]:
+        """Batched generation: id -> (text, tokens, error)."""
+        out, requests = {}, []
+        for row in rows:
+            try:
+                requests.append(distill_request(row, self.cfg, self.seed,
+                                                hint=f"the correct answer is {row['answer']}." if hint else None))
+            except Exception as exc:
+                out[str(row["id"])] = (None, 0, f"bad request: {exc}")
+        for req, res in zip(requests, self.engine.generate(requests)):
+            rid = req.request_id.removesuffix("/hint")
+            out[rid] = (None, 0, res.error) if not res.ok else (res.completions[0].text, len(res.completions[0].token_ids), None)
+        return out
+
+    def judge_row(self, row: dict) -> tuple[dict, Usage]:
+        rid = str(row["id"])
+        text, n_tokens, _ = self.generated[rid]
+        correct, usage = self.judge.verify(row, text)
+        final = text
+        if not correct:
+            final, more = self.judge.revise(row, text, lambda r: self.hinted.get(str(r["id"]), ""))
+            usage += more
+        think, response = split_think(final)
+        return {"think": think, "response": response, "correct": bool(correct), "revised": not correct,
+                "generated_tokens": n_tokens, "generated_text": text, "think_chars": len(think),
+                "response_chars": len(response)}, usage
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch_rows(batch)
+        self.generated = self._generate(rows, hint=False)
+        failed = {rid: err for rid, (_, _, err) in self.generated.items() if err}
+        if self.judge.uses_regeneration:  # one batched hinted pass for the wrong rows
+            wrong = [r for r in rows if str(r["id"]) not in failed
+                     and not self.judge.verify(r, self.generated[str(r["id"])][0])[0]]
+            self.hinted = {rid: t for rid, (t, _, e) in self._generate(wrong, hint=True).items() if not e}
+        ok_rows = [r for r in rows if str(r["id"]) not in failed]
+        judged = dict(zip([str(r["id"]) for r in ok_rows], self.pool.map(self._safe, ok_rows)))
+        return self._assemble(batch, [judged.get(str(r["id"]), ({}, Usage(), f"generation: {failed.get(str(r['id']))}"))
+                                      for r in rows])
