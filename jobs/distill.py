@@ -11,24 +11,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from r1v_ray.data.sources import dataset_uris  # noqa: E402
-from r1v_ray.distill.recipes import distill_stage, generation_model  # noqa: E402
-from r1v_ray.runs import run_stage  # noqa: E402
-from r1v_ray.runtime import init_ray, job_parser, load_job_config  # noqa: E402
+from r1v_ray.pipeline import distill_job  # noqa: E402
+from r1v_ray.runtime import job_parser, load_job_config  # noqa: E402
 
 if __name__ == "__main__":
     ap = job_parser(__doc__)
     ap.add_argument("--model", help="checkpoint that generates (default: distill.model or the newest stage's model)")
     args = ap.parse_args()
     cfg = load_job_config(args)
-    if args.model:
-        cfg.distill.model = args.model
-    init_ray()
-    train_uri, _ = dataset_uris(cfg)
-    model = generation_model(cfg)
-    manifest = run_stage(cfg, "distill", lambda run: distill_stage(cfg, run, model, train_uri),
-                         {"train": train_uri, "model": model}, args.force)
-    m = manifest["metrics"]
+    cfg.distill.model = args.model or cfg.distill.model
+    m = distill_job(cfg, args.force)["metrics"]
     print(f"distill: {m['rows_out']} rows out, {m['rejected']} rejected, {m['revised']} revised, "
           f"penalty/length correlation {m['penalty_length_correlation']}, judge calls {m['judge_calls']} "
           f"(cache hits {m['judge_cache_hits']}, retries {m['judge_retries']}), cost ${m['judge_cost_usd']:.4f}")

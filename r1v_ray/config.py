@@ -217,12 +217,13 @@ class GRPOConfig:
     reward_functions: list[str] = field(default_factory=list)  # "module:function"
     checkpoint_every_steps: int = 50
     zero_stage: int = 3
+    # Rollout engine i shares learner i's placement-group bundle (half its GPU each; vLLM memory capped at 0.4).
     colocate: bool = False
     num_learners: int = 8
     use_gpu: bool = True
     node_resource: str | None = None  # learners' custom resource (cluster.yaml: "learner")
     trainable_prefixes: list[str] | None = None  # None: model.trainable_prefixes
-    weight_sync: Literal["object_store"] = "object_store"
+    weight_sync: Literal["object_store", "nccl"] = "object_store"  # nccl: GPU learners and vLLM rollout workers
     sync_bucket_mb: int = 512
     resample_rounds: int = 2  # extra prompt batches drawn to refill groups dropped for zero variance
     eval_prompts: int = 64  # held-out prompts whose mean reward is tracked

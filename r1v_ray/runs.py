@@ -9,6 +9,7 @@ metrics and wall time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -29,6 +30,28 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def describe_input(value: Any) -> Any:
+    """What a stage consumed: a dataset's row count, a checkpoint's fingerprint, else the value itself.
+
+    The fingerprint hashes the checkpoint's config and its weight files' names and sizes: cheap for a
+    70 GB model, and it changes when a checkpoint is replaced.
+    """
+    if not isinstance(value, str) or "://" in value or not os.path.isdir(value):
+        return value
+    if os.path.exists(os.path.join(value, "config.json")):
+        digest = hashlib.sha256(open(os.path.join(value, "config.json"), "rb").read())
+        for name in sorted(os.listdir(value)):
+            if name.endswith(".safetensors"):
+                digest.update(f"{name}:{os.path.getsize(os.path.join(value, name))}".encode())
+        return {"path": value, "fingerprint": digest.hexdigest()[:16]}
+    try:
+        from r1v_ray.data.io import count_rows
+
+        return {"path": value, "rows": count_rows(value)}
+    except Exception:  # not a dataset
+        return value
 
 
 class StageRun:
@@ -62,7 +85,7 @@ class StageRun:
         self.manifest = {
             "stage": self.stage, "status": "running", "attempts": attempts, "started": time.time(),
             "version": r1v_ray.__version__, "git_commit": git_commit(), "config": to_dict(self.cfg),
-            "inputs": inputs or {}, "metrics": self.manifest.get("metrics", {}), "outputs": {},
+            "inputs": {k: describe_input(v) for k, v in (inputs or {}).items()}, "metrics": self.manifest.get("metrics", {}), "outputs": {},
         }
         self._start = time.time()
         self._write()

@@ -61,7 +61,8 @@ def redistill_hook(cfg: R1VConfig, run: StageRun) -> Callable[[int, str], str] |
     distilled = StageRun(cfg, "distill")
     if not cfg.distill.before_iterations or not distilled.complete:
         return None
-    train_uri = distilled.manifest["inputs"]["train"]
+    train = distilled.manifest["inputs"]["train"]
+    train_uri = train["path"] if isinstance(train, dict) else train
 
     def before_iteration(t: int, model: str) -> str:
         out = run.path_for(f"M{t}", "redistill")

@@ -104,25 +104,59 @@ class LearnerWorker:
         logp, mask, _ = completion_logprobs(self.engine.module, samples, self.device)
         return [row[: int(m.sum())].tolist() for row, m in zip(logp, mask)]
 
-    def trainable_buckets(self, bucket_bytes: int) -> list:
-        """Trainable tensors in HF names, gathered (ZeRO-3: one parameter at a time) and put in the object
-        store in buckets; rank 0 returns their refs, every rank must call (the gather is collective)."""
+    def _gathered_trainable(self):
+        """(HF name, full tensor) of each trainable parameter on rank 0, (name, None) elsewhere. Every rank
+        must iterate: under ZeRO-3 each parameter is gathered collectively, one at a time (never the whole model)."""
         import deepspeed
 
-        buckets, current, size = [], {}, 0
         for name, param in self.engine.module.named_parameters():
             if not param.requires_grad:
                 continue
             with deepspeed.zero.GatheredParameters([param], enabled=self.cfg.zero_stage == 3):
-                if self.rank == 0:
-                    current[name] = param.detach().to("cpu", copy=True)
-                    size += current[name].numel() * current[name].element_size()
-            if self.rank == 0 and size >= bucket_bytes:
+                yield name, (param.detach() if self.rank == 0 else None)
+
+    def trainable_buckets(self, bucket_bytes: int) -> list:
+        """Object-store transport: trainable tensors put in the object store in buckets; rank 0 returns the refs."""
+        buckets, current, size = [], {}, 0
+        for name, tensor in self._gathered_trainable():
+            if tensor is None:
+                continue
+            current[name] = tensor.to("cpu", copy=True)
+            size += tensor.numel() * tensor.element_size()
+            if size >= bucket_bytes:
                 buckets.append(ray.put(current))
                 current, size = {}, 0
-        if self.rank == 0 and current:
+        if current:
             buckets.append(ray.put(current))
         return buckets
+
+    def weight_meta(self) -> list[tuple[str, str, list[int]]]:
+        """(name, dtype, shape) of each trainable tensor, in the order `broadcast_weights` sends them."""
+        meta = []
+        for name, param in self.engine.module.named_parameters():
+            if param.requires_grad:
+                shape = list(getattr(param, "ds_shape", param.shape))  # ZeRO-3 keeps the full shape aside
+                meta.append((name, str(param.dtype).removeprefix("torch."), shape))
+        return meta
+
+    def init_weight_group(self, host: str, port: int, world_size: int) -> None:
+        """NCCL transport: rank 0 of the group the rollout engines' vLLM workers join (vLLM's RLHF pattern)."""
+        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+        from vllm.distributed.utils import StatelessProcessGroup
+
+        group = StatelessProcessGroup.create(host=host, port=port, rank=0, world_size=world_size)
+        self.weight_group = PyNcclCommunicator(group, device=torch.cuda.current_device())
+
+    def broadcast_weights(self) -> int:
+        """NCCL transport: every rank gathers, rank 0 broadcasts each trainable tensor to the rollout workers."""
+        sent = 0
+        for _, tensor in self._gathered_trainable():
+            if tensor is not None:
+                self.weight_group.broadcast(tensor.contiguous(), src=0, stream=torch.cuda.current_stream())
+                sent += 1
+        if sent:
+            torch.cuda.current_stream().synchronize()
+        return sent
 
     def save(self, path: str, step: int) -> None:
         """DeepSpeed state (optimizer included) for resuming, plus a standard HF checkpoint at path/model."""

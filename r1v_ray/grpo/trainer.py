@@ -8,6 +8,7 @@ position, and a restarted job resumes from the newest one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from r1v_ray.config import R1VConfig
-from r1v_ray.engines.rollout.actor import create_rollout_workers
+from r1v_ray.engines.rollout.actor import create_rollout_workers, rollout_placement_group
 from r1v_ray.engines.sync import make_sync
 from r1v_ray.eval.scoring import eval_request
 from r1v_ray.grpo.advantages import group_advantages
@@ -70,7 +71,7 @@ class GRPORun:
             truncate_after(self.metrics.path, self.step)
         elif os.path.exists(self.metrics.path):
             os.remove(self.metrics.path)
-        self.sync = make_sync(self.g.weight_sync)
+        self.sync = make_sync(self.g.weight_sync, cfg.rollout.tensor_parallel_size)
         self.restarts = 0
         self._start_actors(latest is not None)
 
@@ -85,16 +86,24 @@ class GRPORun:
 
     def _start_actors(self, resume: bool) -> None:
         g, cfg = self.g, self.cfg
-        self.rollout_workers = create_rollout_workers(self.model_path, cfg.rollout, cfg.model.dtype)
         bundle = {"CPU": 1, **({"GPU": 1} if g.use_gpu else {}), **({g.node_resource: 1} if g.node_resource else {})}
+        share = 1.0
+        if g.colocate:  # learner i and rollout worker i share bundle i (and its GPU, half each)
+            if cfg.rollout.num_workers > g.num_learners or cfg.rollout.tensor_parallel_size != 1:
+                raise ValueError("grpo.colocate needs rollout.num_workers <= grpo.num_learners and "
+                                 "rollout.tensor_parallel_size = 1 (one rollout engine per learner bundle)")
+            bundle["CPU"] += cfg.rollout.num_cpus_per_worker
+            share = 0.5
         self.learner_pg = placement_group([bundle] * g.num_learners, strategy="PACK", name="grpo-learners")
         ray.get(self.learner_pg.ready())
+        self.rollout_pg = None
+        self.rollout_workers = self._rollout_workers()
         prefixes = g.trainable_prefixes or cfg.model.trainable_prefixes
         dtype = cfg.model.dtype if g.use_gpu else "float32"
         env = {"env_vars": {"DS_ACCELERATOR": "cpu"}} if not g.use_gpu else {}
         self.learners = [
             ray.remote(LearnerWorker).options(
-                num_cpus=1, num_gpus=1 if g.use_gpu else 0, runtime_env=env,
+                num_cpus=1, num_gpus=share if g.use_gpu else 0, runtime_env=env,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.learner_pg, placement_group_bundle_index=i),
             ).remote(self.model_path, g, prefixes, i, g.num_learners, g.use_gpu, dtype, cfg.rollout.max_model_len)
             for i in range(g.num_learners)
@@ -103,13 +112,27 @@ class GRPORun:
         ray.get([l.init.remote(addr, port) for l in self.learners])
         if resume:
             ray.get([l.load.remote(os.path.join(self.ckpt_dir, f"step-{self.step}")) for l in self.learners])
+        self.sync.setup(self.learners, self.rollout_workers)
         self.rewarder = ray.remote(RewardWorker).options(num_cpus=0.5).remote(
             g.accuracy_weight, g.format_weight, g.reward_functions)
+
+    def _rollout_workers(self) -> list:
+        """Rollout engines in their own placement group, or in the learners' bundles when colocated."""
+        rollout = self.cfg.rollout
+        if not self.g.colocate:
+            if self.rollout_pg is None:
+                self.rollout_pg = rollout_placement_group(rollout, name="grpo-rollout")
+            return create_rollout_workers(self.model_path, rollout, self.cfg.model.dtype, pg=self.rollout_pg)
+        shared = dataclasses.replace(rollout, num_gpus_per_worker=0.5 * rollout.num_gpus_per_worker, node_resource=None,
+                                     gpu_memory_utilization=min(rollout.gpu_memory_utilization, 0.4))
+        return create_rollout_workers(self.model_path, shared, self.cfg.model.dtype, pg=self.learner_pg)
 
     def shutdown(self) -> None:
         for actor in self.rollout_workers + self.learners + [self.rewarder]:
             ray.kill(actor)
-        remove_placement_group(self.learner_pg)
+        for pg in (self.learner_pg, self.rollout_pg):
+            if pg is not None:
+                remove_placement_group(pg)
 
     # ------------------------------------------------------------------ pieces of a step
 
@@ -140,12 +163,12 @@ class GRPORun:
     def _restart_rollout(self) -> None:
         for w in self.rollout_workers:
             ray.kill(w)
-        self.rollout_workers = create_rollout_workers(self.model_path, self.cfg.rollout, self.cfg.model.dtype)
+        self.rollout_workers = self._rollout_workers()
+        self.sync.setup(self.learners, self.rollout_workers)
         self._sync()  # the new workers load the last checkpoint; bring them to the learners' weights
 
     def _sync(self) -> dict:
-        refs = ray.get([l.trainable_buckets.remote(self.g.sync_bucket_mb << 20) for l in self.learners])[0]
-        return self.sync.sync(refs, self.rollout_workers)
+        return self.sync.sync(self.learners, self.rollout_workers, self.g.sync_bucket_mb << 20)
 
     def _score(self, rows: list[dict], results: list) -> list[list[dict]]:
         items, shape = [], []

@@ -19,7 +19,10 @@ RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 OVERRIDES = [
     "data.synthetic.n_train=64", "data.synthetic.n_test=10", "sft.iterations=1", "sft.taus=[2]",
     "sft.iteration_lrs=[5.0e-4]", "sft.epochs=1", "sft.error_set_max_tokens=24", "eval.runs=1", "eval.max_tokens=24",
+    "distill.max_tokens=24", "grpo.steps=2", "grpo.prompts_per_step=4", "grpo.max_completion_tokens=24",
+    "grpo.eval_prompts=4", "grpo.eval_every_steps=2", "grpo.checkpoint_every_steps=2",
 ]
+STAGES = ("distill", "score", "mlp_init", "reassemble", "sft", "grpo")
 
 
 def _free_port() -> int:
@@ -76,15 +79,20 @@ def test_stages_run_as_ray_jobs(head, tmp_path):
     address, env, headers = head
     assert requests.get(f"{address}/api/jobs/", timeout=10).status_code == 401  # no token, no job API
     run_dir = str(tmp_path / "run")
-    for script, extra in (("mlp_init", ()), ("reassemble", ()), ("iterative_sft", ()),
-                          ("eval", ("--checkpoint", os.path.join(run_dir, "sft", "model"), "--name", "final"))):
+    for script, extra in (("distill", ()), ("score", ()), ("mlp_init", ()), ("reassemble", ()), ("iterative_sft", ()),
+                          ("grpo", ()), ("eval", ("--checkpoint", os.path.join(run_dir, "grpo", "model"), "--name", "final"))):
         job_id = _submit(address, env, run_dir, script, *extra)
         info = _wait(address, headers, job_id)
         logs = requests.get(f"{address}/api/jobs/{job_id}/logs", headers=headers, timeout=10).json().get("logs", "")
         assert info["status"] == "SUCCEEDED", f"{script}: {info.get('message')}\n{logs[-3000:]}"
-    for stage in ("mlp_init", "reassemble", "sft"):
+    for stage in STAGES:
         with open(os.path.join(run_dir, stage, "manifest.json")) as f:
-            assert json.load(f)["status"] == "complete"
-        assert os.path.exists(os.path.join(run_dir, stage, "model", "model.safetensors"))
+            manifest = json.load(f)
+        assert manifest["status"] == "complete", stage
+        output = manifest["outputs"].get("model") or manifest["outputs"]["data"]
+        assert os.path.exists(output), (stage, output)
+    with open(os.path.join(run_dir, "sft", "manifest.json")) as f:  # M1 trained on data re-distilled by M0
+        assert os.path.exists(os.path.join(run_dir, "sft", "M1", "redistill", "done.json"))
+        assert json.load(f)["inputs"]["train"]["path"].endswith(os.path.join("score", "data"))
     with open(os.path.join(run_dir, "eval", "final", "eval.json")) as f:
         assert json.load(f)["overall"]["n"] == 10

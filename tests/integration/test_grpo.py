@@ -86,3 +86,16 @@ def test_resume_from_the_last_checkpoint(local_ray, tiny_checkpoint, tmp_path):
         second.shutdown()
     assert [m["step"] for m in _metrics(out)] == [0, 1, 2, 3, 4]
     assert os.path.exists(os.path.join(result["model"], "model.safetensors"))
+
+
+def test_colocated_rollout_shares_the_learner_bundles(local_ray, tiny_checkpoint, tmp_path):
+    run = GRPORun(_cfg(**{"grpo.colocate": "true", "rollout.num_workers": 2}), tiny_checkpoint, ROWS, EVAL_ROWS,
+                  str(tmp_path / "grpo"))
+    try:
+        learner_pg = run.learner_pg.id.hex()
+        assert [ray.get(w.placement_group_id.remote()) for w in run.rollout_workers] == [learner_pg] * 2
+        assert run.rollout_pg is None
+        values = run.train_step()
+        assert values["trajectories"] == 16 and values["sync_s"] > 0
+    finally:
+        run.shutdown()

@@ -30,6 +30,9 @@ class RolloutWorker:
     def ready(self) -> str:
         return self.checkpoint
 
+    def placement_group_id(self) -> str | None:
+        return ray.get_runtime_context().get_placement_group_id()
+
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         return self.engine.generate(requests)
 
@@ -39,6 +42,13 @@ class RolloutWorker:
 
     def sequence_logprobs(self, request: GenerationRequest, completion_ids: list[int]) -> list[float]:
         return self.engine.sequence_logprobs(request, completion_ids)
+
+    def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int) -> int:
+        return self.engine.init_weight_group(host, port, rank_offset, world_size)
+
+    def receive_weights(self, meta: list) -> int:
+        self.engine.receive_weights(meta)
+        return len(meta)
 
 
 def worker_resources(cfg: RolloutConfig) -> dict:

@@ -52,6 +52,8 @@ class VLLMEngine(RolloutEngine):
             kwargs["max_num_batched_tokens"] = max(cfg.max_model_len, 8192)
         else:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+            # Methods for the NCCL weight-sync transport, mixed into vLLM's GPU workers.
+            kwargs["worker_extension_cls"] = "r1v_ray.engines.rollout.weight_ext.WeightSyncExtension"
         self.llm = LLM(**kwargs)
         self.processor = AutoProcessor.from_pretrained(checkpoint)
         self.prompts = PromptBuilder(self.processor, cfg.max_model_len)
@@ -94,6 +96,18 @@ class VLLMEngine(RolloutEngine):
         # load_weights fails on the CPU backend (it repacks linears after loading);
         # reload_weights works on both, with HF names and partial dicts.
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(named_tensors.items())})
+        self._reset_caches()
+
+    def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int) -> int:
+        if self.device != "cuda":
+            raise NotImplementedError("grpo.weight_sync=nccl needs CUDA rollout workers; use object_store on CPU")
+        return len(self.llm.collective_rpc("init_weight_group", args=(host, port, rank_offset, world_size)))
+
+    def receive_weights(self, meta: list) -> None:
+        self.llm.collective_rpc("receive_weights", args=(meta,))
+        self._reset_caches()
+
+    def _reset_caches(self) -> None:
         # Cached prefixes, image features and encoder outputs were computed by the old weights.
         self.llm.reset_prefix_cache()
         self.llm.reset_mm_cache()

@@ -1,0 +1,38 @@
+"""The whole pipeline in the paper's order: distill, score, mlp_init, reassemble, sft, grpo; then the report.
+
+    python jobs/pipeline.py --config configs/demo/tiny.yaml        # the 2-core demo (tiny models, offline judge)
+    python jobs/pipeline.py --config configs/paper/r1v-38b.yaml --only sft grpo
+    ray job submit --working-dir . -- python jobs/pipeline.py --config ...
+Finished stages are skipped, unfinished ones resume; --force re-runs the named stages from scratch.
+Ends by printing the per-stage table (the shape of the paper's Table 2) and where the report is.
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from r1v_ray.pipeline import STAGES, run_pipeline  # noqa: E402
+from r1v_ray.runtime import init_ray, job_parser, load_job_config  # noqa: E402
+
+if __name__ == "__main__":
+    ap = job_parser(__doc__)
+    ap.add_argument("--only", nargs="+", choices=STAGES, help="run only these stages (in pipeline order)")
+    ap.add_argument("--force-stage", nargs="+", choices=STAGES, default=[], help="re-run these stages from scratch")
+    args = ap.parse_args()
+    cfg = load_job_config(args)
+    start = time.time()
+    url = init_ray(dashboard=True)
+    if url:
+        print(f"[pipeline] Ray dashboard (while this runs): http://{url}")
+    run_pipeline(cfg, force=STAGES if args.force else args.force_stage, only=args.only)
+    from r1v_ray.report import build_report, format_stage_table
+
+    written = build_report(cfg.run_dir)
+    print(f"\n{format_stage_table(cfg.run_dir)}\n")
+    print(f"pipeline finished in {(time.time() - start) / 60:.1f} min; run directory {cfg.run_dir}")
+    print(f"report: {written.get('markdown', os.path.join(cfg.run_dir, 'report', 'report.md'))}")
+    print("dashboard: the URL above while a run is going; for a lasting one start a head "
+          "(`ray start --head --dashboard-host 127.0.0.1`) and run with RAY_ADDRESS=auto; "
+          "on a cluster: `ray dashboard cluster.yaml`")
