@@ -168,7 +168,6 @@ class SFTConfig:
     zero_stage: int = 2
     num_workers: int = 8
     use_gpu: bool = True
-    packing: bool = True
     checkpoint_every_steps: int = 100
     log_every_steps: int = 10
     seed: int = 0

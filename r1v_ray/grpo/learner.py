@@ -160,10 +160,10 @@ class LearnerWorker:
 
     def save(self, path: str, step: int) -> None:
         """DeepSpeed state (optimizer included) for resuming, plus a standard HF checkpoint at path/model."""
-        from r1v_ray.sft.trainer import _export_hf
+        from r1v_ray.sft.trainer import export_hf
 
         self.engine.save_checkpoint(os.path.join(path, "ds"), tag="state")
-        _export_hf(self.engine, self.processor, os.path.join(path, "model"), self.cfg.zero_stage, self.rank,
+        export_hf(self.engine, self.processor, os.path.join(path, "model"), self.cfg.zero_stage, self.rank,
                    {"stage": "grpo", "step": step, "init_checkpoint": self.checkpoint})
 
     def load(self, path: str) -> None:

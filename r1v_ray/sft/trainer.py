@@ -96,7 +96,7 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _export_hf(engine, processor, path: str, zero_stage: int, rank: int, meta: dict) -> None:
+def export_hf(engine, processor, path: str, zero_stage: int, rank: int, meta: dict) -> None:
     """Rank 0 writes a standard HF checkpoint; under ZeRO-3 parameters are gathered one at a time."""
     from r1v_ray.model.assemble import save_checkpoint
 
@@ -241,7 +241,7 @@ def train_loop_per_worker(job_dict: dict) -> None:
                     with open(os.path.join(tmp, "state.json"), "w") as f:
                         json.dump({"global_step": global_step, "epoch": epoch}, f)
                 _save_rng(os.path.join(tmp, f"rng_rank{rank}.json"))
-                _export_hf(engine, processor, os.path.join(tmp, "hf"), job.zero_stage, rank,
+                export_hf(engine, processor, os.path.join(tmp, "hf"), job.zero_stage, rank,
                            {"stage": job.stage, "step": global_step, "init_checkpoint": job.init_checkpoint})
                 ray.train.report({"step": global_step, **values}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         elif global_step % job.log_every_steps == 0:

@@ -41,7 +41,7 @@ def test_int_accepted_for_float():
         ("sft.zero_stage=two", "sft.zero_stage: expected an integer"),
         ("grpo.learning_rate=fast", "grpo.learning_rate: expected a number"),
         ("model.dtype=fp32", "expected one of"),
-        ("sft.packing=3", "expected true or false"),
+        ("sft.use_gpu=3", "expected true or false"),
         ("sft.taus=[2, x]", "sft.taus[1]"),
         ("rollout.backend=vlm", "did you mean 'vllm'"),
     ],
