@@ -1,6 +1,10 @@
 """A run directory as plots and a Markdown summary: GRPO curves, SFT loss, the score per stage.
 
     python jobs/report.py --config configs/demo/tiny.yaml      # writes RUN_DIR/report/
+    python jobs/report.py --run-dir runs/demo
+
+Reads only files (manifests, metrics JSONL): no Ray. A stage that is missing or has no
+data is skipped, and report.md says so.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 
 from r1v_ray.metrics import read_jsonl
 
@@ -24,26 +29,32 @@ def manifests(run_dir: str) -> dict[str, dict]:
     return out
 
 
+def _fmt(value, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
 def stage_rows(run_dir: str) -> list[dict]:
-    """The paper's Table 2 shape: re-assembled, stage 1 (M0), M1..MT, GRPO, each with its Pass@1."""
+    """The paper's Table 2 shape: re-assembled, stage 1 (M0), M1..MT, GRPO, each with its Pass@1 (%)."""
     m = manifests(run_dir)
     rows = []
     names = {"reassembled": "re-assembled", "M0": "stage 1 (M0)"}
     for entry in m.get("sft", {}).get("metrics", {}).get("table", []):
-        note = "data re-distilled by M%d" % (int(entry["model"][1:]) - 1) \
-            if entry["model"] not in ("reassembled", "M0") and os.path.exists(
-                os.path.join(run_dir, "sft", entry["model"], "redistill", "done.json")) else ""
-        rows.append({"stage": names.get(entry["model"], entry["model"]), "pass1": entry["pass@1"], "note": note})
+        model, note = str(entry["model"]), ""
+        it = re.fullmatch(r"M(\d+)", model)
+        if it and int(it.group(1)) > 0 and os.path.exists(os.path.join(run_dir, "sft", model, "redistill", "done.json")):
+            note = f"data re-distilled by M{int(it.group(1)) - 1}"
+        rows.append({"stage": names.get(model, model), "pass1": entry.get("pass@1"), "note": note})
     g = m.get("grpo", {}).get("metrics", {})
     if g:
         held = g.get("heldout", [])
         note = f"held-out reward {held[0]['heldout_reward']:.3f} -> {held[-1]['heldout_reward']:.3f} over " \
-               f"{held[-1]['step']} steps" if len(held) > 1 else ""
+               f"{held[-1]['step']} steps (reward, not Pass@1)" if len(held) > 1 else ""
         rows.append({"stage": "GRPO", "pass1": g.get("eval_pass1"), "note": note})
     return rows
 
 
 def format_stage_table(run_dir: str) -> str:
+    """Plain-text table: stage, Pass@1 (%), notes."""
     rows = stage_rows(run_dir)
     if not rows:
         return "(no SFT or GRPO stage has finished in this run directory)"
@@ -63,50 +74,62 @@ def _plt():
     return plt
 
 
+def _series(records: list[dict], key: str) -> tuple[list, list]:
+    pts = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
 def plot_grpo(run_dir: str, path: str) -> bool:
     records = read_jsonl(os.path.join(run_dir, "grpo", "metrics.jsonl"))
     steps = [r for r in records if "reward_mean" in r]
-    held = [r for r in records if "heldout_reward" in r]
     if not steps:
         return False
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    x = [r["step"] for r in steps]
-    axes[0].plot(x, [r["reward_mean"] for r in steps], label="train reward (mean)", alpha=0.7)
-    if held:
-        axes[0].plot([r["step"] for r in held], [r["heldout_reward"] for r in held], "o-", label="held-out reward")
-    axes[0].set(title="GRPO reward", xlabel="step", ylabel="reward")
-    axes[0].legend()
-    axes[1].plot(x, [r["response_length"] for r in steps], color="tab:green")
-    axes[1].set(title="Response length", xlabel="step", ylabel="tokens")
-    axes[2].plot(x, [r["accuracy"] for r in steps], label="accuracy", color="tab:red")
-    axes[2].plot(x, [r["format_rate"] for r in steps], label="format rate", color="tab:purple", alpha=0.7)
-    axes[2].set(title="Accuracy and format", xlabel="step", ylabel="rate", ylim=(0, 1))
-    axes[2].legend()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    axes[0].plot(*_series(steps, "reward_mean"), label="train reward (batch mean)", alpha=0.7)
+    hx, hy = _series(records, "heldout_reward")
+    if hx:
+        axes[0].plot(hx, hy, "o-", label="held-out reward", color="tab:orange")
+    axes[0].set(title="Reward", xlabel="GRPO step", ylabel="reward")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(*_series(steps, "response_length"), color="tab:green")
+    axes[1].set(title="Response length", xlabel="GRPO step", ylabel="tokens (mean)")
+    axes[2].plot(*_series(steps, "accuracy"), label="train accuracy", color="tab:red")
+    axes[2].plot(*_series(steps, "format_rate"), label="train format rate", color="tab:purple", alpha=0.6)
+    ax_, ay_ = _series(records, "heldout_accuracy")
+    if ax_:
+        axes[2].plot(ax_, ay_, "s--", label="held-out accuracy", color="tab:brown")
+    axes[2].set(title="Accuracy and format", xlabel="GRPO step", ylabel="fraction", ylim=(0, 1))
+    axes[2].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
 
 
-def plot_sft_loss(run_dir: str, path: str) -> bool:
+def sft_runs(run_dir: str) -> list[tuple[str, list[dict]]]:
+    """Every SFT-style metrics.jsonl under the run (records with loss and lr), in the order they trained."""
     series = []
-    for stage in ("mlp_init", "sft"):
-        for file in sorted(glob.glob(os.path.join(run_dir, stage, "*", "metrics.jsonl"))):
-            records = [r for r in read_jsonl(file) if "loss" in r and "lr" in r]
-            if records:
-                series.append((f"{stage}/{os.path.basename(os.path.dirname(file))}", records))
+    for file in glob.glob(os.path.join(run_dir, "*", "**", "metrics.jsonl"), recursive=True):
+        records = [r for r in read_jsonl(file) if "loss" in r and "lr" in r and "step" in r]
+        if records:
+            series.append((os.path.relpath(os.path.dirname(file), run_dir), records))
+    return sorted(series, key=lambda item: (item[1][0].get("time", 0), item[0]))
+
+
+def plot_sft_loss(run_dir: str, path: str) -> bool:
+    series = sft_runs(run_dir)
     if not series:
         return False
-    series.sort(key=lambda item: item[1][0]["time"])  # the order the runs trained in
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     offset = 0  # runs follow each other: one x axis of optimizer steps across the whole run
     for name, records in series:
-        ax.plot([offset + r["step"] for r in records], [r["loss"] for r in records], label=name)
-        offset += records[-1]["step"]
-    ax.set(title="SFT loss (assistant tokens), runs in order", xlabel="optimizer step (cumulative)", ylabel="loss")
-    ax.legend(fontsize=8, ncol=2)
+        ax.plot([offset + r["step"] for r in records], [r["loss"] for r in records], ".-", label=name, markersize=3)
+        offset += max(r["step"] for r in records)
+    ax.set(title="SFT loss (assistant tokens), runs in training order", xlabel="optimizer step (cumulative over runs)",
+           ylabel="loss")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -118,7 +141,7 @@ def plot_stages(run_dir: str, path: str) -> bool:
     if not rows:
         return False
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows) + 2), 4))
     bars = ax.bar([r["stage"] for r in rows], [r["pass1"] for r in rows], color="tab:blue")
     ax.bar_label(bars, fmt="%.1f")
     ax.set_ylim(0, max(r["pass1"] for r in rows) * 1.15 + 1)
@@ -130,23 +153,62 @@ def plot_stages(run_dir: str, path: str) -> bool:
     return True
 
 
+def _distill_lines(d: dict) -> list[str]:
+    p = d.get("penalty") or {}
+    pen = f"min {_fmt(p.get('min'))}, mean {_fmt(p.get('mean'))}, max {_fmt(p.get('max'))}" if isinstance(p, dict) \
+        else _fmt(p)
+    cost = d.get("judge_cost_usd", d.get("cost_usd"))
+    return [f"- rows out {_fmt(d.get('rows_out'), 'd')}, rejected {_fmt(d.get('rejected'), 'd')}, "
+            f"revised {_fmt(d.get('revised'), 'd')}, model's own accuracy {_fmt(d.get('self_accuracy'))}",
+            f"- penalty {pen}; penalty/length correlation {_fmt(d.get('penalty_length_correlation'))}",
+            f"- judge calls {_fmt(d.get('judge_calls'), 'd')}, cache hits {_fmt(d.get('judge_cache_hits'), 'd')}, "
+            f"retries {_fmt(d.get('judge_retries'), 'd')}, cost {'n/a' if cost is None else f'${cost:.4f}'}"]
+
+
+def _grpo_lines(run_dir: str, g: dict) -> list[str]:
+    held = [r for r in read_jsonl(os.path.join(run_dir, "grpo", "metrics.jsonl")) if "heldout_reward" in r]
+    held = held or g.get("heldout") or []  # the JSONL has held-out accuracy too; the manifest may not
+    lines = []
+    if held:
+        first, last = held[0], held[-1]
+        lines.append(f"- held-out reward: {_fmt(first['heldout_reward'])} at step {first['step']} -> "
+                     f"{_fmt(last['heldout_reward'])} at step {last['step']} (mean reward, not Pass@1)")
+        if first.get("heldout_accuracy") is not None:
+            lines.append(f"- held-out accuracy: {_fmt(first['heldout_accuracy'])} at step {first['step']} -> "
+                         f"{_fmt(last.get('heldout_accuracy'))} at step {last['step']}")
+    if g.get("eval_pass1") is not None:
+        lines.append(f"- Pass@1 of the final model on the test split: {g['eval_pass1']:.2f}%")
+    return lines or ["(no held-out reward or evaluation recorded)"]
+
+
 def _markdown(run_dir: str, plots: dict[str, bool]) -> str:
     m = manifests(run_dir)
-    lines = [f"# Run report: {run_dir}", "", "| stage | status | wall time (s) | attempts |", "|---|---|---:|---:|"]
-    for stage, man in m.items():
-        lines.append(f"| {stage} | {man.get('status')} | {man.get('wall_s', '')} | {man.get('attempts', '')} |")
-    lines += ["", "## Score per stage (the shape of the paper's Table 2)", "", "```", format_stage_table(run_dir), "```", ""]
+    lines = [f"# Run report: {os.path.abspath(run_dir)}", "", "## Stages", "",
+             "| stage | status | wall time (s) | attempts |", "|---|---|---:|---:|"]
+    for stage in STAGES:
+        man = m.get(stage)
+        lines.append(f"| {stage} | {man.get('status', '?')} | {_fmt(man.get('wall_s'), '.1f')} | "
+                     f"{man.get('attempts', 'n/a')} |" if man else f"| {stage} | not run | | |")
+    lines += ["", "## Score per stage (the shape of the paper's Table 2)", "", "Pass@1 in %.", "", "```",
+              format_stage_table(run_dir), "```", ""]
+    lines += ["## GRPO", ""] + (_grpo_lines(run_dir, m["grpo"].get("metrics", {})) if "grpo" in m
+                                else ["(no GRPO stage in this run)"]) + [""]
     d = m.get("distill", {}).get("metrics")
-    if d:
-        lines += ["## Distillation", "", f"- rows out {d.get('rows_out')}, rejected {d.get('rejected')}, "
-                  f"revised {d.get('revised')}, model's own accuracy {d.get('self_accuracy')}",
-                  f"- penalty {d.get('penalty')}, penalty/length correlation {d.get('penalty_length_correlation')}",
-                  f"- judge calls {d.get('judge_calls')}, cache hits {d.get('judge_cache_hits')}, "
-                  f"retries {d.get('judge_retries')}, cost ${d.get('judge_cost_usd', 0):.4f}", ""]
-    s = m.get("score", {}).get("metrics")
-    if s:
-        lines += ["## RM scores", "", "| RM | rows |", "|---:|---:|"]
-        lines += [f"| {k} | {v} |" for k, v in s.get("histogram", {}).items()] + [""]
+    lines += ["## Distillation", ""] + (_distill_lines(d) if d else ["(no distill stage in this run)"]) + [""]
+    for done in sorted(glob.glob(os.path.join(run_dir, "sft", "M*", "redistill", "done.json"))):
+        with open(done) as f:
+            rd = json.load(f).get("distill") or {}
+        lines += [f"Re-distillation before {os.path.basename(os.path.dirname(os.path.dirname(done)))}:", ""]
+        lines += _distill_lines(rd) + [""]
+    hist = m.get("score", {}).get("metrics", {}).get("histogram")
+    lines += ["## RM scores", ""]
+    if hist:
+        total = sum(hist.values())
+        lines += ["| RM score | rows | share |", "|---:|---:|---:|"]
+        lines += [f"| {k} | {v} | {100 * v / total if total else 0:.1f}% |"
+                  for k, v in sorted(hist.items(), key=lambda kv: int(kv[0]))] + [f"| total | {total} | |", ""]
+    else:
+        lines += ["(no score stage in this run)", ""]
     titles = {"stages": "Pass@1 per stage", "sft_loss": "SFT loss", "grpo": "GRPO curves"}
     for name, ok in plots.items():
         lines += [f"## {titles[name]}", "", f"![{titles[name]}]({name}.png)" if ok else "(no data in this run)", ""]
@@ -158,8 +220,14 @@ def build_report(run_dir: str, out_dir: str | None = None) -> dict:
     out_dir = out_dir or os.path.join(run_dir, "report")
     os.makedirs(out_dir, exist_ok=True)
     makers = {"stages": plot_stages, "sft_loss": plot_sft_loss, "grpo": plot_grpo}
-    plots = {name: fn(run_dir, os.path.join(out_dir, f"{name}.png")) for name, fn in makers.items()}
+    plots = {}
+    for name, fn in makers.items():
+        path = os.path.join(out_dir, f"{name}.png")
+        plots[name] = fn(run_dir, path)
+        if not plots[name] and os.path.exists(path):  # a stale plot from an earlier report would mislead
+            os.remove(path)
     markdown = os.path.join(out_dir, "report.md")
     with open(markdown, "w") as f:
         f.write(_markdown(run_dir, plots))
-    return {"markdown": markdown, "plots": [os.path.join(out_dir, f"{n}.png") for n, ok in plots.items() if ok]}
+    return {"markdown": markdown, "plots": [os.path.join(out_dir, f"{n}.png") for n, ok in plots.items() if ok],
+            "skipped": [n for n, ok in plots.items() if not ok]}
