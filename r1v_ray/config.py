@@ -225,6 +225,9 @@ class GRPOConfig:
     weight_sync: Literal["object_store", "nccl"] = "object_store"  # nccl: GPU learners and vLLM rollout workers
     sync_bucket_mb: int = 512
     resample_rounds: int = 2  # extra prompt batches drawn to refill groups dropped for zero variance
+    # 1: step k+1's rollouts are generated with step k's weights while the learners update (one step
+    # off-policy, corrected by the clipped ratio against rollout log-probs); 0: on-policy, as in the paper.
+    off_policy_steps: Literal[0, 1] = 0
     eval_prompts: int = 64  # held-out prompts whose mean reward is tracked
     eval_every_steps: int = 10
     max_rollout_restarts: int = 3

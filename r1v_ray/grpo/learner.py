@@ -72,7 +72,7 @@ class LearnerWorker:
 
     def train_step(self, trajectories: list[Trajectory]) -> dict:
         """`inner_epochs` updates on this rank's share, against the rollout-time log-probs."""
-        samples = [encode(t, self.processor, self.builder) for t in trajectories]
+        samples = encode(trajectories, self.processor, self.builder)
         adv = torch.tensor([t.advantage for t in trajectories], device=self.device)
         stats: dict[str, float] = {}
         for epoch in range(self.cfg.inner_epochs):
@@ -100,7 +100,7 @@ class LearnerWorker:
     @torch.no_grad()
     def logprobs(self, trajectories: list[Trajectory]) -> list[list[float]]:
         """The learner's current log-probs of each trajectory's completion tokens."""
-        samples = [encode(t, self.processor, self.builder) for t in trajectories]
+        samples = encode(trajectories, self.processor, self.builder)
         logp, mask, _ = completion_logprobs(self.engine.module, samples, self.device)
         return [row[: int(m.sum())].tolist() for row, m in zip(logp, mask)]
 

@@ -1,7 +1,8 @@
 """The GRPO driver: rollout actors -> reward actors -> group advantages -> learner actors -> weight sync.
 
 Rollout workers and learners live in separate placement groups; every step's
-time is split into generation / reward / update / sync. Checkpoints every k
+time is split into generation / reward / update / sync. With `grpo.off_policy_steps: 1`
+the next step's rollouts are generated while the learners update. Checkpoints every k
 steps hold the learners' DeepSpeed state, an HF checkpoint and the sampler
 position, and a restarted job resumes from the newest one.
 """
@@ -14,6 +15,7 @@ import os
 import shutil
 import statistics
 import time
+from concurrent import futures
 
 import numpy as np
 import ray
@@ -33,6 +35,20 @@ from r1v_ray.grpo.reward import RewardWorker
 from r1v_ray.metrics import StageMetrics, truncate_after
 
 LATEST = "latest.json"
+
+
+@dataclasses.dataclass
+class Rollouts:
+    """One step's training batch and what it took to make it."""
+
+    sampler_before: dict  # the sampler position before these prompts were drawn
+    trajectories: list[Trajectory] = dataclasses.field(default_factory=list)
+    rewards: list[float] = dataclasses.field(default_factory=list)
+    scores: list[dict] = dataclasses.field(default_factory=list)
+    groups_dropped: int = 0
+    rejected: int = 0
+    generation_s: float = 0.0
+    reward_s: float = 0.0
 
 
 class PromptSampler:
@@ -73,6 +89,8 @@ class GRPORun:
             os.remove(self.metrics.path)
         self.sync = make_sync(self.g.weight_sync, cfg.rollout.tensor_parallel_size)
         self.restarts = 0
+        self._background = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpo-rollouts")
+        self._prefetched: futures.Future | None = None  # next step's rollouts (off_policy_steps: 1)
         self._start_actors(latest is not None)
 
     # ------------------------------------------------------------------ set-up
@@ -128,6 +146,7 @@ class GRPORun:
         return create_rollout_workers(self.model_path, shared, self.cfg.model.dtype, pg=self.learner_pg)
 
     def shutdown(self) -> None:
+        self._background.shutdown(wait=True, cancel_futures=True)
         for actor in self.rollout_workers + self.learners + [self.rewarder]:
             ray.kill(actor)
         for pg in (self.learner_pg, self.rollout_pg):
@@ -193,70 +212,92 @@ class GRPORun:
 
     # ------------------------------------------------------------------ the step
 
-    def train_step(self) -> dict:
-        g, t0 = self.g, time.perf_counter()
-        trajectories, rewards_all, groups_dropped, rejected, scores_all = [], [], 0, 0, []
-        gen_s = score_s = 0.0
+    def collect(self, step: int) -> Rollouts:
+        """Generation, rewards and group advantages for one step's prompts; zero-variance groups are dropped
+        and re-sampled (up to `resample_rounds` extra batches) to refill the step."""
+        g = self.g
+        out = Rollouts(sampler_before=self.sampler.state())
         for round_ in range(1 + (g.resample_rounds if g.drop_zero_variance_groups else 0)):
-            need = g.prompts_per_step - len(trajectories) // g.group_size
+            need = g.prompts_per_step - len(out.trajectories) // g.group_size
             if need <= 0:
                 break
             idx = self.sampler.take(need)
             rows = [self.rows[i] for i in idx]
             t = time.perf_counter()
-            results = self.generate(self._requests(idx, self.rows, g.group_size, tag=self.step * 7 + round_))
-            gen_s += time.perf_counter() - t
+            results = self.generate(self._requests(idx, self.rows, g.group_size, tag=step * 7 + round_))
+            out.generation_s += time.perf_counter() - t
             keep_rows = [(row, res) for row, res in zip(rows, results) if res.ok and len(res.completions) == g.group_size]
-            rejected += len(rows) - len(keep_rows)
+            out.rejected += len(rows) - len(keep_rows)
             if not keep_rows:
                 continue
             t = time.perf_counter()
             scores = self._score([r for r, _ in keep_rows], [res for _, res in keep_rows])
-            score_s += time.perf_counter() - t
+            out.reward_s += time.perf_counter() - t
             rewards = torch.tensor([s["reward"] for group in scores for s in group])
-            rewards_all += rewards.tolist()
-            scores_all += [s for group in scores for s in group]
+            out.rewards += rewards.tolist()
+            out.scores += [s for group in scores for s in group]
             adv = group_advantages(rewards, g.group_size, g.scale_by_std)
-            keep = nonzero_variance_groups(rewards, g.group_size) if g.drop_zero_variance_groups else torch.ones(len(keep_rows), dtype=torch.bool)
-            groups_dropped += int((~keep).sum())
+            keep = (nonzero_variance_groups(rewards, g.group_size) if g.drop_zero_variance_groups
+                    else torch.ones(len(keep_rows), dtype=torch.bool))
+            out.groups_dropped += int((~keep).sum())
             for gi, ((row, res), kept) in enumerate(zip(keep_rows, keep.tolist())):
                 if not kept:
                     continue
                 req = self._requests([0], [row], 1, tag=0)[0]
                 for ci, comp in enumerate(res.completions):
-                    trajectories.append(Trajectory(req, comp.token_ids, comp.logprobs or [], float(adv[gi * g.group_size + ci]),
-                                                   float(rewards[gi * g.group_size + ci])))
+                    out.trajectories.append(Trajectory(req, comp.token_ids, comp.logprobs or [],
+                                                       float(adv[gi * g.group_size + ci]), float(rewards[gi * g.group_size + ci])))
+        return out
+
+    def learn(self, trajectories: list[Trajectory]) -> dict:
+        """One update on every learner (their shares in parallel); the learners' mean statistics."""
+        # Every learner must take part in the collectives: pad shares with zero-advantage copies.
+        shares = [trajectories[i::len(self.learners)] for i in range(len(self.learners))]
+        shares = [s or [Trajectory(trajectories[0].request, trajectories[0].completion_ids,
+                                   trajectories[0].rollout_logprobs, 0.0, 0.0)] for s in shares]
+        stats = ray.get([l.train_step.remote(s) for l, s in zip(self.learners, shares)])
+        return {k: statistics.fmean(s[k] for s in stats) for k in stats[0]}
+
+    def train_step(self) -> dict:
+        """Rollouts (this step's, or the ones prefetched during the last update), update, weight sync.
+
+        With `off_policy_steps: 1` the next step's rollouts are generated with the current weights while
+        the learners update: generation and training overlap, and every batch is one update old.
+        """
+        t0 = time.perf_counter()
+        batch = self._prefetched.result() if self._prefetched is not None else self.collect(self.step)
+        self._prefetched = None
+        if self.g.off_policy_steps and self.step + 1 < self.g.steps:
+            self._prefetched = self._background.submit(self.collect, self.step + 1)
         t = time.perf_counter()
-        learner_stats = {}
-        if trajectories:
-            # Every learner must take part in the collectives: pad shares with zero-advantage copies.
-            shares = [trajectories[i::len(self.learners)] for i in range(len(self.learners))]
-            shares = [s or [Trajectory(trajectories[0].request, trajectories[0].completion_ids,
-                                       trajectories[0].rollout_logprobs, 0.0, 0.0)] for s in shares]
-            stats = ray.get([l.train_step.remote(s) for l, s in zip(self.learners, shares)])
-            learner_stats = {k: statistics.fmean(s[k] for s in stats) for k in stats[0]}
+        learner_stats = self.learn(batch.trajectories) if batch.trajectories else {}
         update_s = time.perf_counter() - t
-        sync = self._sync() if trajectories else {"sync_s": 0.0}
+        if self._prefetched is not None:  # the sync must not land in the middle of the next step's rollouts
+            futures.wait([self._prefetched])
+        sync = self._sync() if batch.trajectories else {"sync_s": 0.0}
         self.step += 1
-        lengths = [len(tr.completion_ids) for tr in trajectories]
-        values = {
-            "reward_mean": statistics.fmean(rewards_all) if rewards_all else 0.0,
-            "reward_std": statistics.pstdev(rewards_all) if len(rewards_all) > 1 else 0.0,
-            "accuracy": statistics.fmean(s["accuracy"] for s in scores_all) if scores_all else 0.0,
-            "format_rate": statistics.fmean(s["format"] for s in scores_all) if scores_all else 0.0,
+        lengths = [len(tr.completion_ids) for tr in batch.trajectories]
+        scores = batch.scores
+        return {
+            "reward_mean": statistics.fmean(batch.rewards) if batch.rewards else 0.0,
+            "reward_std": statistics.pstdev(batch.rewards) if len(batch.rewards) > 1 else 0.0,
+            "accuracy": statistics.fmean(s["accuracy"] for s in scores) if scores else 0.0,
+            "format_rate": statistics.fmean(s["format"] for s in scores) if scores else 0.0,
             "response_length": statistics.fmean(lengths) if lengths else 0.0,
-            "groups_dropped": groups_dropped, "prompts_rejected": rejected, "trajectories": len(trajectories),
-            "generation_s": gen_s, "reward_s": score_s, "update_s": update_s, "sync_s": sync["sync_s"],
-            "step_s": time.perf_counter() - t0, "rollout_restarts": self.restarts, **learner_stats,
+            "groups_dropped": batch.groups_dropped, "prompts_rejected": batch.rejected,
+            "trajectories": len(batch.trajectories), "generation_s": batch.generation_s, "reward_s": batch.reward_s,
+            "update_s": update_s, "sync_s": sync["sync_s"], "step_s": time.perf_counter() - t0,
+            "rollout_restarts": self.restarts, **learner_stats,
         }
-        return values
 
     def checkpoint(self) -> str:
         path = os.path.join(self.ckpt_dir, f"step-{self.step}")
         ray.get([l.save.remote(path, self.step) for l in self.learners])
         tmp = os.path.join(self.ckpt_dir, LATEST + ".tmp")
         with open(tmp, "w") as f:
-            json.dump({"step": self.step, "sampler": self.sampler.state()}, f)
+            # Prompts of a batch prefetched but not trained on yet are not consumed: a resumed run redraws them.
+            sampler = self._prefetched.result().sampler_before if self._prefetched is not None else self.sampler.state()
+            json.dump({"step": self.step, "sampler": sampler}, f)
         os.replace(tmp, os.path.join(self.ckpt_dir, LATEST))  # only a finished checkpoint becomes "latest"
         self.model_path = os.path.join(path, "model")
         return path

@@ -47,8 +47,19 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
     return out.transpose(1, 2).contiguous(), None
 
 
+def varlen_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
+                attention_mask: torch.Tensor | None = None, **kwargs):
+    """No mask for rows without padding or cache (packed or single samples): the attention above is causal per
+    sample, and building transformers' block-diagonal mask for a packed row costs O(L^2) for nothing.
+    Anything else (padding, a KV cache) gets SDPA's mask unchanged."""
+    if attention_mask is None and q_length == kv_length and q_offset == 0 and kv_offset == 0:
+        return None
+    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
+                     kv_offset=kv_offset, attention_mask=attention_mask, **kwargs)
+
+
 AttentionInterface.register(NAME, varlen_sdpa_forward)
-AttentionMaskInterface.register(NAME, sdpa_mask)  # unpacked batches keep SDPA's masks
+AttentionMaskInterface.register(NAME, varlen_mask)
 
 
 def use_varlen_attention(model) -> None:

@@ -118,11 +118,23 @@ def pad_collate(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
             "pixel_values": torch.from_numpy(np.concatenate([s["pixel_values"] for s in samples]))}
 
 
+def labelled_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 logits [B, K, V] at the K positions whose next token is labelled (in any row), and those next
+    tokens [B, K] (IGNORE where a row has none). The LM head and softmax never see prompt positions: at a
+    150k vocabulary the full-row logits are the largest activation of a step."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    target = batch["labels"][:, 1:]
+    keep = (target != IGNORE).any(0).nonzero().squeeze(1)
+    if keep.numel() == 0:  # nothing labelled: keep every position so the graph (and its zero loss) stays whole
+        keep = torch.arange(target.shape[1])
+    keep = keep.to(batch["input_ids"].device)
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits.float()
+    return logits, target[:, keep].to(logits.device)
+
+
 def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over labelled tokens, and their count (callers normalize globally)."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
-    target = batch["labels"][:, 1:].to(logits.device)
+    logits, target = labelled_logits(model, batch)
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                                              ignore_index=IGNORE, reduction="sum")
     return loss, int((target != IGNORE).sum())

@@ -69,15 +69,28 @@ def _metrics(out):
 
 
 def test_resume_from_the_last_checkpoint(local_ray, tiny_checkpoint, tmp_path):
+    """The first run overlaps rollouts with updates (off_policy_steps: 1) and dies right after its step-2
+    checkpoint, with step 3's rollouts already drawn; the resumed run redraws exactly those prompts."""
     out = str(tmp_path / "grpo")
-    first = GRPORun(_cfg(**{"grpo.steps": 2, "grpo.checkpoint_every_steps": 2}), tiny_checkpoint, ROWS, EVAL_ROWS, out)
+    cfg = {"grpo.steps": 4, "grpo.checkpoint_every_steps": 2}
+    first = GRPORun(_cfg(**cfg, **{"grpo.off_policy_steps": 1}), tiny_checkpoint, ROWS, EVAL_ROWS, out)
+    checkpoint = first.checkpoint
+
+    def checkpoint_then_crash():
+        checkpoint()
+        assert first.sampler.state() == {"epoch": 0, "index": 12}  # step 3's prompts were drawn in the background
+        raise RuntimeError("killed after the step-2 checkpoint")
+
+    first.checkpoint = checkpoint_then_crash
     try:
-        first.run()
+        with pytest.raises(RuntimeError, match="killed"):
+            first.run()
     finally:
         first.shutdown()
     with open(os.path.join(out, "checkpoints", "latest.json")) as f:
         assert json.load(f) == {"step": 2, "sampler": {"epoch": 0, "index": 8}}
-    second = GRPORun(_cfg(**{"grpo.steps": 4, "grpo.checkpoint_every_steps": 2}), tiny_checkpoint, ROWS, EVAL_ROWS, out)
+    assert [m["step"] for m in _metrics(out)] == [0, 1, 2]
+    second = GRPORun(_cfg(**cfg), tiny_checkpoint, ROWS, EVAL_ROWS, out)
     try:
         assert second.step == 2 and second.sampler.state() == {"epoch": 0, "index": 8}
         assert second.model_path.endswith(os.path.join("step-2", "model"))
@@ -85,6 +98,7 @@ def test_resume_from_the_last_checkpoint(local_ray, tiny_checkpoint, tmp_path):
     finally:
         second.shutdown()
     assert [m["step"] for m in _metrics(out)] == [0, 1, 2, 3, 4]
+    assert all(m["trajectories"] == 16 for m in _metrics(out)[1:])
     assert os.path.exists(os.path.join(result["model"], "model.safetensors"))
 
 

@@ -121,3 +121,16 @@ def test_many_seeded_requests_in_one_batch(vllm_worker):
     tok = AutoTokenizer.from_pretrained(ray.get(vllm_worker.ready.remote()))
     banned = {tok.context_image_token_id, tok.start_image_token_id, tok.end_image_token_id}
     assert not banned & {t for r in results for c in r.completions for t in c.token_ids}
+
+
+def test_batch_decoded_texts_equal_vllms_own_detokenizer(vllm_worker):
+    """Without stop strings texts are batch-decoded after generation; with one (that never matches) vLLM
+    detokenizes incrementally. Same seeds, same tokens: the texts must be the same, the random model's
+    cut-off multi-byte characters included."""
+    plain = [image_request(i, n=8, temperature=1.0, max_tokens=48, seed=i, logprobs=True) for i in range(8)]
+    stopped = [image_request(i, n=8, temperature=1.0, max_tokens=48, seed=i, logprobs=True, stop=["\x00never"])
+               for i in range(8)]
+    a, b = ray.get(vllm_worker.generate.remote(plain)), ray.get(vllm_worker.generate.remote(stopped))
+    pairs = [(x, y) for ra, rb in zip(a, b) for x, y in zip(ra.completions, rb.completions)]
+    assert len(pairs) == 64 and all(x.token_ids == y.token_ids and x.logprobs == y.logprobs for x, y in pairs)
+    assert [x.text for x, _ in pairs] == [y.text for _, y in pairs]

@@ -61,9 +61,11 @@ class VLLMEngine(RolloutEngine):
     def _params(self, s, **extra):
         from vllm import SamplingParams
 
+        # Stop strings need vLLM's incremental detokenizer; without them, texts are decoded in one batch
+        # afterwards, which also spares decoding every sampled token's log-prob entry (~20% of a rollout on CPU).
         return SamplingParams(
             n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
-            repetition_penalty=s.repetition_penalty, stop=s.stop, seed=s.seed,
+            repetition_penalty=s.repetition_penalty, stop=s.stop, seed=s.seed, detokenize=bool(s.stop),
             logprobs=0 if s.logprobs else None, bad_words=self.prompts.banned_tokens or None, **extra,
         )
 
@@ -82,15 +84,23 @@ class VLLMEngine(RolloutEngine):
             ids.append(req.request_id)
         if prompts:
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
-            for rid, out in zip(ids, outputs):
+            texts = iter(self._texts([c for out, p in zip(outputs, params) if not p.detokenize for c in out.outputs]))
+            for rid, out, p in zip(ids, outputs, params):
                 results[rid].completions = [
                     Completion(
-                        text=c.text, token_ids=list(c.token_ids), finish_reason=c.finish_reason,
+                        text=c.text if p.detokenize else next(texts), token_ids=list(c.token_ids),
+                        finish_reason=c.finish_reason,
                         logprobs=[lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)] if c.logprobs else None,
                     )
                     for c in out.outputs
                 ]
         return [results[r.request_id] for r in requests]
+
+    def _texts(self, completions: list) -> list[str]:
+        """Batch decode as vLLM's detokenizer would: special tokens skipped, and the bytes of an unfinished
+        character at the end withheld (batch_decode shows them as U+FFFD)."""
+        texts = self.processor.tokenizer.batch_decode([c.token_ids for c in completions], skip_special_tokens=True)
+        return [t.rstrip("\ufffd") for t in texts]
 
     def update_weights(self, named_tensors: dict) -> None:
         # load_weights fails on the CPU backend (it repacks linears after loading);
