@@ -41,21 +41,27 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> 
     raise ValueError(f"grpo.kl_estimator={kind!r}: use k1, k2 or k3")
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean", max_tokens: int | None = None) -> torch.Tensor:
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean", max_tokens: int | None = None,
+              total_tokens: float | None = None, total_seqs: float | None = None) -> torch.Tensor:
     """Reduce a per-token loss to a scalar.
 
     token_mean              sum over all tokens / number of tokens (DAPO)
     seq_mean_token_mean     mean over sequences of each sequence's token mean (GRPO)
     seq_mean_token_sum_norm sum / (sequences * max_tokens): no length bias (Dr.GRPO)
+
+    `total_tokens` / `total_seqs` replace this shard's own counts when the batch is split over data-parallel
+    ranks: the shards' results then sum to the whole batch's (pass the global counts).
     """
+    tokens = mask.sum().clamp(min=1) if total_tokens is None else max(total_tokens, 1.0)
+    seqs = per_token.shape[0] if total_seqs is None else max(total_seqs, 1.0)
     if mode == "token_mean":
-        return (per_token * mask).sum() / mask.sum().clamp(min=1)
+        return (per_token * mask).sum() / tokens
     if mode == "seq_mean_token_mean":
         per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-        return per_seq.mean()
+        return per_seq.sum() / seqs
     if mode == "seq_mean_token_sum_norm":
         norm = max_tokens if max_tokens is not None else per_token.shape[-1]
-        return (per_token * mask).sum() / (per_token.shape[0] * norm)
+        return (per_token * mask).sum() / (seqs * norm)
     raise ValueError(f"grpo.loss_agg={mode!r}: use token_mean, seq_mean_token_mean or seq_mean_token_sum_norm")
 
 

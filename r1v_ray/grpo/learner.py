@@ -70,22 +70,37 @@ class LearnerWorker:
             out[i, :len(v)] = torch.tensor(v[:width], device=self.device)
         return out
 
-    def train_step(self, trajectories: list[Trajectory]) -> dict:
-        """`inner_epochs` updates on this rank's share, against the rollout-time log-probs."""
-        samples = encode(trajectories, self.processor, self.builder)
+    def train_step(self, trajectories: list[Trajectory], padding: bool = False) -> dict:
+        """`inner_epochs` updates on this rank's share, against the rollout-time log-probs.
+
+        The loss is normalized by the whole batch's token (or sequence) count, summed over ranks, so that
+        unequal shares weigh what they hold. `padding`: this rank got nothing this step and runs a
+        zero-weight copy, only to take part in the collectives.
+        """
+        import torch.distributed as dist
+
+        groups = encode(trajectories, self.processor, self.builder)
         adv = torch.tensor([t.advantage for t in trajectories], device=self.device)
+        counts = torch.tensor([0.0 if padding else float(sum(len(t.completion_ids) for t in trajectories)),
+                               0.0 if padding else float(len(trajectories))], device=self.device)
+        dist.all_reduce(counts)
+        total_tokens, total_seqs = counts.tolist()
+        weight = 0.0 if padding else float(self.world)  # DeepSpeed averages gradients over the ranks
+        ref_logp = None
+        if self.ref is not None:
+            with torch.no_grad():
+                ref_logp, _, _ = completion_logprobs(self.ref, groups, self.device)
         stats: dict[str, float] = {}
         for epoch in range(self.cfg.inner_epochs):
-            logp, mask, entropy = completion_logprobs(self.engine, samples, self.device, with_entropy=(epoch == 0))
+            logp, mask, entropy = completion_logprobs(self.engine, groups, self.device, with_entropy=(epoch == 0))
             old = self._padded([t.rollout_logprobs for t in trajectories], logp.shape[1])
             per_token, clipped = clipped_surrogate(logp, old, adv, mask, self.cfg.clip_eps, self.cfg.clip_eps_high)
             kl = torch.zeros_like(per_token)
-            if self.ref is not None:
-                with torch.no_grad():
-                    ref_logp, _, _ = completion_logprobs(self.ref, samples, self.device)
+            if ref_logp is not None:
                 kl = kl_penalty(logp, ref_logp, self.cfg.kl_estimator) * mask
                 per_token = per_token + self.cfg.kl_coef * kl
-            loss = aggregate(per_token, mask, self.cfg.loss_agg, self.cfg.max_completion_tokens)
+            loss = weight * aggregate(per_token, mask, self.cfg.loss_agg, self.cfg.max_completion_tokens,
+                                      total_tokens, total_seqs)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"GRPO loss is {loss.item()} at inner epoch {epoch}; the step is stopped "
                                          "before any update is applied or checkpointed")
@@ -100,8 +115,8 @@ class LearnerWorker:
     @torch.no_grad()
     def logprobs(self, trajectories: list[Trajectory]) -> list[list[float]]:
         """The learner's current log-probs of each trajectory's completion tokens."""
-        samples = encode(trajectories, self.processor, self.builder)
-        logp, mask, _ = completion_logprobs(self.engine.module, samples, self.device)
+        logp, mask, _ = completion_logprobs(self.engine.module, encode(trajectories, self.processor, self.builder),
+                                            self.device)
         return [row[: int(m.sum())].tolist() for row, m in zip(logp, mask)]
 
     def _gathered_trainable(self):

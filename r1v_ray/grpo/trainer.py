@@ -250,13 +250,25 @@ class GRPORun:
         return out
 
     def learn(self, trajectories: list[Trajectory]) -> dict:
-        """One update on every learner (their shares in parallel); the learners' mean statistics."""
-        # Every learner must take part in the collectives: pad shares with zero-advantage copies.
-        shares = [trajectories[i::len(self.learners)] for i in range(len(self.learners))]
-        shares = [s or [Trajectory(trajectories[0].request, trajectories[0].completion_ids,
-                                   trajectories[0].rollout_logprobs, 0.0, 0.0)] for s in shares]
-        stats = ray.get([l.train_step.remote(s) for l, s in zip(self.learners, shares)])
-        return {k: statistics.fmean(s[k] for s in stats) for k in stats[0]}
+        """One update on every learner (their shares in parallel); the learners' mean statistics.
+
+        Whole groups go to one learner (its prompt is then encoded once there), balanced by completion tokens.
+        """
+        groups: dict[str, list[Trajectory]] = {}
+        for t in trajectories:
+            groups.setdefault(t.request.request_id, []).append(t)
+        shares: list[list[Trajectory]] = [[] for _ in self.learners]
+        load = [0] * len(self.learners)
+        for group in sorted(groups.values(), key=lambda g: -sum(len(t.completion_ids) for t in g)):
+            i = load.index(min(load))
+            shares[i] += group
+            load[i] += sum(len(t.completion_ids) for t in group)
+        # Every learner must take part in the collectives: an empty share runs a zero-weight copy.
+        stats = ray.get([l.train_step.remote(s or trajectories[:1], padding=not s) for l, s in zip(self.learners, shares)])
+        real = [st for st, share in zip(stats, shares) if share]  # a padding copy's entropy/KL are not the batch's
+        out = {k: statistics.fmean(st[k] for st in real) for k in real[0]}
+        out["loss"] = sum(st["loss"] for st in stats) / len(stats)  # rank losses are world x their share of the total
+        return out
 
     def train_step(self) -> dict:
         """Rollouts (this step's, or the ones prefetched during the last update), update, weight sync.

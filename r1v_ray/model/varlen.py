@@ -3,19 +3,52 @@
 A packed row holds whole samples back to back with positions restarting at 0.
 Dense masking of such a row costs O(L^2) for the whole row; this attention runs
 causal SDPA per sample, O(sum of Li^2), as flash-attention's varlen kernels do on
-GPU. Used for the LLM only; anything without restarting positions (generation,
+GPU. GRPO's learner also packs a group's prompt once with all its completions
+(`SharedPromptLayout`, passed as the `r1v_shared_prompts` forward kwarg). Used for
+the LLM only; anything without restarting positions or a layout (generation,
 unpacked batches) goes to plain SDPA unchanged.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 NAME = "r1v_varlen_sdpa"
+
+LAYOUT_KWARG = "r1v_shared_prompts"
+
+
+@dataclass(frozen=True)
+class SharedPromptLayout:
+    """A packed row (batch of 1) of prompt groups: per group (prompt start, prompt length, ((completion start,
+    completion length), ...)). Completion positions continue from the prompt's end; a completion attends to
+    its prompt and, causally, to itself."""
+
+    groups: tuple[tuple[int, int, tuple[tuple[int, int], ...]], ...]
+
+
+def _shared_prompt_attention(query, key, value, layout: SharedPromptLayout, dropout: float, scaling):
+    out = torch.empty_like(query)
+    for p_start, p_len, completions in layout.groups:
+        p = slice(p_start, p_start + p_len)
+        out[:, :, p] = F.scaled_dot_product_attention(query[:, :, p], key[:, :, p], value[:, :, p],
+                                                      dropout_p=dropout, is_causal=True, scale=scaling)
+        for c_start, c_len in completions:
+            if not c_len:
+                continue
+            c = slice(c_start, c_start + c_len)
+            # queries see the whole prompt, then their own completion causally: lower-right aligned causal
+            out[:, :, c] = F.scaled_dot_product_attention(
+                query[:, :, c], torch.cat([key[:, :, p], key[:, :, c]], 2), torch.cat([value[:, :, p], value[:, :, c]], 2),
+                attn_mask=causal_lower_right(c_len, p_len + c_len), dropout_p=dropout, scale=scaling)
+    return out
 
 
 def _segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
@@ -28,7 +61,13 @@ def _segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
 
 
 def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                        position_ids: torch.Tensor | None = None, **kwargs):
+                        position_ids: torch.Tensor | None = None, r1v_shared_prompts: SharedPromptLayout | None = None,
+                        **kwargs):
+    if r1v_shared_prompts is not None:
+        kv_groups = query.shape[1] // key.shape[1]
+        key, value = repeat_kv(key, kv_groups), repeat_kv(value, kv_groups)
+        out = _shared_prompt_attention(query, key, value, r1v_shared_prompts, dropout, scaling)
+        return out.transpose(1, 2).contiguous(), None
     # Packed rows carry restarting positions (their block-diagonal mask is then redundant).
     packed = (position_ids is not None and query.shape[2] == key.shape[2] and query.shape[2] > 1
               and bool((position_ids[:, 1:] == 0).any()))
@@ -65,3 +104,9 @@ AttentionMaskInterface.register(NAME, varlen_mask)
 def use_varlen_attention(model) -> None:
     """Route the LLM's attention through the packed-row kernel (the vision tower keeps its own)."""
     model.model.language_model.config._attn_implementation = NAME
+
+
+def uses_varlen_attention(model) -> bool:
+    """True when the LLM of `model` (or of the DeepSpeed engine wrapping it) runs this module's attention."""
+    model = getattr(model, "module", model)
+    return model.model.language_model.config._attn_implementation == NAME

@@ -55,6 +55,11 @@ def test_aggregation_modes():
     assert aggregate(x, mask, "seq_mean_token_sum_norm", max_tokens=8).item() == pytest.approx(8 / 16)
     with pytest.raises(ValueError):
         aggregate(x, mask, "mean")
+    # Split over two data-parallel shards with the global counts, the shards sum to the whole batch's loss.
+    for mode in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"):
+        whole = aggregate(x, mask, mode, max_tokens=8)
+        shards = [aggregate(x[i:i + 1], mask[i:i + 1], mode, 8, total_tokens=5.0, total_seqs=2.0) for i in (0, 1)]
+        assert sum(shards).item() == pytest.approx(whole.item())
 
 
 def test_zero_variance_groups_and_metrics():

@@ -124,6 +124,13 @@ def split_images(messages: list[dict], images: list) -> tuple[list[dict], list[I
     return out_msgs, out_imgs
 
 
+def image_placeholder_ids(tokenizer) -> list[int]:
+    """Token ids that must never be generated: a completion holding an image placeholder cannot be fed
+    back with its image (the features/tokens count would not match)."""
+    names = ("context_image_token", "start_image_token", "end_image_token", "video_token")
+    return [tokenizer.convert_tokens_to_ids(t) for t in (getattr(tokenizer, n, None) for n in names) if t]
+
+
 class PromptBuilder:
     """Renders prompts with the checkpoint's chat template and counts their tokens, images included."""
 
@@ -131,11 +138,7 @@ class PromptBuilder:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.max_model_len = max_model_len
-        # Image placeholders must never be generated: a completion holding one cannot be fed back
-        # with its image (the features/tokens count would not match).
-        self.banned_tokens = [t for t in (getattr(self.tokenizer, n, None) for n in
-                                          ("context_image_token", "start_image_token", "end_image_token", "video_token")) if t]
-        self.banned_ids = [[self.tokenizer.convert_tokens_to_ids(t)] for t in self.banned_tokens]
+        self.banned_ids = [[i] for i in image_placeholder_ids(self.tokenizer)]  # HF generate's bad_words_ids
 
     def render(self, request: GenerationRequest) -> tuple[str, list[Image.Image], int]:
         messages, images = split_images(request.messages, request.images)

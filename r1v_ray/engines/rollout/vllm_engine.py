@@ -54,6 +54,8 @@ class VLLMEngine(RolloutEngine):
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
             # Methods for the NCCL weight-sync transport, mixed into vLLM's GPU workers.
             kwargs["worker_extension_cls"] = "r1v_ray.engines.rollout.weight_ext.WeightSyncExtension"
+        # Loaded by name inside vLLM's workers (importing it here would import vLLM with this module).
+        kwargs["logits_processors"] = ["r1v_ray.engines.rollout.vllm_logits:BanImagePlaceholders"]
         self.llm = LLM(**kwargs)
         self.processor = AutoProcessor.from_pretrained(checkpoint)
         self.prompts = PromptBuilder(self.processor, cfg.max_model_len)
@@ -66,7 +68,7 @@ class VLLMEngine(RolloutEngine):
         return SamplingParams(
             n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
             repetition_penalty=s.repetition_penalty, stop=s.stop, seed=s.seed, detokenize=bool(s.stop),
-            logprobs=0 if s.logprobs else None, bad_words=self.prompts.banned_tokens or None, **extra,
+            logprobs=0 if s.logprobs else None, **extra,
         )
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
