@@ -15,8 +15,10 @@ import requests
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
-# Small but complete: every stage runs its real code path.
+# Small but complete: every stage runs its real code path (MLP init with one sub-stage: the three of the
+# demo config run the same code, and the pipeline test runs them all).
 OVERRIDES = [
+    "sft.mlp_init_stages=[{name: full, learning_rate: 2.0e-3}]",
     "data.synthetic.n_train=64", "data.synthetic.n_test=10", "sft.iterations=1", "sft.taus=[2]",
     "sft.iteration_lrs=[5.0e-4]", "sft.epochs=1", "sft.error_set_max_tokens=24", "eval.runs=1", "eval.max_tokens=24",
     "distill.max_tokens=24", "grpo.steps=2", "grpo.prompts_per_step=4", "grpo.max_completion_tokens=24",
