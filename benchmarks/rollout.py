@@ -20,11 +20,11 @@ from r1v_ray.model import assemble, build_processor, save_checkpoint
 from r1v_ray.model.factory import load_llm, load_vision, write_tiny_parts
 
 
-def build_checkpoint(work: str) -> str:
-    parts = write_tiny_parts(TinyModelConfig(), os.path.join(work, "parts"))
+def build_checkpoint(work: str, sizes: TinyModelConfig | None = None, name: str = "ckpt") -> str:
+    parts = write_tiny_parts(sizes or TinyModelConfig(), os.path.join(work, f"{name}-parts"))
     llm, tok = load_llm(parts.substitute_llm)
     model = assemble(load_vision(parts.vision), llm, tok, ProjectorConfig())
-    return save_checkpoint(model, build_processor(tok, model.config.vision_config, 0.5, 1), os.path.join(work, "ckpt"))
+    return save_checkpoint(model, build_processor(tok, model.config.vision_config, 0.5, 1), os.path.join(work, name))
 
 
 def requests(n_prompts: int, n: int, max_tokens: int) -> list[GenerationRequest]:

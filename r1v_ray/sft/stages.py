@@ -119,8 +119,8 @@ def error_set(cfg: R1VConfig, model_path: str, train_uri: str, out_dir: str) -> 
         choices = list(row["choices"]) if row["choices"] is not None and len(row["choices"]) else None
         if accuracy_reward(row["completions"][0], row["answer"], choices) == 0.0:
             wrong.append(str(row["id"]))
-    table = read_parquet(train_uri)
-    errors = table.filter(pa.array([i in set(wrong) for i in table.column("id").to_pylist()], type=pa.bool_()))
+    table, wrong_ids = read_parquet(train_uri), set(wrong)
+    errors = table.filter(pa.array([i in wrong_ids for i in table.column("id").to_pylist()], type=pa.bool_()))
     path = os.path.join(out_dir, "errors")
     with ParquetSink(path) as sink:
         sink.write(errors)

@@ -130,7 +130,7 @@ class _EngineUDF:
 
 def generate_dataset(ds: "ray.data.Dataset", checkpoint: str, cfg: RolloutConfig,
                      build_request: Callable[[dict], GenerationRequest], dtype: str = "bfloat16",
-                     batch_size: int = 16) -> "ray.data.Dataset":
+                     batch_size: int | None = None) -> "ray.data.Dataset":
     """Every row plus `completions`, `completion_tokens`, `prompt_tokens` and `error` (None when generated).
 
     Rows whose request was rejected keep their place with the reason in `error`,
@@ -139,7 +139,7 @@ def generate_dataset(ds: "ray.data.Dataset", checkpoint: str, cfg: RolloutConfig
     bundle = worker_resources(cfg)
     return ds.map_batches(
         _EngineUDF, fn_constructor_args=(checkpoint, cfg, dtype, build_request),
-        batch_size=batch_size, batch_format="numpy",
+        batch_size=batch_size or cfg.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
         num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0),
         resources={k: v for k, v in bundle.items() if k not in ("CPU", "GPU")} or None,
