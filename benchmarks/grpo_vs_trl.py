@@ -101,14 +101,14 @@ def trl_samples_per_s(ckpt: str, rows: list[dict], args, work: str) -> float:
     return args.prompts * args.group * (len(stamps) - 1) / (stamps[-1] - stamps[0])  # steps 2..n
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-4)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     rows = list(iter_rows(args.prompts * args.steps, seed=0, split="bench"))
     with tempfile.TemporaryDirectory() as work:
         ckpt = build_checkpoint(work)
