@@ -5,23 +5,55 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
+import pyarrow as pa
 import ray
 
 from r1v_ray.config import R1VConfig
 from r1v_ray.data.io import ParquetSink, makedirs, write_text
 from r1v_ray.data.schema import REJECTED_SCHEMA, rejected_table
+from r1v_ray.engines.rollout import GenerationRequest
 from r1v_ray.engines.rollout.actor import generate_dataset
 from r1v_ray.eval.scoring import eval_request, markdown_table, score_rows
 
 
-def run_eval(cfg: R1VConfig, checkpoint: str, data_uri: str, out_dir: str, name: str = "eval") -> dict:
+EVAL_COLUMNS = ["id", "image", "question", "choices", "answer", "source", "category"]
+PASS = "_pass"  # which pass a row belongs to when an evaluation carries a side pass
+
+
+@dataclass
+class SidePass:
+    """More rows to generate in the same engine pass as an evaluation: one engine start serves both.
+
+    `build(row)` makes each row's request; `consume(row)` gets each generated row (without its image) as
+    it streams by, with `completions` and `error` as `generate_dataset` gives them.
+    """
+
+    data_uri: str
+    build: Callable[[dict], GenerationRequest]
+    consume: Callable[[dict], None]
+
+
+def _tagged(uri: str, tag: str) -> "ray.data.Dataset":
+    def tag_batch(batch: pa.Table) -> pa.Table:
+        return batch.append_column(PASS, pa.array([tag] * batch.num_rows, pa.string()))
+
+    return ray.data.read_parquet(uri).select_columns(EVAL_COLUMNS).map_batches(tag_batch, batch_format="pyarrow")
+
+
+def run_eval(cfg: R1VConfig, checkpoint: str, data_uri: str, out_dir: str, name: str = "eval",
+             side: SidePass | None = None) -> dict:
     """Generate k runs per row, score Pass@1, write eval.json, eval.md and rejected rows to `out_dir`."""
     e = cfg.eval
     start = time.time()
-    ds = ray.data.read_parquet(data_uri)
 
-    def build(row: dict):
+    def build(row: dict) -> GenerationRequest:
+        if row[PASS] == "side":
+            req = side.build(row)
+            req.request_id = f"side:{req.request_id}"  # ids of the two datasets may meet in one engine batch
+            return req
         return eval_request(row, e.runs, e.max_tokens, e.temperature, e.top_p, seed=cfg.seed)
 
     rollout = cfg.rollout
@@ -30,15 +62,20 @@ def run_eval(cfg: R1VConfig, checkpoint: str, data_uri: str, out_dir: str, name:
             f"eval.max_tokens={e.max_tokens} leaves no room for the prompt in rollout.max_model_len="
             f"{rollout.max_model_len}; raise rollout.max_model_len or lower eval.max_tokens"
         )
-    out = generate_dataset(ds.select_columns(["id", "image", "question", "choices", "answer", "source", "category"]),
-                           checkpoint, rollout, build, dtype=cfg.model.dtype)
+    ds = _tagged(data_uri, "eval")
+    if side is not None:
+        ds = ds.union(_tagged(side.data_uri, "side"))
+    out = generate_dataset(ds, checkpoint, rollout, build, dtype=cfg.model.dtype)
     scored, rejected, lengths = [], [], []
     for row in out.drop_columns(["image"]).iter_rows():  # streams; images are not kept
-        if row["error"] is not None:
+        row = dict(row)
+        if row.pop(PASS) == "side":
+            side.consume(row)
+        elif row["error"] is not None:
             rejected.append({"id": str(row["id"]), "stage": name, "reason": row["error"], "row": None, "image": None})
-            continue
-        scored.append({k: row[k] for k in ("id", "answer", "choices", "category", "source", "completions")})
-        lengths.extend(row["completion_tokens"])
+        else:
+            scored.append({k: row[k] for k in ("id", "answer", "choices", "category", "source", "completions")})
+            lengths.extend(row["completion_tokens"])
     report = score_rows(scored, e.runs)
     report.update(
         checkpoint=checkpoint, data=data_uri, runs=e.runs, max_tokens=e.max_tokens, temperature=e.temperature,

@@ -17,7 +17,6 @@ def _worker_resources(job: SFTJob) -> dict | None:
 
 def run_sft(job: SFTJob, max_failures: int = 1) -> str:
     """Train, resuming from the run's own latest checkpoint if one exists; returns `output_dir/model`."""
-    import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 

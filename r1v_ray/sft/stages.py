@@ -12,15 +12,13 @@ import shutil
 from collections.abc import Callable
 
 import pyarrow as pa
-import ray
 from transformers import AutoProcessor
 
 from r1v_ray.config import R1VConfig
 from r1v_ray.data.io import ParquetSink, read_parquet
 from r1v_ray.data.schema import REJECTED_SCHEMA, rejected_table
-from r1v_ray.engines.rollout.actor import generate_dataset
 from r1v_ray.eval.scoring import eval_request
-from r1v_ray.eval.stage import run_eval
+from r1v_ray.eval.stage import SidePass, run_eval
 from r1v_ray.model.assemble import load_checkpoint, read_meta, save_checkpoint
 from r1v_ray.model.factory import assemble_initial, load_llm, part_paths
 from r1v_ray.rewards import accuracy_reward
@@ -46,8 +44,8 @@ def train(cfg: R1VConfig, run: StageRun, name: str, init: str, table: pa.Table, 
     processor = AutoProcessor.from_pretrained(init)
     data = os.path.join(out, "data")
     if not os.path.exists(data):
-        counts = filter_by_length(table, processor, cfg.sft.max_length, data + ".partial",
-                                  os.path.join(out, "rejected"), stage=f"{run.stage}/{name}")
+        filter_by_length(table, processor, cfg.sft.max_length, data + ".partial",
+                         os.path.join(out, "rejected"), stage=f"{run.stage}/{name}")
         os.replace(data + ".partial", data)
     n_rows = read_parquet(data, columns=["id"]).num_rows
     s = cfg.sft
@@ -102,32 +100,61 @@ def reassemble_stage(cfg: R1VConfig, run: StageRun, mlp_init_model: str) -> tupl
     return {"model": final}, record
 
 
-def error_set(cfg: R1VConfig, model_path: str, train_uri: str, out_dir: str) -> tuple[str, dict]:
-    """E = rows whose Φ(M(x)) != y, by greedy generation through the rollout engine (paper 2.2)."""
-    s = cfg.sft
-    ds = ray.data.read_parquet(train_uri)
+ERROR_IDS = "error_ids.json"
 
-    def build(row):
-        return eval_request(row, 1, s.error_set_max_tokens, 0.0, 1.0, seed=cfg.seed)
 
-    wrong, rejected, n = [], [], 0
-    for row in generate_dataset(ds, model_path, cfg.rollout, build, dtype=cfg.model.dtype).iter_rows():
-        n += 1
+class ErrorSetPass:
+    """E's ids by greedy generation over the training rows: those whose Φ(M(x)) != y (paper 2.2). Rides along
+    with M's evaluation (`SidePass`), so one engine start serves both."""
+
+    def __init__(self, cfg: R1VConfig, train_uri: str):
+        self.cfg, self.train_uri = cfg, train_uri
+        self.wrong: list[str] = []
+        self.rejected: list[dict] = []
+        self.generated = 0
+
+    def side_pass(self) -> SidePass:
+        return SidePass(self.train_uri, self.build, self.consume)
+
+    def build(self, row: dict):
+        return eval_request(row, 1, self.cfg.sft.error_set_max_tokens, 0.0, 1.0, seed=self.cfg.seed)
+
+    def consume(self, row: dict) -> None:
+        self.generated += 1
         if row["error"] is not None:
-            rejected.append({"id": str(row["id"]), "stage": "error_set", "reason": row["error"], "row": None, "image": None})
-            continue
+            self.rejected.append({"id": str(row["id"]), "stage": "error_set", "reason": row["error"], "row": None,
+                                  "image": None})
+            return
         choices = list(row["choices"]) if row["choices"] is not None and len(row["choices"]) else None
         if accuracy_reward(row["completions"][0], row["answer"], choices) == 0.0:
-            wrong.append(str(row["id"]))
-    table, wrong_ids = read_parquet(train_uri), set(wrong)
+            self.wrong.append(str(row["id"]))
+
+    def save(self, out_dir: str) -> None:
+        os.makedirs(out_dir, exist_ok=True)
+        with ParquetSink(os.path.join(out_dir, "errors_rejected"), schema=REJECTED_SCHEMA) as sink:
+            if self.rejected:
+                sink.write(rejected_table(self.rejected))
+        scored = self.generated - len(self.rejected)
+        record = {"generated": self.generated, "wrong": len(self.wrong), "rejected": len(self.rejected),
+                  "train_accuracy": 1 - len(self.wrong) / max(1, scored), "ids": self.wrong}
+        tmp = os.path.join(out_dir, ERROR_IDS + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(record, f)
+        os.replace(tmp, os.path.join(out_dir, ERROR_IDS))  # present only when complete
+
+
+def error_set(out_dir: str, train_uri: str) -> tuple[str, dict]:
+    """E_{t-1} as rows of the current training data (re-distilled before this iteration or not: whether an
+    answer is right depends on image, question and answer only), written to `out_dir/errors`."""
+    with open(os.path.join(out_dir, ERROR_IDS)) as f:
+        record = json.load(f)
+    wrong_ids = set(record.pop("ids"))
+    table = read_parquet(train_uri)
     errors = table.filter(pa.array([i in wrong_ids for i in table.column("id").to_pylist()], type=pa.bool_()))
     path = os.path.join(out_dir, "errors")
     with ParquetSink(path) as sink:
         sink.write(errors)
-    with ParquetSink(os.path.join(out_dir, "errors_rejected"), schema=REJECTED_SCHEMA) as sink:
-        if rejected:
-            sink.write(rejected_table(rejected))
-    return path, {"generated": n, "wrong": len(wrong), "rejected": len(rejected), "train_accuracy": 1 - len(wrong) / max(1, n - len(rejected))}
+    return path, record
 
 
 def iterative_sft(cfg: R1VConfig, run: StageRun, base_model: str, train_uri: str, test_uri: str,
@@ -142,46 +169,37 @@ def iterative_sft(cfg: R1VConfig, run: StageRun, base_model: str, train_uri: str
     prefixes = s.trainable_prefixes or cfg.model.trainable_prefixes
     table_rows = []
 
-    def evaluate(name: str, model: str) -> float:
+    def evaluate(name: str, model: str, data_uri: str, errors_for: str | None = None) -> None:
+        """Pass@1 of `model` on the test split; with `errors_for`, the same engine pass generates over the
+        training rows for that iteration's error set."""
         path = run.path_for("eval", name, "eval.json")
-        if not os.path.exists(path):
-            run_eval(cfg, model, test_uri, os.path.dirname(path), name)
+        ids_done = errors_for is None or os.path.exists(run.path_for(errors_for, ERROR_IDS))
+        if not os.path.exists(path) or not ids_done:
+            errors = ErrorSetPass(cfg, data_uri) if errors_for else None
+            run_eval(cfg, model, test_uri, os.path.dirname(path), name, errors.side_pass() if errors else None)
+            if errors:
+                errors.save(run.path_for(errors_for))
         with open(path) as f:
-            score = json.load(f)["overall"]["pass@1_mean"]
-        table_rows.append({"model": name, "pass@1": score})
+            table_rows.append({"model": name, "pass@1": json.load(f)["overall"]["pass@1_mean"]})
         run.record(table=table_rows)
-        return score
 
-    evaluate("reassembled", base_model)
+    evaluate("reassembled", base_model, train_uri)
     m0 = train(cfg, run, "M0", base_model, read_parquet(train_uri), s.stage1_learning_rate, prefixes, s.epochs)
     current = m0["model"]
-    evaluate("M0", current)
+    evaluate("M0", current, train_uri, errors_for="M1" if s.iterations else None)
     iterations = []
     for t in range(1, s.iterations + 1):
         if before_iteration is not None:
             train_uri = before_iteration(t, current)
         name = f"M{t}"
-        errors_uri, err_stats = _cached_error_set(cfg, run, current, train_uri, name)
+        errors_uri, err_stats = error_set(run.path_for(name), train_uri)
         d, how = d_rm(read_parquet(train_uri), s.rm_score_column, s.taus[t - 1])
         data = union_by_id(d, read_parquet(errors_uri))
         summary = train(cfg, run, name, current, data, s.iteration_lrs[t - 1], prefixes, s.epochs)
         iterations.append({"t": t, "tau": s.taus[t - 1], "d_rm": how, "d_rm_rows": d.num_rows,
                            "error_set": err_stats, **summary})
         current = summary["model"]
-        evaluate(name, current)
+        evaluate(name, current, train_uri, errors_for=f"M{t + 1}" if t < s.iterations else None)
     final = run.path_for("model")
     _publish(current, final)
     return {"model": final}, {"table": table_rows, "iterations": iterations, "stage1": m0}
-
-
-def _cached_error_set(cfg: R1VConfig, run: StageRun, model: str, train_uri: str, name: str) -> tuple[str, dict]:
-    out = run.path_for(name)
-    stats_path = os.path.join(out, "error_set.json")
-    if os.path.exists(stats_path):
-        with open(stats_path) as f:
-            return os.path.join(out, "errors"), json.load(f)
-    os.makedirs(out, exist_ok=True)
-    path, stats = error_set(cfg, model, train_uri, out)
-    with open(stats_path, "w") as f:
-        json.dump(stats, f)
-    return path, stats

@@ -28,3 +28,40 @@ def test_eval_job_writes_report(tiny_checkpoint, tmp_path):
     assert set(report["by_category"]) == {"shape_kind", "count_color", "tallest_bar", "missing_angle", "sum_digits"}
     assert (run_dir / "eval" / "tiny" / "eval.md").read_text().startswith("# tiny")
     assert "Pass@1" in proc.stdout
+
+
+def test_error_set_rides_along_with_an_evaluation(tiny_checkpoint, tmp_path):
+    """One engine pass for M's evaluation (k sampled runs) and the greedy error-set pass over the training rows
+    (n = 1; one engine batch mixes both, the next holds training rows only): every row of each reaches its own consumer, ids may repeat across."""
+    import ray
+
+    from r1v_ray.config import load_config
+    from r1v_ray.data.io import write_parquet
+    from r1v_ray.data.schema import canonical_table
+    from r1v_ray.data.synthetic import make_row
+    from r1v_ray.eval.stage import run_eval
+    from r1v_ray.sft.stages import ERROR_IDS, ErrorSetPass, error_set
+
+    test, train = str(tmp_path / "test"), str(tmp_path / "train")
+    write_parquet(canonical_table([make_row(0, "test", i) for i in range(6)]), test)
+    rows = [make_row(0, "train", i) for i in range(40)]
+    rows[0]["id"] = "synthetic-test-0000000"  # the same id as a test row: the two passes must not mix it up
+    write_parquet(canonical_table(rows), train)
+    cfg = load_config(os.path.join(ROOT, "configs", "demo", "tiny.yaml"),
+                      ["eval.runs=2", "eval.max_tokens=16", "sft.error_set_max_tokens=16", "rollout.batch_size=16",
+                       "rollout.max_model_len=512"])
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    try:
+        errors = ErrorSetPass(cfg, train)
+        report = run_eval(cfg, tiny_checkpoint, test, str(tmp_path / "eval"), "M", errors.side_pass())
+    finally:
+        ray.shutdown()
+    assert report["overall"]["n"] == 6 and len(report["overall"]["runs"]) == 2 and report["rejected"] == 0
+    assert errors.generated == 40 and not errors.rejected
+    errors.save(str(tmp_path / "M1"))
+    path, stats = error_set(str(tmp_path / "M1"), train)
+    assert stats["generated"] == 40 and stats["wrong"] == len(errors.wrong) > 0  # a random model is mostly wrong
+    assert os.path.exists(tmp_path / "M1" / ERROR_IDS)
+    from r1v_ray.data.io import read_parquet
+
+    assert sorted(read_parquet(path).column("id").to_pylist()) == sorted(errors.wrong)

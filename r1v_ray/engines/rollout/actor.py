@@ -121,11 +121,22 @@ class _EngineUDF:
             out_texts.append([] if res is None else [c.text for c in res.completions])
             out_tokens.append([] if res is None else [len(c.token_ids) for c in res.completions])
         batch = dict(batch)
-        batch["completions"] = np.array(out_texts, dtype=object)
-        batch["completion_tokens"] = np.array(out_tokens, dtype=object)
+        batch["completions"] = _list_column(out_texts)
+        batch["completion_tokens"] = _list_column(out_tokens)
         batch["prompt_tokens"] = np.array(out_prompt)
         batch["error"] = np.array(out_err, dtype=object)
         return batch
+
+
+def _list_column(values: list[list]) -> "np.ndarray":
+    """A 1-D object array of lists: a variable-length list column. (np.array of equal-length lists would be
+    2-D, which Ray Data stores as a fixed-shape tensor that batches with another n cannot join.)"""
+    import numpy as np
+
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
 
 
 def generate_dataset(ds: "ray.data.Dataset", checkpoint: str, cfg: RolloutConfig,
