@@ -323,8 +323,9 @@ class GRPORun:
             values = self.train_step()
             last = self.step == self.g.steps
             if self.step % self.g.eval_every_steps == 0 or last:
-                values.update(self.held_out_reward())
-                history.append({"step": self.step, "heldout_reward": values["heldout_reward"]})
+                held = self.held_out_reward()
+                values.update(held)
+                history.append({"step": self.step, **held})
             self.metrics.log(self.step, **values)
             if self.step % self.g.checkpoint_every_steps == 0 or last:
                 self.checkpoint()
