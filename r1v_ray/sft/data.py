@@ -29,8 +29,7 @@ def select_subset(table: pa.Table, score_column: str | None = None, min_score: f
 
 def union_by_id(first: pa.Table, second: pa.Table) -> pa.Table:
     """first ∪ second, a row per id (first wins); columns as in `first`."""
-    seen = set(first.column("id").to_pylist())
-    extra = second.filter(pa.array([i not in seen for i in second.column("id").to_pylist()], type=pa.bool_()))
+    extra = second.filter(pc.invert(pc.is_in(second["id"], value_set=first["id"].combine_chunks())))
     return pa.concat_tables([first, extra.select(first.column_names).cast(first.schema)])
 
 

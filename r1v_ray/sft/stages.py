@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from transformers import AutoProcessor
 
 from r1v_ray.config import R1VConfig
@@ -148,9 +149,9 @@ def error_set(out_dir: str, train_uri: str) -> tuple[str, dict]:
     answer is right depends on image, question and answer only), written to `out_dir/errors`."""
     with open(os.path.join(out_dir, ERROR_IDS)) as f:
         record = json.load(f)
-    wrong_ids = set(record.pop("ids"))
+    wrong_ids = pa.array(record.pop("ids"), pa.string())
     table = read_parquet(train_uri)
-    errors = table.filter(pa.array([i in wrong_ids for i in table.column("id").to_pylist()], type=pa.bool_()))
+    errors = table.filter(pc.is_in(table["id"], value_set=wrong_ids))
     path = os.path.join(out_dir, "errors")
     with ParquetSink(path) as sink:
         sink.write(errors)

@@ -21,7 +21,7 @@ def test_labels_cover_the_assistant_turn_only(model_and_samples):
     _, processor, rows, samples = model_and_samples
     for row, s in zip(rows, samples):
         labelled = processor.tokenizer.decode([t for t in s["labels"] if t != IGNORE])
-        assert labelled.startswith("<think>\n" + row["rationale"]) and labelled.endswith("Answer: \\boxed{%s}<|im_end|>" % row["answer"])
+        assert labelled.startswith("<think>\n" + row["rationale"]) and labelled.endswith(f"Answer: \\boxed{{{row['answer']}}}<|im_end|>")
         first = next(i for i, t in enumerate(s["labels"]) if t != IGNORE)
         assert processor.tokenizer.decode(s["input_ids"][:first]).endswith("<|im_start|>assistant\n")
     assert sft_messages({**rows[0], "think": "t", "response": "r"})[1]["content"] == "<think>\nt\n</think>\n\nr"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -99,8 +100,6 @@ class _EngineUDF:
         self.build_request = build_request
 
     def __call__(self, batch: dict) -> dict:
-        import numpy as np
-
         keys = list(batch)
         rows = [{k: batch[k][i] for k in keys} for i in range(len(batch[keys[0]]))] if keys else []
         requests, errors = [], {}
@@ -128,11 +127,9 @@ class _EngineUDF:
         return batch
 
 
-def _list_column(values: list[list]) -> "np.ndarray":
+def _list_column(values: list[list]) -> np.ndarray:
     """A 1-D object array of lists: a variable-length list column. (np.array of equal-length lists would be
     2-D, which Ray Data stores as a fixed-shape tensor that batches with another n cannot join.)"""
-    import numpy as np
-
     out = np.empty(len(values), dtype=object)
     for i, v in enumerate(values):
         out[i] = v
