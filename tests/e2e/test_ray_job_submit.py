@@ -120,7 +120,9 @@ def test_demo_stages_run_as_ray_jobs(head, tmp_path):
     assert [it["tau"] for it in sft["metrics"]["iterations"]] == [2, 3]
     for t in (1, 2):
         assert os.path.exists(os.path.join(run_dir, "sft", f"M{t}", "redistill", "done.json"))
-    assert all(it["error_set"]["generated"] > 0 for it in sft["metrics"]["iterations"])
+    # Each E_{t-1} pass generates over every training row (the demo's 512, none rejected on the way).
+    assert sft["inputs"]["train"]["rows"] == 512
+    assert all(it["error_set"]["generated"] == 512 for it in sft["metrics"]["iterations"])
 
     # Frozen parts: the vision encoder never changes; MLP init leaves the substitute LLM untouched;
     # re-assembly keeps the reasoning LLM's weights (its embeddings grow by the image tokens).
@@ -140,3 +142,4 @@ def test_demo_stages_run_as_ray_jobs(head, tmp_path):
     heldout = manifests["grpo"]["metrics"]["heldout"]
     assert [p["step"] for p in heldout] == [0, 20, 40]
     assert heldout[-1]["heldout_reward"] > heldout[0]["heldout_reward"], heldout
+    assert os.path.exists(os.path.join(run_dir, "grpo", "model", "model.safetensors"))
