@@ -112,9 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = list(iter_rows(args.prompts * args.steps, seed=0, split="bench"))
     with tempfile.TemporaryDirectory() as work:
         ckpt = build_checkpoint(work)
+        trl = trl_samples_per_s(ckpt, rows, args, work)  # first: no Ray process left over from a run before it
         on_policy = r1v_samples_per_s(ckpt, rows, args, work, 0)
         overlapped = r1v_samples_per_s(ckpt, rows, args, work, 1)
-        trl = trl_samples_per_s(ckpt, rows, args, work)
     print(f"{args.steps - 2} (r1v_ray) / {args.steps - 1} (TRL) timed steps x {args.prompts} prompts x {args.group} completions, <= {args.max_tokens} tokens")
     print(f"TRL GRPO                          : {trl:8.2f} completions/s")
     print(f"r1v_ray GRPO, on-policy           : {on_policy:8.2f} completions/s  {on_policy / trl:5.2f}x (target >= 1.5x)")
