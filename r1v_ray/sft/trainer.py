@@ -122,6 +122,8 @@ def export_hf(engine, processor, path: str, zero_stage: int, rank: int, meta: di
 def _save_rng(path: str) -> None:
     state = {"python": list(random.getstate()[1]), "numpy": np.random.get_state()[1].tolist(),
              "torch": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available():  # GPU runs: dropout and sampling draw from the device's generator
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
     with open(path, "w") as f:
         json.dump(state, f)
 
@@ -133,6 +135,8 @@ def _load_rng(path: str) -> None:
     np_state = np.random.get_state()
     np.random.set_state((np_state[0], np.array(state["numpy"], dtype=np.uint32), *np_state[2:]))
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
 
 
 def train_loop_per_worker(job_dict: dict) -> None:
@@ -204,7 +208,7 @@ def train_loop_per_worker(job_dict: dict) -> None:
         micro = step_indices(order, step, job, rank, world, gas)
         encoded = [[encode_sample(r, processor, job.max_length) for r in table.take(m).to_pylist()] if m else [] for m in micro]
         local_tokens = sum(sum(1 for t in s["labels"][1:] if t != -100) for mb in encoded for s in mb)
-        counts = torch.tensor([float(local_tokens), 0.0])
+        counts = torch.tensor([float(local_tokens), 0.0], device=device)  # NCCL reduces CUDA tensors only
         dist.all_reduce(counts)
         global_tokens = max(1.0, counts[0].item())
         loss_sum = torch.zeros(1)
@@ -220,7 +224,7 @@ def train_loop_per_worker(job_dict: dict) -> None:
             window_tokens += sum(len(s["input_ids"]) for s in mb)
             window_samples += len(mb)
         global_step += 1
-        stats = torch.tensor([loss_sum.item(), float(window_tokens), float(window_samples)])
+        stats = torch.tensor([loss_sum.item(), float(window_tokens), float(window_samples)], device=device)
         dist.all_reduce(stats)
         if rank == 0:
             step_ids = [ids[i] for i in order[step * job.global_batch_size:(step + 1) * job.global_batch_size]]
