@@ -101,9 +101,14 @@ class LearnerWorker:
                 per_token = per_token + self.cfg.kl_coef * kl
             loss = weight * aggregate(per_token, mask, self.cfg.loss_agg, self.cfg.max_completion_tokens,
                                       total_tokens, total_seqs)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"GRPO loss is {loss.item()} at inner epoch {epoch}; the step is stopped "
-                                         "before any update is applied or checkpointed")
+            # Every rank must stop together: one rank raising alone would leave the others waiting in
+            # backward's gradient all-reduce.
+            finite = torch.tensor([float(torch.isfinite(loss))], device=self.device)
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if finite.item() < 1.0:
+                raise FloatingPointError(f"GRPO loss is non-finite on a learner (this rank: {loss.item()}) at inner "
+                                         f"epoch {epoch}; the step is stopped before any update is applied or "
+                                         "checkpointed")
             if epoch == 0:
                 stats.update(entropy=masked_mean(entropy, mask).item(), logprob_gap=logprob_gap(logp.detach(), old, mask))
             self.engine.backward(loss)

@@ -2,6 +2,7 @@
 restarted and the step retried, and a new run resumes from the last checkpoint at the exact prompt position."""
 
 import json
+import math
 import os
 
 import pytest
@@ -102,7 +103,9 @@ def test_resume_from_the_last_checkpoint(local_ray, tiny_checkpoint, tmp_path):
     assert os.path.exists(os.path.join(result["model"], "model.safetensors"))
 
 
-def test_colocated_rollout_shares_the_learner_bundles(local_ray, tiny_checkpoint, tmp_path):
+@pytest.mark.timeout(600)  # without the collective finite check the healthy learner waits in backward forever
+def test_colocated_rollout_shares_the_learner_bundles_and_a_nan_loss_stops_every_learner(local_ray, tiny_checkpoint,
+                                                                                         tmp_path):
     run = GRPORun(_cfg(**{"grpo.colocate": "true", "rollout.num_workers": 2}), tiny_checkpoint, ROWS, EVAL_ROWS,
                   str(tmp_path / "grpo"))
     try:
@@ -111,5 +114,16 @@ def test_colocated_rollout_shares_the_learner_bundles(local_ray, tiny_checkpoint
         assert run.rollout_pg is None
         values = run.train_step()
         assert values["trajectories"] == 16 and values["sync_s"] > 0
+
+        # Two groups, one per learner; only row 0's carries a NaN advantage. Both learners stop (one raising
+        # alone would leave the other in the gradient all-reduce) and nothing is applied.
+        results = run.generate(run._requests([0, 1], ROWS, 2, tag=5))
+        trajs = [Trajectory(run._requests([i], ROWS, 1, tag=0)[0], c.token_ids, c.logprobs,
+                            math.nan if i == 0 else 1.0, 0.0)
+                 for i, res in enumerate(results) for c in res.completions]
+        before = ray.get([l.logprobs.remote(trajs) for l in run.learners])
+        with pytest.raises(FloatingPointError, match="non-finite on a learner"):
+            run.learn(trajs)
+        assert ray.get([l.logprobs.remote(trajs) for l in run.learners]) == before
     finally:
         run.shutdown()
