@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from r1v_ray.config import RolloutConfig
@@ -14,6 +15,33 @@ from r1v_ray.engines.rollout.types import (
     RolloutEngine,
     resolve_device,
 )
+
+
+# vLLM warnings that are expected here and would drown a run's log, by logger:
+# - vLLM's CPU worker replaces torch.set_num_threads with a warning, and vLLM's own renderer calls it around
+#   every multimodal input (two lines per image prompt: 10,800 of the demo's 12,800 lines);
+# - a partial reload (only trainable tensors travel) warns once per layer it leaves as it was (the frozen
+#   vision tower, at every sync); a test checks that the synced weights do reach generation.
+EXPECTED_VLLM_WARNINGS = {
+    "vllm.v1.worker.cpu_worker": "doesn't allow to use `torch.set_num_threads`",
+    "vllm.model_executor.model_loader.reload.layerwise": "Failed to load weights",
+}
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def quiet_expected_vllm_warnings() -> None:
+    for name, text in EXPECTED_VLLM_WARNINGS.items():
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessage) and f.text == text for f in log.filters):
+            log.addFilter(_DropMessage(text))
 
 
 def _with_images(prompt: dict, images: list) -> dict:
@@ -56,6 +84,7 @@ class VLLMEngine(RolloutEngine):
             kwargs["worker_extension_cls"] = "r1v_ray.engines.rollout.weight_ext.WeightSyncExtension"
         # Loaded by name inside vLLM's workers (importing it here would import vLLM with this module).
         kwargs["logits_processors"] = ["r1v_ray.engines.rollout.vllm_logits:BanImagePlaceholders"]
+        quiet_expected_vllm_warnings()
         self.llm = LLM(**kwargs)
         self.processor = AutoProcessor.from_pretrained(checkpoint)
         self.prompts = PromptBuilder(self.processor, cfg.max_model_len)
