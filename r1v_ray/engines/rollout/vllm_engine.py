@@ -20,11 +20,13 @@ from r1v_ray.engines.rollout.types import (
 # vLLM warnings that are expected here and would drown a run's log, by logger:
 # - vLLM's CPU worker replaces torch.set_num_threads with a warning, and vLLM's own renderer calls it around
 #   every multimodal input (two lines per image prompt: 10,800 of the demo's 12,800 lines);
-# - a partial reload (only trainable tensors travel) warns once per layer it leaves as it was (the frozen
-#   vision tower, at every sync); a test checks that the synced weights do reach generation.
+# - a partial reload (only trainable tensors travel) warns once per layer it leaves as it was and lists every
+#   tensor it did not get (the frozen vision tower, at every sync); a test checks that the synced weights do
+#   reach generation.
 EXPECTED_VLLM_WARNINGS = {
     "vllm.v1.worker.cpu_worker": "doesn't allow to use `torch.set_num_threads`",
     "vllm.model_executor.model_loader.reload.layerwise": "Failed to load weights",
+    "vllm.model_executor.model_loader.reload.inplace": "Following weights were not loaded from checkpoint",
 }
 
 
