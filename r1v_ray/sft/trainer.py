@@ -122,7 +122,7 @@ def export_hf(engine, processor, path: str, zero_stage: int, rank: int, meta: di
 def _save_rng(path: str) -> None:
     state = {"python": list(random.getstate()[1]), "numpy": np.random.get_state()[1].tolist(),
              "torch": torch.get_rng_state().tolist()}
-    if torch.cuda.is_available():  # GPU runs: dropout and sampling draw from the device's generator
+    if torch.cuda.is_initialized():  # GPU runs: dropout and sampling draw from the device's generator
         state["cuda"] = torch.cuda.get_rng_state().tolist()
     with open(path, "w") as f:
         json.dump(state, f)
