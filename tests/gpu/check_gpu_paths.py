@@ -8,7 +8,8 @@ CI has no GPU; run it on a GPU box after `./setup.sh gpu`):
    and the HF checkpoint exported under ZeRO-3 (gathered one parameter at a time) loads in transformers.
 2. GRPO: a DeepSpeed ZeRO-3 bf16 learner (NCCL group) colocated with a rollout engine on the same GPU
    (half each); after an update and an object-store weight sync, the rollout engine's log-probs of
-   fixed completions equal the learner's within a bf16 tolerance; two full steps run.
+   fixed completions equal the learner's within a bf16 tolerance; two full steps run, a checkpoint is
+   written, and a new run resumes from it and steps on.
 
 Exits non-zero on the first failed check; writes a JSON summary to --out.
 """
@@ -118,9 +119,18 @@ def check_grpo(work: str, init: str) -> dict:
         steps = [run.train_step() for _ in range(2)]
         check("grpo full steps", all(s["trajectories"] == 16 for s in steps),
               [{k: round(s[k], 4) for k in ("reward_mean", "loss", "generation_s", "update_s", "sync_s")} for s in steps])
-        return {"max_logprob_gap": max(gaps), "update_moved": moved, "sync": sync, "steps": steps}
+        saved = run.checkpoint()  # ZeRO-3: DeepSpeed state plus an HF export gathered one parameter at a time
     finally:
         run.shutdown()
+    resumed = GRPORun(cfg, init, rows, eval_rows, os.path.join(work, "grpo"))
+    try:
+        check("grpo resumes from its ZeRO-3 checkpoint", resumed.step == 2 and resumed.model_path.startswith(saved),
+              f"step {resumed.step}, model {resumed.model_path}")
+        after = resumed.train_step()
+        check("grpo step after resume", after["trajectories"] == 16, {k: round(after[k], 4) for k in ("loss", "sync_s")})
+    finally:
+        resumed.shutdown()
+    return {"max_logprob_gap": max(gaps), "update_moved": moved, "sync": sync, "steps": steps + [after]}
 
 
 def main() -> None:
