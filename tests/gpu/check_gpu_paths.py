@@ -30,6 +30,8 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from benchmarks.rollout import build_checkpoint  # noqa: E402
+
 # bf16 keeps 8 mantissa bits: a log-prob of about -5 is exact to ~0.02, and the learner's packed
 # attention sums in another order than the rollout engine's, so the two may differ by a few of those.
 BF16_LOGPROB_TOL = 0.1
@@ -39,18 +41,6 @@ def check(name: str, ok: bool, detail) -> None:
     print(f"[{'ok' if ok else 'FAIL'}] {name}: {detail}", flush=True)
     if not ok:
         raise SystemExit(f"GPU check failed: {name}: {detail}")
-
-
-def tiny_checkpoint(work: str) -> str:
-    from r1v_ray.config import ProjectorConfig, TinyModelConfig
-    from r1v_ray.model.assemble import assemble, build_processor, save_checkpoint
-    from r1v_ray.model.factory import load_llm, load_vision, write_tiny_parts
-
-    parts = write_tiny_parts(TinyModelConfig(), os.path.join(work, "parts"))
-    llm, tok = load_llm(parts.substitute_llm)
-    model = assemble(load_vision(parts.vision), llm, tok, ProjectorConfig(), seed=3)
-    processor = build_processor(tok, model.config.vision_config, 0.5, max_tiles=1)
-    return save_checkpoint(model, processor, os.path.join(work, "r1v"), meta={"stage": "gpu-check"})
 
 
 def check_sft(work: str, init: str) -> dict:
@@ -142,7 +132,7 @@ def main() -> None:
     ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=True)
     try:
         with tempfile.TemporaryDirectory() as work:
-            init = tiny_checkpoint(work)
+            init = build_checkpoint(work)  # tiny vision + substitute LLM + fresh projector
             summary["sft"] = check_sft(work, init)
             summary["grpo"] = check_grpo(work, init)
     finally:
