@@ -39,11 +39,12 @@ class _DropMessage(logging.Filter):
         return self.text not in record.getMessage()
 
 
+_DROP_FILTERS = {name: _DropMessage(text) for name, text in EXPECTED_VLLM_WARNINGS.items()}
+
+
 def quiet_expected_vllm_warnings() -> None:
-    for name, text in EXPECTED_VLLM_WARNINGS.items():
-        log = logging.getLogger(name)
-        if not any(isinstance(f, _DropMessage) and f.text == text for f in log.filters):
-            log.addFilter(_DropMessage(text))
+    for name, drop in _DROP_FILTERS.items():
+        logging.getLogger(name).addFilter(drop)  # addFilter skips a filter the logger already has
 
 
 def _with_images(prompt: dict, images: list) -> dict:
