@@ -28,8 +28,9 @@ from r1v_ray.engines.judge.fake_server import FakeJudgeServer  # noqa: E402
 
 
 def rows_per_s(base_url: str, concurrency: int, table: pa.Table, batch: int = 32) -> float:
-    cfg = JudgeConfig(kind="openai", base_url=base_url, max_concurrency=concurrency, requests_per_second=10_000,
-                      timeout_s=30)
+    cfg = JudgeConfig(
+        kind="openai", base_url=base_url, max_concurrency=concurrency, requests_per_second=10_000, timeout_s=30
+    )
     udf = RMScore(cfg, None, 1, "bench-key")
     start = time.perf_counter()
     for offset in range(0, table.num_rows, batch):

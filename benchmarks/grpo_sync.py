@@ -62,8 +62,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    wide = TinyModelConfig(vision_hidden=256, vision_heads=4, text_hidden=1024, text_layers=4, text_heads=16,
-                           text_kv_heads=4, text_intermediate=2816)
+    wide = TinyModelConfig(
+        vision_hidden=256,
+        vision_heads=4,
+        text_hidden=1024,
+        text_layers=4,
+        text_heads=16,
+        text_kv_heads=4,
+        text_intermediate=2816,
+    )
     sink = Sink.remote()
     sync = ObjectStoreSync()
     with tempfile.TemporaryDirectory() as work:
@@ -74,15 +81,19 @@ def main(argv: list[str] | None = None) -> None:
                 "projector": {n: p.detach() for n, p in model.named_parameters() if "multi_modal_projector" in n},
                 "full model": {n: p.detach() for n, p in model.named_parameters()},
             }
-            (worker,) = create_rollout_workers(ckpt, RolloutConfig(device="cpu", max_model_len=512, cpu_kvcache_gib=1),
-                                               "float32")
+            (worker,) = create_rollout_workers(
+                ckpt, RolloutConfig(device="cpu", max_model_len=512, cpu_kvcache_gib=1), "float32"
+            )
             for name, state in states.items():
                 nbytes = sum(t.numel() * t.element_size() for t in state.values())
                 holder = Holder.remote(state)
                 ours = timed(lambda: sync.sync([holder], [worker], 1 << 40), args.repeats)
                 raw = timed(lambda: ray.get(sink.receive.remote(ray.put(state))), args.repeats)
-                print(f"{size:>4} {name:>10}: {nbytes / 1e6:8.2f} MB  sync {ours * 1e3:8.2f} ms  "
-                      f"raw put+get {raw * 1e3:8.2f} ms  ratio {ours / raw:.2f}x (target <= 1.3x)", flush=True)
+                print(
+                    f"{size:>4} {name:>10}: {nbytes / 1e6:8.2f} MB  sync {ours * 1e3:8.2f} ms  "
+                    f"raw put+get {raw * 1e3:8.2f} ms  ratio {ours / raw:.2f}x (target <= 1.3x)",
+                    flush=True,
+                )
                 ray.kill(holder)
             ray.kill(worker)
     ray.shutdown()

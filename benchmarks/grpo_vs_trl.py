@@ -41,10 +41,19 @@ def r1v_samples_per_s(ckpt: str, rows: list[dict], args, work: str, off_policy_s
 
     from r1v_ray.grpo.trainer import GRPORun
 
-    sets = {"grpo.steps": args.steps, "grpo.prompts_per_step": args.prompts, "grpo.group_size": args.group,
-            "grpo.max_completion_tokens": args.max_tokens, "grpo.learning_rate": args.lr, "grpo.eval_every_steps": 10_000,
-            "grpo.eval_prompts": 1, "grpo.drop_zero_variance_groups": "false", "grpo.checkpoint_every_steps": 10_000,
-            "grpo.off_policy_steps": off_policy_steps, "rollout.max_model_len": 1024}
+    sets = {
+        "grpo.steps": args.steps,
+        "grpo.prompts_per_step": args.prompts,
+        "grpo.group_size": args.group,
+        "grpo.max_completion_tokens": args.max_tokens,
+        "grpo.learning_rate": args.lr,
+        "grpo.eval_every_steps": 10_000,
+        "grpo.eval_prompts": 1,
+        "grpo.drop_zero_variance_groups": "false",
+        "grpo.checkpoint_every_steps": 10_000,
+        "grpo.off_policy_steps": off_policy_steps,
+        "rollout.max_model_len": 1024,
+    }
     cfg = load_config(os.path.join(ROOT, "configs", "demo", "tiny.yaml"), [f"{k}={v}" for k, v in sets.items()])
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     run = GRPORun(cfg, ckpt, rows, rows[:1], os.path.join(work, f"r1v-{off_policy_steps}"))
@@ -55,8 +64,12 @@ def r1v_samples_per_s(ckpt: str, rows: list[dict], args, work: str, off_policy_s
             values = run.train_step()
             times.append(time.perf_counter() - start)
             assert values["trajectories"] == args.prompts * args.group
-            print(f"r1v_ray (off_policy_steps={off_policy_steps}) step: " + ", ".join(f"{k} {values[k]:.2f}" for k in
-                                               ("generation_s", "reward_s", "update_s", "sync_s", "step_s")))
+            print(
+                f"r1v_ray (off_policy_steps={off_policy_steps}) step: "
+                + ", ".join(
+                    f"{k} {values[k]:.2f}" for k in ("generation_s", "reward_s", "update_s", "sync_s", "step_s")
+                )
+            )
     finally:
         run.shutdown()
         ray.shutdown()
@@ -75,11 +88,25 @@ def trl_samples_per_s(ckpt: str, rows: list[dict], args, work: str) -> float:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         return [accuracy_reward(t, a, ch) + 0.5 * format_reward(t) for t, a, ch in zip(texts, answer, choices)]
 
-    data = Dataset.from_list([{
-        "prompt": [{"role": "user", "content": [{"type": "image"},
-                                                {"type": "text", "text": build_question_text(r["question"], r["choices"])}]}],
-        "image": Image.open(io.BytesIO(r["image"])).convert("RGB"), "answer": r["answer"], "choices": r["choices"],
-    } for r in rows])
+    data = Dataset.from_list(
+        [
+            {
+                "prompt": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image"},
+                            {"type": "text", "text": build_question_text(r["question"], r["choices"])},
+                        ],
+                    }
+                ],
+                "image": Image.open(io.BytesIO(r["image"])).convert("RGB"),
+                "answer": r["answer"],
+                "choices": r["choices"],
+            }
+            for r in rows
+        ]
+    )
     model = AutoModelForImageTextToText.from_pretrained(ckpt, dtype=torch.float32)
     model.model.vision_tower.requires_grad_(False)
     stamps = []
@@ -89,14 +116,36 @@ def trl_samples_per_s(ckpt: str, rows: list[dict], args, work: str) -> float:
             stamps.append(time.perf_counter())
 
     config = GRPOConfig(
-        output_dir=os.path.join(work, "trl"), max_steps=args.steps, learning_rate=args.lr, num_generations=args.group,
-        per_device_train_batch_size=args.prompts * args.group, gradient_accumulation_steps=1,
-        max_completion_length=args.max_tokens, temperature=1.0, top_p=1.0, beta=0.0, loss_type="dapo",
-        use_vllm=False, bf16=False, use_cpu=True, report_to=[], logging_steps=1, save_strategy="no",
-        lr_scheduler_type="constant", warmup_steps=0, seed=0, dataloader_num_workers=0,
+        output_dir=os.path.join(work, "trl"),
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        num_generations=args.group,
+        per_device_train_batch_size=args.prompts * args.group,
+        gradient_accumulation_steps=1,
+        max_completion_length=args.max_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        beta=0.0,
+        loss_type="dapo",
+        use_vllm=False,
+        bf16=False,
+        use_cpu=True,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        seed=0,
+        dataloader_num_workers=0,
     )
-    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=data,
-                          processing_class=AutoProcessor.from_pretrained(ckpt), callbacks=[Clock()])
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward,
+        args=config,
+        train_dataset=data,
+        processing_class=AutoProcessor.from_pretrained(ckpt),
+        callbacks=[Clock()],
+    )
     trainer.train()
     return args.prompts * args.group * (len(stamps) - 1) / (stamps[-1] - stamps[0])  # steps 2..n
 
@@ -115,10 +164,16 @@ def main(argv: list[str] | None = None) -> None:
         trl = trl_samples_per_s(ckpt, rows, args, work)  # first: no Ray process left over from a run before it
         on_policy = r1v_samples_per_s(ckpt, rows, args, work, 0)
         overlapped = r1v_samples_per_s(ckpt, rows, args, work, 1)
-    print(f"{args.steps - 2} (r1v_ray) / {args.steps - 1} (TRL) timed steps x {args.prompts} prompts x {args.group} completions, <= {args.max_tokens} tokens")
+    print(
+        f"{args.steps - 2} (r1v_ray) / {args.steps - 1} (TRL) timed steps x {args.prompts} prompts x {args.group} completions, <= {args.max_tokens} tokens"
+    )
     print(f"TRL GRPO                          : {trl:8.2f} completions/s")
-    print(f"r1v_ray GRPO, on-policy           : {on_policy:8.2f} completions/s  {on_policy / trl:5.2f}x (target >= 1.5x)")
-    print(f"r1v_ray GRPO, rollouts overlapped : {overlapped:8.2f} completions/s  {overlapped / trl:5.2f}x (target >= 1.5x)")
+    print(
+        f"r1v_ray GRPO, on-policy           : {on_policy:8.2f} completions/s  {on_policy / trl:5.2f}x (target >= 1.5x)"
+    )
+    print(
+        f"r1v_ray GRPO, rollouts overlapped : {overlapped:8.2f} completions/s  {overlapped / trl:5.2f}x (target >= 1.5x)"
+    )
 
 
 if __name__ == "__main__":

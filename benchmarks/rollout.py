@@ -32,7 +32,9 @@ def requests(n_prompts: int, n: int, max_tokens: int) -> list[GenerationRequest]
     for i in range(n_prompts):
         row = make_row(0, "bench", i)
         msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": row["question"]}]}]
-        out.append(GenerationRequest(msgs, [row["image"]], Sampling(n=n, temperature=1.0, max_tokens=max_tokens, seed=i)))
+        out.append(
+            GenerationRequest(msgs, [row["image"]], Sampling(n=n, temperature=1.0, max_tokens=max_tokens, seed=i))
+        )
     return out
 
 
@@ -57,7 +59,9 @@ def main() -> None:
         reqs = requests(args.prompts, args.n, args.max_tokens)
         cfg = dict(device="cpu", max_model_len=1024, cpu_kvcache_gib=1)
         hf_tps, hf_tok, hf_s = tokens_per_second(make_engine(ckpt, RolloutConfig(backend="hf", **cfg), "float32"), reqs)
-        vl_tps, vl_tok, vl_s = tokens_per_second(make_engine(ckpt, RolloutConfig(backend="vllm", **cfg), "float32"), reqs)
+        vl_tps, vl_tok, vl_s = tokens_per_second(
+            make_engine(ckpt, RolloutConfig(backend="vllm", **cfg), "float32"), reqs
+        )
     print(f"workload: {args.prompts} image prompts x n={args.n}, max_tokens={args.max_tokens}, T=1.0, tiny R1V fp32")
     print(f"HF generate : {hf_tps:9.1f} tok/s ({hf_tok} tokens in {hf_s:.2f}s)")
     print(f"vLLM engine : {vl_tps:9.1f} tok/s ({vl_tok} tokens in {vl_s:.2f}s)")

@@ -63,7 +63,7 @@ def main() -> None:
         use_varlen_attention(model)  # packed rows: attention per sample; padded batches: plain SDPA
         model.train()
         data = samples(processor, args.samples)
-        batches = [data[i:i + args.batch] for i in range(0, len(data), args.batch)]
+        batches = [data[i : i + args.batch] for i in range(0, len(data), args.batch)]
         pad_id = processor.tokenizer.pad_token_id
         packed = lambda b: pack(b, args.capacity, pad_id)  # noqa: E731
         run(model, batches[:2], packed)  # warm-up
@@ -71,8 +71,10 @@ def main() -> None:
         packed_tps, _ = run(model, batches, packed)
     lengths = [len(s["input_ids"]) for s in data]
     padded_total = sum(max(len(s["input_ids"]) for s in b) * len(b) for b in batches)
-    print(f"workload: {len(data)} samples, batch {args.batch}, lengths {min(lengths)}-{max(lengths)} tokens, "
-          f"padding would add {100 * (padded_total / tokens - 1):.0f}% tokens")
+    print(
+        f"workload: {len(data)} samples, batch {args.batch}, lengths {min(lengths)}-{max(lengths)} tokens, "
+        f"padding would add {100 * (padded_total / tokens - 1):.0f}% tokens"
+    )
     print(f"padded batches : {padded_tps:9.1f} real tokens/s")
     print(f"packed (no pad): {packed_tps:9.1f} real tokens/s")
     print(f"ratio packed/padded: {packed_tps / padded_tps:.2f}x (target >= 1.8x)")

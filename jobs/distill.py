@@ -21,6 +21,8 @@ if __name__ == "__main__":
     cfg = load_job_config(args)
     cfg.distill.model = args.model or cfg.distill.model
     m = distill_job(cfg, args.force)["metrics"]
-    print(f"distill: {m['rows_out']} rows out, {m['rejected']} rejected, {m['revised']} revised, "
-          f"penalty/length correlation {m['penalty_length_correlation']}, judge calls {m['judge_calls']} "
-          f"(cache hits {m['judge_cache_hits']}, retries {m['judge_retries']}), cost ${m['judge_cost_usd']:.4f}")
+    print(
+        f"distill: {m['rows_out']} rows out, {m['rejected']} rejected, {m['revised']} revised, "
+        f"penalty/length correlation {m['penalty_length_correlation']}, judge calls {m['judge_calls']} "
+        f"(cache hits {m['judge_cache_hits']}, retries {m['judge_retries']}), cost ${m['judge_cost_usd']:.4f}"
+    )

@@ -1,7 +1,7 @@
 """Evaluate a checkpoint: Pass@1 over k sampled runs, with per-category and per-source tables.
 
-    python jobs/eval.py --config configs/demo/tiny.yaml --checkpoint PATH [--data URI] [--out DIR]
-    ray job submit --working-dir . -- python jobs/eval.py --config ... --checkpoint ...
+python jobs/eval.py --config configs/demo/tiny.yaml --checkpoint PATH [--data URI] [--out DIR]
+ray job submit --working-dir . -- python jobs/eval.py --config ... --checkpoint ...
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ def main() -> None:
     init_ray()
     report = run_eval(cfg, args.checkpoint, data, args.out or os.path.join(cfg.run_dir, "eval", name), name)
     o = report["overall"]
-    print(f"{name}: Pass@1 {o['pass@1_mean']:.2f} ± {o['pass@1_std']:.2f} over {report['runs']} runs "
-          f"(n={o['n']}, rejected={report['rejected']})")
+    print(
+        f"{name}: Pass@1 {o['pass@1_mean']:.2f} ± {o['pass@1_std']:.2f} over {report['runs']} runs "
+        f"(n={o['n']}, rejected={report['rejected']})"
+    )
 
 
 if __name__ == "__main__":

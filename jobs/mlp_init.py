@@ -1,7 +1,7 @@
 """MLP initialization (paper 2.1): vision encoder + projector + substitute LLM, SFT in sub-stages.
 
-    python jobs/mlp_init.py --config configs/demo/tiny.yaml [--set key=value ...] [--force]
-    ray job submit --working-dir . -- python jobs/mlp_init.py --config ...
+python jobs/mlp_init.py --config configs/demo/tiny.yaml [--set key=value ...] [--force]
+ray job submit --working-dir . -- python jobs/mlp_init.py --config ...
 """
 
 import os

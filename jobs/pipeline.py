@@ -33,6 +33,8 @@ if __name__ == "__main__":
     print(f"\n{format_stage_table(cfg.run_dir)}\n")
     print(f"pipeline finished in {(time.time() - start) / 60:.1f} min; run directory {cfg.run_dir}")
     print(f"report: {written.get('markdown', os.path.join(cfg.run_dir, 'report', 'report.md'))}")
-    print("dashboard: the URL above while a run is going; for a lasting one start a head "
-          "(`ray start --head --dashboard-host 127.0.0.1`) and run with RAY_ADDRESS=auto; "
-          "on a cluster: `ray dashboard cluster.yaml`")
+    print(
+        "dashboard: the URL above while a run is going; for a lasting one start a head "
+        "(`ray start --head --dashboard-host 127.0.0.1`) and run with RAY_ADDRESS=auto; "
+        "on a cluster: `ray dashboard cluster.yaml`"
+    )

@@ -1,6 +1,6 @@
 """Model re-assembly (paper 2.1): the MLP-initialized projector onto the reasoning LLM.
 
-    python jobs/reassemble.py --config configs/demo/tiny.yaml [--force]
+python jobs/reassemble.py --config configs/demo/tiny.yaml [--force]
 """
 
 import os

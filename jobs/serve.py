@@ -24,17 +24,26 @@ def main() -> None:
     ap.add_argument("--detach", action="store_true", help="return once the app is up (it keeps running on the cluster)")
     args = ap.parse_args()
     cfg = load_job_config(args)
-    models = dict(m.split("=", 1) for m in args.model) if args.model else (cfg.serve.models or discover_checkpoints(cfg.run_dir))
+    models = (
+        dict(m.split("=", 1) for m in args.model)
+        if args.model
+        else (cfg.serve.models or discover_checkpoints(cfg.run_dir))
+    )
     token = os.environ.get(cfg.serve.token_env)
     if not token:
-        raise SystemExit(f"serve: set the bearer token in ${cfg.serve.token_env} (serve.token_env); it is never read from config")
+        raise SystemExit(
+            f"serve: set the bearer token in ${cfg.serve.token_env} (serve.token_env); it is never read from config"
+        )
     from ray import serve
 
     init_ray()
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(build_app(models, cfg, token_digest(token)), name="r1v", route_prefix="/")
-    print(f"serving {sorted(models)} at http://{cfg.serve.host}:{cfg.serve.port}/v1 "
-          f"(bearer token from ${cfg.serve.token_env})", flush=True)
+    print(
+        f"serving {sorted(models)} at http://{cfg.serve.host}:{cfg.serve.port}/v1 "
+        f"(bearer token from ${cfg.serve.token_env})",
+        flush=True,
+    )
     if not args.detach:
         while True:
             time.sleep(3600)

@@ -305,7 +305,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}{_closest(str(value), map(str, args))}")
+            raise ConfigError(
+                f"{key}: expected one of {list(args)}, got {value!r}{_closest(str(value), map(str, args))}"
+            )
         return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):

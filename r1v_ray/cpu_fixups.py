@@ -27,7 +27,7 @@ from pathlib import Path
 
 MARKER = "# r1v_ray: optional fake-kernel registration"
 
-_OPTIONAL_REGISTER = f'''
+_OPTIONAL_REGISTER = f"""
 {MARKER}
 def _r1v_optional_register_fake(op_name):
     def wrapper(fn):
@@ -36,7 +36,7 @@ def _r1v_optional_register_fake(op_name):
         except RuntimeError:  # the C op did not load (CUDA wheel beside CPU torch)
             return fn
     return wrapper
-'''
+"""
 
 
 def _package_dir(name: str) -> Path | None:

@@ -23,8 +23,13 @@ def distill_job(cfg: R1VConfig, force: bool = False) -> dict:
     init_ray()
     train_uri, _ = dataset_uris(cfg)
     model = generation_model(cfg)
-    return run_stage(cfg, "distill", lambda run: distill_stage(cfg, run, model, train_uri),
-                     {"train": train_uri, "model": model}, force)
+    return run_stage(
+        cfg,
+        "distill",
+        lambda run: distill_stage(cfg, run, model, train_uri),
+        {"train": train_uri, "model": model},
+        force,
+    )
 
 
 def score_job(cfg: R1VConfig, force: bool = False, data: str | None = None) -> dict:
@@ -60,8 +65,13 @@ def sft_job(cfg: R1VConfig, force: bool = False) -> dict:
     base = stage_output(cfg, "reassemble")
     _, test_uri = dataset_uris(cfg)
     train_uri = training_data(cfg)
-    return run_stage(cfg, "sft", lambda run: iterative_sft(cfg, run, base, train_uri, test_uri, redistill_hook(cfg, run)),
-                     {"reassembled": base, "train": train_uri, "test": test_uri}, force)
+    return run_stage(
+        cfg,
+        "sft",
+        lambda run: iterative_sft(cfg, run, base, train_uri, test_uri, redistill_hook(cfg, run)),
+        {"reassembled": base, "train": train_uri, "test": test_uri},
+        force,
+    )
 
 
 def grpo_job(cfg: R1VConfig, force: bool = False) -> dict:
@@ -85,15 +95,23 @@ def grpo_job(cfg: R1VConfig, force: bool = False) -> dict:
             trainer.shutdown()
         # The same Pass@1 evaluation as every SFT model, so GRPO gets its row in the stage table.
         report = run_eval(cfg, result["model"], test_uri, run.path_for("eval"), "GRPO")
-        return {"model": result["model"]}, {"heldout": result["heldout"], "d_rm": how, "rows": data.num_rows,
-                                            "eval_pass1": report["overall"]["pass@1_mean"]}
+        return {"model": result["model"]}, {
+            "heldout": result["heldout"],
+            "d_rm": how,
+            "rows": data.num_rows,
+            "eval_pass1": report["overall"]["pass@1_mean"],
+        }
 
     return run_stage(cfg, "grpo", body, {"sft": base, "train": train_uri, "test": test_uri}, force)
 
 
 PIPELINE: list[tuple[str, Callable[[R1VConfig, bool], dict]]] = [
-    ("distill", distill_job), ("score", score_job), ("mlp_init", mlp_init_job), ("reassemble", reassemble_job),
-    ("sft", sft_job), ("grpo", grpo_job),
+    ("distill", distill_job),
+    ("score", score_job),
+    ("mlp_init", mlp_init_job),
+    ("reassemble", reassemble_job),
+    ("sft", sft_job),
+    ("grpo", grpo_job),
 ]
 STAGES = [name for name, _ in PIPELINE]
 
@@ -110,7 +128,9 @@ def run_pipeline(cfg: R1VConfig, force: list[str] = (), only: list[str] | None =
         start = time.time()
         log(f"[pipeline] {name} ...")
         manifest = job(cfg, name in force)
-        log(f"[pipeline] {name}: {manifest['status']} ({time.time() - start:.0f} s; manifest "
-            f"{os.path.join(cfg.run_dir, name, 'manifest.json')})")
+        log(
+            f"[pipeline] {name}: {manifest['status']} ({time.time() - start:.0f} s; manifest "
+            f"{os.path.join(cfg.run_dir, name, 'manifest.json')})"
+        )
         manifests.append(manifest)
     return manifests

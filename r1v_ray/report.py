@@ -41,14 +41,22 @@ def stage_rows(run_dir: str) -> list[dict]:
     for entry in m.get("sft", {}).get("metrics", {}).get("table", []):
         model, note = str(entry["model"]), ""
         it = re.fullmatch(r"M(\d+)", model)
-        if it and int(it.group(1)) > 0 and os.path.exists(os.path.join(run_dir, "sft", model, "redistill", "done.json")):
+        if (
+            it
+            and int(it.group(1)) > 0
+            and os.path.exists(os.path.join(run_dir, "sft", model, "redistill", "done.json"))
+        ):
             note = f"data re-distilled by M{int(it.group(1)) - 1}"
         rows.append({"stage": names.get(model, model), "pass1": entry.get("pass@1"), "note": note})
     g = m.get("grpo", {}).get("metrics", {})
     if g:
         held = g.get("heldout", [])
-        note = f"held-out reward {held[0]['heldout_reward']:.3f} -> {held[-1]['heldout_reward']:.3f} over " \
-               f"{held[-1]['step']} steps (reward, not Pass@1)" if len(held) > 1 else ""
+        note = (
+            f"held-out reward {held[0]['heldout_reward']:.3f} -> {held[-1]['heldout_reward']:.3f} over "
+            f"{held[-1]['step']} steps (reward, not Pass@1)"
+            if len(held) > 1
+            else ""
+        )
         rows.append({"stage": "GRPO", "pass1": g.get("eval_pass1"), "note": note})
     return rows
 
@@ -127,8 +135,11 @@ def plot_sft_loss(run_dir: str, path: str) -> bool:
     for name, records in series:
         ax.plot([offset + r["step"] for r in records], [r["loss"] for r in records], ".-", label=name, markersize=3)
         offset += max(r["step"] for r in records)
-    ax.set(title="SFT loss (assistant tokens), runs in training order", xlabel="optimizer step (cumulative over runs)",
-           ylabel="loss")
+    ax.set(
+        title="SFT loss (assistant tokens), runs in training order",
+        xlabel="optimizer step (cumulative over runs)",
+        ylabel="loss",
+    )
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -155,14 +166,19 @@ def plot_stages(run_dir: str, path: str) -> bool:
 
 def _distill_lines(d: dict) -> list[str]:
     p = d.get("penalty") or {}
-    pen = f"min {_fmt(p.get('min'))}, mean {_fmt(p.get('mean'))}, max {_fmt(p.get('max'))}" if isinstance(p, dict) \
+    pen = (
+        f"min {_fmt(p.get('min'))}, mean {_fmt(p.get('mean'))}, max {_fmt(p.get('max'))}"
+        if isinstance(p, dict)
         else _fmt(p)
+    )
     cost = d.get("judge_cost_usd", d.get("cost_usd"))
-    return [f"- rows out {_fmt(d.get('rows_out'), 'd')}, rejected {_fmt(d.get('rejected'), 'd')}, "
-            f"revised {_fmt(d.get('revised'), 'd')}, model's own accuracy {_fmt(d.get('self_accuracy'))}",
-            f"- penalty {pen}; penalty/length correlation {_fmt(d.get('penalty_length_correlation'))}",
-            f"- judge calls {_fmt(d.get('judge_calls'), 'd')}, cache hits {_fmt(d.get('judge_cache_hits'), 'd')}, "
-            f"retries {_fmt(d.get('judge_retries'), 'd')}, cost {'n/a' if cost is None else f'${cost:.4f}'}"]
+    return [
+        f"- rows out {_fmt(d.get('rows_out'), 'd')}, rejected {_fmt(d.get('rejected'), 'd')}, "
+        f"revised {_fmt(d.get('revised'), 'd')}, model's own accuracy {_fmt(d.get('self_accuracy'))}",
+        f"- penalty {pen}; penalty/length correlation {_fmt(d.get('penalty_length_correlation'))}",
+        f"- judge calls {_fmt(d.get('judge_calls'), 'd')}, cache hits {_fmt(d.get('judge_cache_hits'), 'd')}, "
+        f"retries {_fmt(d.get('judge_retries'), 'd')}, cost {'n/a' if cost is None else f'${cost:.4f}'}",
+    ]
 
 
 def _grpo_lines(run_dir: str, g: dict) -> list[str]:
@@ -171,11 +187,15 @@ def _grpo_lines(run_dir: str, g: dict) -> list[str]:
     lines = []
     if held:
         first, last = held[0], held[-1]
-        lines.append(f"- held-out reward: {_fmt(first['heldout_reward'])} at step {first['step']} -> "
-                     f"{_fmt(last['heldout_reward'])} at step {last['step']} (mean reward, not Pass@1)")
+        lines.append(
+            f"- held-out reward: {_fmt(first['heldout_reward'])} at step {first['step']} -> "
+            f"{_fmt(last['heldout_reward'])} at step {last['step']} (mean reward, not Pass@1)"
+        )
         if first.get("heldout_accuracy") is not None:
-            lines.append(f"- held-out accuracy: {_fmt(first['heldout_accuracy'])} at step {first['step']} -> "
-                         f"{_fmt(last.get('heldout_accuracy'))} at step {last['step']}")
+            lines.append(
+                f"- held-out accuracy: {_fmt(first['heldout_accuracy'])} at step {first['step']} -> "
+                f"{_fmt(last.get('heldout_accuracy'))} at step {last['step']}"
+            )
     if g.get("eval_pass1") is not None:
         lines.append(f"- Pass@1 of the final model on the test split: {g['eval_pass1']:.2f}%")
     return lines or ["(no held-out reward or evaluation recorded)"]
@@ -183,16 +203,37 @@ def _grpo_lines(run_dir: str, g: dict) -> list[str]:
 
 def _markdown(run_dir: str, plots: dict[str, bool]) -> str:
     m = manifests(run_dir)
-    lines = [f"# Run report: {os.path.abspath(run_dir)}", "", "## Stages", "",
-             "| stage | status | wall time (s) | attempts |", "|---|---|---:|---:|"]
+    lines = [
+        f"# Run report: {os.path.abspath(run_dir)}",
+        "",
+        "## Stages",
+        "",
+        "| stage | status | wall time (s) | attempts |",
+        "|---|---|---:|---:|",
+    ]
     for stage in STAGES:
         man = m.get(stage)
-        lines.append(f"| {stage} | {man.get('status', '?')} | {_fmt(man.get('wall_s'), '.1f')} | "
-                     f"{man.get('attempts', 'n/a')} |" if man else f"| {stage} | not run | | |")
-    lines += ["", "## Score per stage (the shape of the paper's Table 2)", "", "Pass@1 in %.", "", "```",
-              format_stage_table(run_dir), "```", ""]
-    lines += ["## GRPO", ""] + (_grpo_lines(run_dir, m["grpo"].get("metrics", {})) if "grpo" in m
-                                else ["(no GRPO stage in this run)"]) + [""]
+        lines.append(
+            f"| {stage} | {man.get('status', '?')} | {_fmt(man.get('wall_s'), '.1f')} | {man.get('attempts', 'n/a')} |"
+            if man
+            else f"| {stage} | not run | | |"
+        )
+    lines += [
+        "",
+        "## Score per stage (the shape of the paper's Table 2)",
+        "",
+        "Pass@1 in %.",
+        "",
+        "```",
+        format_stage_table(run_dir),
+        "```",
+        "",
+    ]
+    lines += (
+        ["## GRPO", ""]
+        + (_grpo_lines(run_dir, m["grpo"].get("metrics", {})) if "grpo" in m else ["(no GRPO stage in this run)"])
+        + [""]
+    )
     d = m.get("distill", {}).get("metrics")
     lines += ["## Distillation", ""] + (_distill_lines(d) if d else ["(no distill stage in this run)"]) + [""]
     for done in sorted(glob.glob(os.path.join(run_dir, "sft", "M*", "redistill", "done.json"))):
@@ -205,8 +246,10 @@ def _markdown(run_dir: str, plots: dict[str, bool]) -> str:
     if hist:
         total = sum(hist.values())
         lines += ["| RM score | rows | share |", "|---:|---:|---:|"]
-        lines += [f"| {k} | {v} | {100 * v / total if total else 0:.1f}% |"
-                  for k, v in sorted(hist.items(), key=lambda kv: int(kv[0]))] + [f"| total | {total} | |", ""]
+        lines += [
+            f"| {k} | {v} | {100 * v / total if total else 0:.1f}% |"
+            for k, v in sorted(hist.items(), key=lambda kv: int(kv[0]))
+        ] + [f"| total | {total} | |", ""]
     else:
         lines += ["(no score stage in this run)", ""]
     titles = {"stages": "Pass@1 per stage", "sft_loss": "SFT loss", "grpo": "GRPO curves"}
@@ -229,5 +272,8 @@ def build_report(run_dir: str, out_dir: str | None = None) -> dict:
     markdown = os.path.join(out_dir, "report.md")
     with open(markdown, "w") as f:
         f.write(_markdown(run_dir, plots))
-    return {"markdown": markdown, "plots": [os.path.join(out_dir, f"{n}.png") for n, ok in plots.items() if ok],
-            "skipped": [n for n, ok in plots.items() if not ok]}
+    return {
+        "markdown": markdown,
+        "plots": [os.path.join(out_dir, f"{n}.png") for n, ok in plots.items() if ok],
+        "skipped": [n for n, ok in plots.items() if not ok],
+    }

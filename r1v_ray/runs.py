@@ -25,8 +25,13 @@ MANIFEST = "manifest.json"
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=os.path.dirname(os.path.abspath(r1v_ray.__file__)))
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=os.path.dirname(os.path.abspath(r1v_ray.__file__)),
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -83,9 +88,16 @@ class StageRun:
     def start(self, inputs: dict | None = None) -> None:
         attempts = self.manifest.get("attempts", 0) + 1
         self.manifest = {
-            "stage": self.stage, "status": "running", "attempts": attempts, "started": time.time(),
-            "version": r1v_ray.__version__, "git_commit": git_commit(), "config": to_dict(self.cfg),
-            "inputs": {k: describe_input(v) for k, v in (inputs or {}).items()}, "metrics": self.manifest.get("metrics", {}), "outputs": {},
+            "stage": self.stage,
+            "status": "running",
+            "attempts": attempts,
+            "started": time.time(),
+            "version": r1v_ray.__version__,
+            "git_commit": git_commit(),
+            "config": to_dict(self.cfg),
+            "inputs": {k: describe_input(v) for k, v in (inputs or {}).items()},
+            "metrics": self.manifest.get("metrics", {}),
+            "outputs": {},
         }
         self._start = time.time()
         self._write()
@@ -102,8 +114,9 @@ class StageRun:
         return self.manifest
 
     def fail(self, error: BaseException) -> None:
-        self.manifest.update(status="failed", error=f"{type(error).__name__}: {error}",
-                             wall_s=round(time.time() - self._start, 2))
+        self.manifest.update(
+            status="failed", error=f"{type(error).__name__}: {error}", wall_s=round(time.time() - self._start, 2)
+        )
         self._write()
 
     def path_for(self, *parts: str) -> str:

@@ -38,8 +38,9 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> str | None
         return ray.init(address=os.environ["RAY_ADDRESS"]).dashboard_url
     else:
         # The dashboard (when asked for) listens on localhost only: its job API is unauthenticated.
-        return ray.init(num_cpus=num_cpus or max(8, os.cpu_count() or 1), include_dashboard=dashboard,
-                        dashboard_host="127.0.0.1").dashboard_url
+        return ray.init(
+            num_cpus=num_cpus or max(8, os.cpu_count() or 1), include_dashboard=dashboard, dashboard_host="127.0.0.1"
+        ).dashboard_url
 
 
 def stage_output(cfg: R1VConfig, stage: str, key: str = "model") -> str:

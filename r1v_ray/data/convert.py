@@ -33,8 +33,14 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def write_validated(rows: Iterable[dict | RowError], out_uri: str, rejected_uri: str, stage: str,
-                    max_image_bytes: int = 20 * 1024 * 1024, batch_size: int = 256) -> ConversionReport:
+def write_validated(
+    rows: Iterable[dict | RowError],
+    out_uri: str,
+    rejected_uri: str,
+    stage: str,
+    max_image_bytes: int = 20 * 1024 * 1024,
+    batch_size: int = 256,
+) -> ConversionReport:
     """Validate a stream of rows (or pre-failed rows given as (raw, RowError)) into output and rejected sets."""
     validator = RowValidator(stage=stage, max_image_bytes=max_image_bytes)
     report = ConversionReport()
@@ -61,7 +67,9 @@ def write_validated(rows: Iterable[dict | RowError], out_uri: str, rejected_uri:
         if bad:
             rej.write(rejected_table(bad))
     report.output_rows, report.rejected_rows = out.rows_written, rej.rows_written
-    report.reasons = {k.removeprefix("rejected: "): v for k, v in validator.counts.items() if k.startswith("rejected: ")}
+    report.reasons = {
+        k.removeprefix("rejected: "): v for k, v in validator.counts.items() if k.startswith("rejected: ")
+    }
     return report
 
 
@@ -89,7 +97,10 @@ def iter_jsonl(jsonl_path: str, image_root: str, source: str | None = None) -> I
                 if not isinstance(record, dict):
                     raise RowError(f"line {lineno}: expected a JSON object")
             except (json.JSONDecodeError, RowError) as exc:
-                yield ({"id": None, "line": lineno, "text": line[:500]}, RowError(f"invalid JSON on line {lineno}: {exc}"))
+                yield (
+                    {"id": None, "line": lineno, "text": line[:500]},
+                    RowError(f"invalid JSON on line {lineno}: {exc}"),
+                )
                 continue
             row = {k: record.get(k) for k in CANONICAL_KEYS}
             row["id"] = record.get("id", f"{source or 'jsonl'}-{lineno}")
@@ -106,9 +117,17 @@ def iter_jsonl(jsonl_path: str, image_root: str, source: str | None = None) -> I
             yield row
 
 
-def convert_jsonl(jsonl_path: str, image_root: str, out_uri: str, rejected_uri: str, source: str | None = None,
-                  max_image_bytes: int = 20 * 1024 * 1024) -> ConversionReport:
-    return write_validated(iter_jsonl(jsonl_path, image_root, source), out_uri, rejected_uri, "convert_jsonl", max_image_bytes)
+def convert_jsonl(
+    jsonl_path: str,
+    image_root: str,
+    out_uri: str,
+    rejected_uri: str,
+    source: str | None = None,
+    max_image_bytes: int = 20 * 1024 * 1024,
+) -> ConversionReport:
+    return write_validated(
+        iter_jsonl(jsonl_path, image_root, source), out_uri, rejected_uri, "convert_jsonl", max_image_bytes
+    )
 
 
 # --------------------------------------------------------------------------- HF datasets
@@ -189,8 +208,14 @@ def iter_hf_dataset(path: str, source: str | None = None, split: str | None = No
         yield row
 
 
-def convert_hf_dataset(path: str, out_uri: str, rejected_uri: str, source: str | None = None,
-                       split: str | None = None, max_image_bytes: int = 20 * 1024 * 1024) -> ConversionReport:
+def convert_hf_dataset(
+    path: str,
+    out_uri: str,
+    rejected_uri: str,
+    source: str | None = None,
+    split: str | None = None,
+    max_image_bytes: int = 20 * 1024 * 1024,
+) -> ConversionReport:
     return write_validated(iter_hf_dataset(path, source, split), out_uri, rejected_uri, "convert_hf", max_image_bytes)
 
 

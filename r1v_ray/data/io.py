@@ -107,7 +107,7 @@ class ParquetSink:
             pq.write_table(self.schema.empty_table(), f"{self.path}/part-00000.parquet", filesystem=self.fs)
         return self.rows_written
 
-    def __enter__(self) -> "ParquetSink":
+    def __enter__(self) -> ParquetSink:
         return self
 
     def __exit__(self, *exc) -> None:

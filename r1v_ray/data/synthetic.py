@@ -59,7 +59,10 @@ def _cells(rng: random.Random, size: int, n: int) -> list[tuple[int, int, int, i
     step = size // 3
     slots = rng.sample(range(9), n)
     pad = max(2, step // 8)
-    return [((s % 3) * step + pad, (s // 3) * step + pad, (s % 3 + 1) * step - pad, (s // 3 + 1) * step - pad) for s in slots]
+    return [
+        ((s % 3) * step + pad, (s // 3) * step + pad, (s % 3 + 1) * step - pad, (s // 3 + 1) * step - pad)
+        for s in slots
+    ]
 
 
 def shape_kind(rng: random.Random, size: int) -> dict:
@@ -72,7 +75,10 @@ def shape_kind(rng: random.Random, size: int) -> dict:
     rng.shuffle(choices)
     letter = "ABC"[choices.index(kind)]
     return dict(
-        image=img, question="Which shape is shown in the image?", choices=choices, answer=letter,
+        image=img,
+        question="Which shape is shown in the image?",
+        choices=choices,
+        answer=letter,
         rationale=f"The image shows a single {color} {kind}. The {kind} is option {letter}.",
     )
 
@@ -87,7 +93,10 @@ def count_color(rng: random.Random, size: int) -> dict:
         _draw_shape(draw, rng.choice(SHAPES), box, COLORS[color])
     count = colors.count(target)
     return dict(
-        image=img, question=f"How many {target} shapes are in the image?", choices=None, answer=str(count),
+        image=img,
+        question=f"How many {target} shapes are in the image?",
+        choices=None,
+        answer=str(count),
         rationale=f"There are {n_shapes} shapes in the image. Counting the {target} ones gives {count}.",
     )
 
@@ -105,7 +114,10 @@ def tallest_bar(rng: random.Random, size: int) -> dict:
     choices = sorted(names, key=lambda _: rng.random())
     letter = "ABC"[choices.index(tallest)]
     return dict(
-        image=img, question="Which colour is the tallest bar in the chart?", choices=choices, answer=letter,
+        image=img,
+        question="Which colour is the tallest bar in the chart?",
+        choices=choices,
+        answer=letter,
         rationale=f"The chart has {', '.join(names)} bars. The {tallest} bar is the tallest, which is option {letter}.",
     )
 
@@ -122,15 +134,21 @@ def missing_angle(rng: random.Random, size: int) -> dict:
     img = Image.new("RGB", (size, size), "white")
     c, r = size / 2, size * 0.4
     start = rng.random() * math.pi
-    points = [(c + r * math.cos(start + 2 * math.pi * k / sides), c + r * math.sin(start + 2 * math.pi * k / sides)) for k in range(sides)]
+    points = [
+        (c + r * math.cos(start + 2 * math.pi * k / sides), c + r * math.sin(start + 2 * math.pi * k / sides))
+        for k in range(sides)
+    ]
     ImageDraw.Draw(img).polygon(points, outline=(0, 0, 0), fill=COLORS[rng.choice(list(COLORS))])
     listed = ", ".join(str(a) for a in known)
     return dict(
         image=img,
         question=f"The polygon in the image has interior angles of {listed} degrees and one unknown angle x. What is x in degrees?",
-        choices=None, answer=str(missing),
-        rationale=(f"The polygon has {sides} sides, so it is a {POLYGONS[sides]} and its interior angles sum to "
-                   f"({sides} - 2) * 180 = {total}. The known angles sum to {sum(known)}, so x = {total} - {sum(known)} = {missing}."),
+        choices=None,
+        answer=str(missing),
+        rationale=(
+            f"The polygon has {sides} sides, so it is a {POLYGONS[sides]} and its interior angles sum to "
+            f"({sides} - 2) * 180 = {total}. The known angles sum to {sum(known)}, so x = {total} - {sum(known)} = {missing}."
+        ),
     )
 
 
@@ -142,7 +160,10 @@ def sum_digits(rng: random.Random, size: int) -> dict:
     for i, d in enumerate(digits):
         draw.text((4 + i * size // n, size // 3), str(d), fill=(0, 0, 0), font_size=max(10, size // 3))
     return dict(
-        image=img, question="What is the sum of the digits written in the image?", choices=None, answer=str(sum(digits)),
+        image=img,
+        question="What is the sum of the digits written in the image?",
+        choices=None,
+        answer=str(sum(digits)),
         rationale=f"The digits in the image are {', '.join(map(str, digits))}. Their sum is {sum(digits)}.",
     )
 
@@ -164,13 +185,22 @@ def make_row(seed: int, split: str, index: int, image_size: int = 64, tasks: lis
     return row
 
 
-def iter_rows(n: int, seed: int = 0, split: str = "train", image_size: int = 64, tasks: list[str] | None = None, start: int = 0) -> Iterator[dict]:
+def iter_rows(
+    n: int, seed: int = 0, split: str = "train", image_size: int = 64, tasks: list[str] | None = None, start: int = 0
+) -> Iterator[dict]:
     for index in range(start, start + n):
         yield make_row(seed, split, index, image_size, tasks)
 
 
-def write_split(uri: str, n: int, seed: int = 0, split: str = "train", image_size: int = 64,
-                tasks: list[str] | None = None, rows_per_file: int = 4096) -> int:
+def write_split(
+    uri: str,
+    n: int,
+    seed: int = 0,
+    split: str = "train",
+    image_size: int = 64,
+    tasks: list[str] | None = None,
+    rows_per_file: int = 4096,
+) -> int:
     """Stream `n` rows to a Parquet dataset at `uri`, holding at most one file's rows in memory."""
     from r1v_ray.data.io import ParquetSink
     from r1v_ray.data.schema import canonical_table

@@ -115,7 +115,11 @@ class RowValidator:
         image = check_image(row.get("image"), self.max_image_bytes)
         clean = dict(row)
         clean.update(
-            id=rid, question=question, answer=answer, choices=choices, image=image,
+            id=rid,
+            question=question,
+            answer=answer,
+            choices=choices,
+            image=image,
             source=_text(row, "source", required=False) or "unknown",
             category=_text(row, "category", required=False),
             rationale=_text(row, "rationale", required=False),
@@ -140,7 +144,9 @@ class RowValidator:
         rid = row.get("id")
         image = row.get("image")
         return {
-            "id": None if rid is None else str(rid), "stage": self.stage, "reason": reason,
+            "id": None if rid is None else str(rid),
+            "stage": self.stage,
+            "reason": reason,
             "row": _summary({k: v for k, v in row.items() if k != "image"}),
             "image": bytes(image) if isinstance(image, (bytes, bytearray)) else None,
         }

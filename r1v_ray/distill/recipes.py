@@ -38,8 +38,11 @@ def generation_model(cfg: R1VConfig) -> str:
 
 def distill_stage(cfg: R1VConfig, run: StageRun, model: str, train_uri: str) -> tuple[dict, dict]:
     metrics = distill(cfg, ray.data.read_parquet(train_uri), model, run.dir)
-    return {"data": run.path_for("data"), "rejected": [run.path_for("rejected_assess"), run.path_for("rejected")],
-            "model": model}, metrics
+    return {
+        "data": run.path_for("data"),
+        "rejected": [run.path_for("rejected_assess"), run.path_for("rejected")],
+        "model": model,
+    }, metrics
 
 
 def score_stage(cfg: R1VConfig, run: StageRun, data_uri: str) -> tuple[dict, dict]:
@@ -75,9 +78,15 @@ def redistill_hook(cfg: R1VConfig, run: StageRun) -> Callable[[int, str], str] |
             src, dst = distilled.path_for(name), os.path.join(out, "distill", name)
             if not os.path.exists(dst):
                 (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, dst)
-        d = distill(cfg, ray.data.read_parquet(train_uri), model, os.path.join(out, "distill"), stage=f"sft/M{t}/distill")
-        s = score(cfg, ray.data.read_parquet(os.path.join(out, "distill", "data")), os.path.join(out, "score"),
-                  stage=f"sft/M{t}/score")
+        d = distill(
+            cfg, ray.data.read_parquet(train_uri), model, os.path.join(out, "distill"), stage=f"sft/M{t}/distill"
+        )
+        s = score(
+            cfg,
+            ray.data.read_parquet(os.path.join(out, "distill", "data")),
+            os.path.join(out, "score"),
+            stage=f"sft/M{t}/score",
+        )
         summary = {"data": os.path.join(out, "score", "data"), "model": model, "distill": d, "score": s}
         with open(done, "w") as f:
             json.dump(summary, f, indent=2)

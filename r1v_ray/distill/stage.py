@@ -47,7 +47,9 @@ class Tally:
 
     @property
     def cost_usd(self) -> float:
-        return (self.usage["judge_input_tokens"] * self.usd_in + self.usage["judge_output_tokens"] * self.usd_out) / 1000
+        return (
+            self.usage["judge_input_tokens"] * self.usd_in + self.usage["judge_output_tokens"] * self.usd_out
+        ) / 1000
 
     def add(self, table: pa.Table, n_bad: int) -> None:
         self.rows_in += table.num_rows
@@ -56,25 +58,45 @@ class Tally:
         for name in USAGE_COLUMNS:
             self.usage[name] += int(pc.sum(table.column(name)).as_py() or 0)
         elapsed = max(1e-9, time.time() - self.start)
-        self.metrics.log(self.rows_in, rows=self.rows_in, rows_per_s=self.rows_in / elapsed, rejected=self.rejected,
-                         judge_cost_usd=self.cost_usd, **self.usage)
+        self.metrics.log(
+            self.rows_in,
+            rows=self.rows_in,
+            rows_per_s=self.rows_in / elapsed,
+            rejected=self.rejected,
+            judge_cost_usd=self.cost_usd,
+            **self.usage,
+        )
 
     def summary(self) -> dict:
-        return {"rows_in": self.rows_in, "rows_out": self.rows_out, "rejected": self.rejected,
-                "wall_s": round(time.time() - self.start, 2), "judge_cost_usd": round(self.cost_usd, 6), **self.usage}
+        return {
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "rejected": self.rejected,
+            "wall_s": round(time.time() - self.start, 2),
+            "judge_cost_usd": round(self.cost_usd, 6),
+            **self.usage,
+        }
 
 
 def _rejected_rows(bad: pa.Table, stage: str) -> list[dict]:
     rows = []
     for r in bad.to_pylist():
         kept = {k: v for k, v in r.items() if k not in ("image", "error", *USAGE_COLUMNS)}
-        rows.append({"id": None if r.get("id") is None else str(r["id"]), "stage": stage, "reason": r["error"],
-                     "row": json.dumps(kept, default=str), "image": r.get("image")})
+        rows.append(
+            {
+                "id": None if r.get("id") is None else str(r["id"]),
+                "stage": stage,
+                "reason": r["error"],
+                "row": json.dumps(kept, default=str),
+                "image": r.get("image"),
+            }
+        )
     return rows
 
 
-def drain(ds: "ray.data.Dataset", out_uri: str, rejected_uri: str, tally: Tally, observe=None,
-          batch_size: int = 256) -> None:
+def drain(
+    ds: ray.data.Dataset, out_uri: str, rejected_uri: str, tally: Tally, observe=None, batch_size: int = 256
+) -> None:
     """Stream `ds` into `out_uri` (rows whose `error` is null) and `rejected_uri` (the others, with reasons).
 
     Both are rewritten from scratch: a pass that died half-way leaves no stale part files behind.
@@ -115,7 +137,9 @@ def add_penalty(batch: pa.Table, bounds: dict, alpha: float, beta: float, gamma:
         raw = batch.column(f"{s}_raw").to_numpy(zero_copy_only=False).astype(np.float64)
         norm[s] = np.clip((raw - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.full_like(raw, 0.5)
         batch = batch.append_column(s, pa.array(norm[s]))
-    penalty = [repetition_penalty(v, t, i, alpha, beta, gamma) for v, t, i in zip(norm["s_v"], norm["s_t"], norm["s_i"])]
+    penalty = [
+        repetition_penalty(v, t, i, alpha, beta, gamma) for v, t, i in zip(norm["s_v"], norm["s_t"], norm["s_i"])
+    ]
     return batch.append_column("rep_penalty", pa.array(penalty, type=pa.float64()))
 
 
@@ -135,26 +159,33 @@ class Correlation:
     def value(self) -> float | None:
         if self.n < 2:
             return None
-        vx, vy = self.sxx - self.sx ** 2 / self.n, self.syy - self.sy ** 2 / self.n
+        vx, vy = self.sxx - self.sx**2 / self.n, self.syy - self.sy**2 / self.n
         if vx <= 1e-12 or vy <= 1e-12:
             return None  # a constant penalty or length has no correlation
         return round((self.sxy - self.sx * self.sy / self.n) / math.sqrt(vx * vy), 4)
 
 
-def judge_stage(ds: "ray.data.Dataset", udf: type, cfg: R1VConfig, batch_size: int) -> "ray.data.Dataset":
+def judge_stage(ds: ray.data.Dataset, udf: type, cfg: R1VConfig, batch_size: int) -> ray.data.Dataset:
     """`ds` through a pool of judge actors (`Assess` or `RMScore`)."""
     n = cfg.judge.num_workers
     args = (cfg.judge, judge_cache_dir(cfg), n, judge_api_key(cfg.judge))
-    return ds.map_batches(udf, fn_constructor_args=args, batch_size=batch_size,
-                          batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=n), num_cpus=0.5)
+    return ds.map_batches(
+        udf,
+        fn_constructor_args=args,
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=n),
+        num_cpus=0.5,
+    )
 
 
 def _tally(cfg: R1VConfig, stage: str, metrics_path: str) -> Tally:
-    return Tally(stage, StageMetrics(stage, metrics_path), cfg.judge.usd_per_1k_input_tokens,
-                 cfg.judge.usd_per_1k_output_tokens)
+    return Tally(
+        stage, StageMetrics(stage, metrics_path), cfg.judge.usd_per_1k_input_tokens, cfg.judge.usd_per_1k_output_tokens
+    )
 
 
-def distill(cfg: R1VConfig, ds: "ray.data.Dataset", model: str, out_dir: str, stage: str = "distill") -> dict:
+def distill(cfg: R1VConfig, ds: ray.data.Dataset, model: str, out_dir: str, stage: str = "distill") -> dict:
     """Both passes over `ds`; writes `assessed/`, `data/`, `rejected_assess/`, `rejected/` under `out_dir`."""
     d, bs = cfg.distill, cfg.distill.batch_size
     metrics_path = os.path.join(out_dir, "metrics.jsonl")
@@ -165,8 +196,13 @@ def distill(cfg: R1VConfig, ds: "ray.data.Dataset", model: str, out_dir: str, st
             pass1 = json.load(f)
     else:
         minmax, tally = MinMax(), _tally(cfg, f"{stage}/assess", metrics_path)
-        drain(judge_stage(ds, Assess, cfg, bs), assessed, os.path.join(out_dir, "rejected_assess"), tally,
-              observe=minmax.observe)
+        drain(
+            judge_stage(ds, Assess, cfg, bs),
+            assessed,
+            os.path.join(out_dir, "rejected_assess"),
+            tally,
+            observe=minmax.observe,
+        )
         pass1 = {"bounds": minmax.as_dict(), **tally.summary()}
         with open(bounds_path, "w") as f:
             json.dump(pass1, f)
@@ -174,15 +210,31 @@ def distill(cfg: R1VConfig, ds: "ray.data.Dataset", model: str, out_dir: str, st
         raise ValueError(f"{stage}: every row was rejected while scoring; see {out_dir}/rejected_assess")
     bounds = {s: tuple(v) for s, v in pass1["bounds"].items()}
     scored = ray.data.read_parquet(assessed).map_batches(
-        add_penalty, fn_kwargs=dict(bounds=bounds, alpha=d.alpha, beta=d.beta, gamma=d.gamma), batch_format="pyarrow")
+        add_penalty, fn_kwargs=dict(bounds=bounds, alpha=d.alpha, beta=d.beta, gamma=d.gamma), batch_format="pyarrow"
+    )
     rollout = cfg.rollout
     bundle = worker_resources(rollout)
     generated = scored.map_batches(
-        SelfDistill, fn_constructor_args=(model, rollout, cfg.model.dtype, cfg.judge, judge_cache_dir(cfg),
-                                          rollout.num_workers, d, cfg.seed, judge_api_key(cfg.judge)),
-        batch_size=bs, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=rollout.num_workers),
-        num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0), runtime_env=worker_runtime_env(rollout),
-        resources={k: v for k, v in bundle.items() if k not in ("CPU", "GPU")} or None)
+        SelfDistill,
+        fn_constructor_args=(
+            model,
+            rollout,
+            cfg.model.dtype,
+            cfg.judge,
+            judge_cache_dir(cfg),
+            rollout.num_workers,
+            d,
+            cfg.seed,
+            judge_api_key(cfg.judge),
+        ),
+        batch_size=bs,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=rollout.num_workers),
+        num_cpus=bundle["CPU"],
+        num_gpus=bundle.get("GPU", 0),
+        runtime_env=worker_runtime_env(rollout),
+        resources={k: v for k, v in bundle.items() if k not in ("CPU", "GPU")} or None,
+    )
     corr, counts = Correlation(), {"correct": 0, "revised": 0}
     penalty = {"min": math.inf, "max": -math.inf}
 
@@ -199,9 +251,14 @@ def distill(cfg: R1VConfig, ds: "ray.data.Dataset", model: str, out_dir: str, st
         raise ValueError(f"{stage}: every row was rejected; see {out_dir}/rejected for the reasons")
     n = max(1, tally.rows_out)
     return {
-        "model": model, "assess": pass1, "generate": tally.summary(), "rows_out": tally.rows_out,
-        "rejected": pass1["rejected"] + tally.rejected, "correct_before_revision": counts["correct"],
-        "revised": counts["revised"], "self_accuracy": round(counts["correct"] / n, 4),
+        "model": model,
+        "assess": pass1,
+        "generate": tally.summary(),
+        "rows_out": tally.rows_out,
+        "rejected": pass1["rejected"] + tally.rejected,
+        "correct_before_revision": counts["correct"],
+        "revised": counts["revised"],
+        "self_accuracy": round(counts["correct"] / n, 4),
         "penalty": {**penalty, "mean": round(corr.sx / corr.n, 4)} if corr.n else None,
         "penalty_length_correlation": corr.value(),
         "judge_calls": pass1["judge_calls"] + tally.usage["judge_calls"],
@@ -211,7 +268,7 @@ def distill(cfg: R1VConfig, ds: "ray.data.Dataset", model: str, out_dir: str, st
     }
 
 
-def score(cfg: R1VConfig, ds: "ray.data.Dataset", out_dir: str, stage: str = "score") -> dict:
+def score(cfg: R1VConfig, ds: ray.data.Dataset, out_dir: str, stage: str = "score") -> dict:
     """RM(x) for every row into `data/` (rejected rows in `rejected/`), with the score histogram."""
     histogram = dict.fromkeys(range(6), 0)
 
@@ -220,6 +277,11 @@ def score(cfg: R1VConfig, ds: "ray.data.Dataset", out_dir: str, stage: str = "sc
             histogram[int(value)] += 1
 
     tally = _tally(cfg, stage, os.path.join(out_dir, "metrics.jsonl"))
-    drain(judge_stage(ds, RMScore, cfg, cfg.distill.batch_size), os.path.join(out_dir, "data"),
-          os.path.join(out_dir, "rejected"), tally, observe=observe)
+    drain(
+        judge_stage(ds, RMScore, cfg, cfg.distill.batch_size),
+        os.path.join(out_dir, "data"),
+        os.path.join(out_dir, "rejected"),
+        tally,
+        observe=observe,
+    )
     return {"histogram": {str(k): v for k, v in histogram.items()}, **tally.summary()}

@@ -19,15 +19,42 @@ from r1v_ray.engines.rollout import GenerationRequest, Sampling, make_engine
 from r1v_ray.rewards import build_question_text
 
 USAGE_COLUMNS = list(Usage().as_dict())
-ASSESS_COLUMNS = ["clarity", "image_necessity", "question_quality", "difficulty", "reasoning_demand", "integration",
-                  "s_v_raw", "s_t_raw", "s_i_raw"]
-DISTILL_COLUMNS = ["think", "response", "correct", "revised", "generated_tokens", "generated_text", "think_chars",
-                   "response_chars"]
+ASSESS_COLUMNS = [
+    "clarity",
+    "image_necessity",
+    "question_quality",
+    "difficulty",
+    "reasoning_demand",
+    "integration",
+    "s_v_raw",
+    "s_t_raw",
+    "s_i_raw",
+]
+DISTILL_COLUMNS = [
+    "think",
+    "response",
+    "correct",
+    "revised",
+    "generated_tokens",
+    "generated_text",
+    "think_chars",
+    "response_chars",
+]
 
 
-COLUMN_TYPES = {"think": pa.string(), "response": pa.string(), "generated_text": pa.string(), "rm_reason": pa.string(),
-                "error": pa.string(), "correct": pa.bool_(), "revised": pa.bool_(), "rm_score": pa.int64(),
-                "generated_tokens": pa.int64(), "think_chars": pa.int64(), "response_chars": pa.int64()}
+COLUMN_TYPES = {
+    "think": pa.string(),
+    "response": pa.string(),
+    "generated_text": pa.string(),
+    "rm_reason": pa.string(),
+    "error": pa.string(),
+    "correct": pa.bool_(),
+    "revised": pa.bool_(),
+    "rm_score": pa.int64(),
+    "generated_tokens": pa.int64(),
+    "think_chars": pa.int64(),
+    "response_chars": pa.int64(),
+}
 
 
 def batch_rows(batch: pa.Table) -> list[dict]:
@@ -88,11 +115,17 @@ class Assess(_JudgePool):
     def judge_row(self, row: dict) -> tuple[dict, Usage]:
         clarity = image_clarity(row["image"])
         a, usage = self.judge.assess(row)
-        values = {"clarity": clarity, "image_necessity": a.image_necessity, "question_quality": a.question_quality,
-                  "difficulty": a.difficulty, "reasoning_demand": a.reasoning_demand, "integration": a.integration,
-                  "s_v_raw": (clarity + a.image_necessity) / 2,
-                  "s_t_raw": (a.question_quality + a.difficulty + a.reasoning_demand) / 3,
-                  "s_i_raw": a.integration}
+        values = {
+            "clarity": clarity,
+            "image_necessity": a.image_necessity,
+            "question_quality": a.question_quality,
+            "difficulty": a.difficulty,
+            "reasoning_demand": a.reasoning_demand,
+            "integration": a.integration,
+            "s_v_raw": (clarity + a.image_necessity) / 2,
+            "s_t_raw": (a.question_quality + a.difficulty + a.reasoning_demand) / 3,
+            "s_i_raw": a.integration,
+        }
         return values, usage
 
 
@@ -114,9 +147,15 @@ def distill_request(row: dict, cfg: DistillConfig, seed: int, hint: str | None =
     penalty = float(row["rep_penalty"])
     if not math.isfinite(penalty) or penalty <= 0:
         raise ValueError(f"rep_penalty={penalty!r} must be a positive number")
-    sampling = Sampling(n=1, temperature=cfg.temperature, max_tokens=cfg.max_tokens, repetition_penalty=penalty, seed=seed)
-    return GenerationRequest(messages=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}],
-                             images=[row["image"]], sampling=sampling, request_id=str(row["id"]) + ("/hint" if hint else ""))
+    sampling = Sampling(
+        n=1, temperature=cfg.temperature, max_tokens=cfg.max_tokens, repetition_penalty=penalty, seed=seed
+    )
+    return GenerationRequest(
+        messages=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}],
+        images=[row["image"]],
+        sampling=sampling,
+        request_id=str(row["id"]) + ("/hint" if hint else ""),
+    )
 
 
 class SelfDistill(_JudgePool):
@@ -124,8 +163,18 @@ class SelfDistill(_JudgePool):
 
     columns = DISTILL_COLUMNS
 
-    def __init__(self, checkpoint: str, rollout: RolloutConfig, dtype: str, judge_cfg: JudgeConfig,
-                 cache_dir: str | None, num_actors: int, distill: DistillConfig, seed: int, api_key: str | None = None):
+    def __init__(
+        self,
+        checkpoint: str,
+        rollout: RolloutConfig,
+        dtype: str,
+        judge_cfg: JudgeConfig,
+        cache_dir: str | None,
+        num_actors: int,
+        distill: DistillConfig,
+        seed: int,
+        api_key: str | None = None,
+    ):
         super().__init__(judge_cfg, cache_dir, num_actors, api_key)
         self.engine = make_engine(checkpoint, rollout, dtype)
         self.cfg, self.seed = distill, seed
@@ -137,13 +186,20 @@ class SelfDistill(_JudgePool):
         out, requests = {}, []
         for row in rows:
             try:
-                requests.append(distill_request(row, self.cfg, self.seed,
-                                                hint=f"the correct answer is {row['answer']}." if hint else None))
+                requests.append(
+                    distill_request(
+                        row, self.cfg, self.seed, hint=f"the correct answer is {row['answer']}." if hint else None
+                    )
+                )
             except Exception as exc:
                 out[str(row["id"])] = (None, 0, f"bad request: {exc}")
         for req, res in zip(requests, self.engine.generate(requests)):
             rid = req.request_id.removesuffix("/hint")
-            out[rid] = (None, 0, res.error) if not res.ok else (res.completions[0].text, len(res.completions[0].token_ids), None)
+            out[rid] = (
+                (None, 0, res.error)
+                if not res.ok
+                else (res.completions[0].text, len(res.completions[0].token_ids), None)
+            )
         return out
 
     def judge_row(self, row: dict) -> tuple[dict, Usage]:
@@ -155,19 +211,30 @@ class SelfDistill(_JudgePool):
             final, more = self.judge.revise(row, text, lambda r: self.hinted.get(str(r["id"]), ""))
             usage += more
         think, response = split_think(final)
-        return {"think": think, "response": response, "correct": bool(correct), "revised": not correct,
-                "generated_tokens": n_tokens, "generated_text": text, "think_chars": len(think),
-                "response_chars": len(response)}, usage
+        return {
+            "think": think,
+            "response": response,
+            "correct": bool(correct),
+            "revised": not correct,
+            "generated_tokens": n_tokens,
+            "generated_text": text,
+            "think_chars": len(think),
+            "response_chars": len(response),
+        }, usage
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch_rows(batch)
         self.generated = self._generate(rows, hint=False)
         failed = {rid: err for rid, (_, _, err) in self.generated.items() if err}
         if self.judge.uses_regeneration:  # one batched hinted pass for the wrong rows
-            wrong = [r for r in rows if str(r["id"]) not in failed
-                     and not self.judge.verify(r, self.generated[str(r["id"])][0])[0]]
+            wrong = [
+                r
+                for r in rows
+                if str(r["id"]) not in failed and not self.judge.verify(r, self.generated[str(r["id"])][0])[0]
+            ]
             self.hinted = {rid: t for rid, (t, _, e) in self._generate(wrong, hint=True).items() if not e}
         ok_rows = [r for r in rows if str(r["id"]) not in failed]
         judged = dict(zip([str(r["id"]) for r in ok_rows], self.pool.map(self._safe, ok_rows)))
-        return self._assemble(batch, [judged.get(str(r["id"]), ({}, Usage(), f"generation: {failed.get(str(r['id']))}"))
-                                      for r in rows])
+        return self._assemble(
+            batch, [judged.get(str(r["id"]), ({}, Usage(), f"generation: {failed.get(str(r['id']))}")) for r in rows]
+        )

@@ -25,7 +25,7 @@ class ObjectStoreSync:
 
     def sync(self, learners: list, rollout_workers: list, bucket_bytes: int) -> dict:
         start = time.perf_counter()
-        refs = ray.get([l.trainable_buckets.remote(bucket_bytes) for l in learners])[0]
+        refs = ray.get([learner.trainable_buckets.remote(bucket_bytes) for learner in learners])[0]
         tensors = 0
         for ref in refs:  # bucket by bucket: a worker never holds more than one extra bucket
             counts = ray.get([w.update_weights.remote(ref) for w in rollout_workers])
@@ -42,15 +42,17 @@ class NCCLSync:
         """(Re)build the group; called at start and after rollout workers are restarted."""
         host, port = ray.get(learners[0].address.remote())
         world = 1 + self.ranks_per_worker * len(rollout_workers)
-        joins = [w.init_weight_group.remote(host, port, 1 + i * self.ranks_per_worker, world)
-                 for i, w in enumerate(rollout_workers)]
+        joins = [
+            w.init_weight_group.remote(host, port, 1 + i * self.ranks_per_worker, world)
+            for i, w in enumerate(rollout_workers)
+        ]
         ray.get([learners[0].init_weight_group.remote(host, port, world), *joins])  # all join together
         self.meta = ray.get(learners[0].weight_meta.remote())
 
     def sync(self, learners: list, rollout_workers: list, bucket_bytes: int) -> dict:
         start = time.perf_counter()
         receives = [w.receive_weights.remote(self.meta) for w in rollout_workers]
-        sends = [l.broadcast_weights.remote() for l in learners]  # every rank gathers, rank 0 sends
+        sends = [learner.broadcast_weights.remote() for learner in learners]  # every rank gathers, rank 0 sends
         ray.get(sends + receives)
         return {"sync_s": time.perf_counter() - start, "tensors": len(self.meta), "buckets": len(self.meta)}
 

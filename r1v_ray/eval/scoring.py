@@ -19,7 +19,9 @@ def _choices(row: dict) -> list[str] | None:
     return list(value) if value is not None and len(value) else None
 
 
-def eval_request(row: dict, runs: int, max_tokens: int, temperature: float, top_p: float, seed: int) -> GenerationRequest:
+def eval_request(
+    row: dict, runs: int, max_tokens: int, temperature: float, top_p: float, seed: int
+) -> GenerationRequest:
     """The benchmark prompt: image, question, options, and the paper's prompt for its kind."""
     text = build_question_text(row["question"], _choices(row))
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
@@ -37,8 +39,10 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def score_rows(rows: list[dict], runs: int) -> dict:
     """Pass@1 per run, mean ± std over runs, and the same per category and per source."""
     per_run = [[] for _ in range(runs)]
-    groups: dict[str, dict[str, list[list[float]]]] = {"category": defaultdict(lambda: [[] for _ in range(runs)]),
-                                                      "source": defaultdict(lambda: [[] for _ in range(runs)])}
+    groups: dict[str, dict[str, list[list[float]]]] = {
+        "category": defaultdict(lambda: [[] for _ in range(runs)]),
+        "source": defaultdict(lambda: [[] for _ in range(runs)]),
+    }
     for row in rows:
         choices = _choices(row)
         completions = list(row["completions"])
@@ -53,8 +57,12 @@ def score_rows(rows: list[dict], runs: int) -> dict:
     def summary(run_lists: list[list[float]]) -> dict:
         accs = [100.0 * statistics.fmean(r) if r else 0.0 for r in run_lists]
         mean, std = _mean_std(accs)
-        return {"pass@1_mean": round(mean, 3), "pass@1_std": round(std, 3), "runs": [round(a, 3) for a in accs],
-                "n": len(run_lists[0]) if run_lists else 0}
+        return {
+            "pass@1_mean": round(mean, 3),
+            "pass@1_std": round(std, 3),
+            "runs": [round(a, 3) for a in accs],
+            "n": len(run_lists[0]) if run_lists else 0,
+        }
 
     return {
         "overall": summary(per_run),
@@ -65,8 +73,13 @@ def score_rows(rows: list[dict], runs: int) -> dict:
 
 def markdown_table(report: dict, title: str) -> str:
     o = report["overall"]
-    lines = [f"# {title}", "", f"Pass@1 over {len(o['runs'])} runs: **{o['pass@1_mean']:.2f} ± {o['pass@1_std']:.2f}** "
-             f"(n = {o['n']}; runs: {', '.join(f'{r:.2f}' for r in o['runs'])})", ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"Pass@1 over {len(o['runs'])} runs: **{o['pass@1_mean']:.2f} ± {o['pass@1_std']:.2f}** "
+        f"(n = {o['n']}; runs: {', '.join(f'{r:.2f}' for r in o['runs'])})",
+        "",
+    ]
     for key in ("by_category", "by_source"):
         lines += [f"| {key.split('_')[1]} | n | Pass@1 mean | std |", "|---|---:|---:|---:|"]
         for name, s in report[key].items():

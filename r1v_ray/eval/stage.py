@@ -18,7 +18,6 @@ from r1v_ray.engines.rollout import GenerationRequest
 from r1v_ray.engines.rollout.actor import generate_dataset
 from r1v_ray.eval.scoring import eval_request, markdown_table, score_rows
 
-
 EVAL_COLUMNS = ["id", "image", "question", "choices", "answer", "source", "category"]
 PASS = "_pass"  # which pass a row belongs to when an evaluation carries a side pass
 
@@ -36,15 +35,16 @@ class SidePass:
     consume: Callable[[dict], None]
 
 
-def _tagged(uri: str, tag: str) -> "ray.data.Dataset":
+def _tagged(uri: str, tag: str) -> ray.data.Dataset:
     def tag_batch(batch: pa.Table) -> pa.Table:
         return batch.append_column(PASS, pa.array([tag] * batch.num_rows, pa.string()))
 
     return ray.data.read_parquet(uri).select_columns(EVAL_COLUMNS).map_batches(tag_batch, batch_format="pyarrow")
 
 
-def run_eval(cfg: R1VConfig, checkpoint: str, data_uri: str, out_dir: str, name: str = "eval",
-             side: SidePass | None = None) -> dict:
+def run_eval(
+    cfg: R1VConfig, checkpoint: str, data_uri: str, out_dir: str, name: str = "eval", side: SidePass | None = None
+) -> dict:
     """Generate k runs per row, score Pass@1, write eval.json, eval.md and rejected rows to `out_dir`."""
     e = cfg.eval
     start = time.time()
@@ -78,13 +78,22 @@ def run_eval(cfg: R1VConfig, checkpoint: str, data_uri: str, out_dir: str, name:
             lengths.extend(row["completion_tokens"])
     report = score_rows(scored, e.runs)
     report.update(
-        checkpoint=checkpoint, data=data_uri, runs=e.runs, max_tokens=e.max_tokens, temperature=e.temperature,
-        top_p=e.top_p, rejected=len(rejected), scored=len(scored), wall_s=round(time.time() - start, 2),
+        checkpoint=checkpoint,
+        data=data_uri,
+        runs=e.runs,
+        max_tokens=e.max_tokens,
+        temperature=e.temperature,
+        top_p=e.top_p,
+        rejected=len(rejected),
+        scored=len(scored),
+        wall_s=round(time.time() - start, 2),
         mean_completion_tokens=round(sum(lengths) / max(1, len(lengths)), 2),
     )
     makedirs(out_dir)
     write_text(os.path.join(out_dir, "eval.json"), json.dumps(report, indent=2))
-    write_text(os.path.join(out_dir, "eval.md"), markdown_table(report, f"{name}: {os.path.basename(checkpoint.rstrip('/'))}"))
+    write_text(
+        os.path.join(out_dir, "eval.md"), markdown_table(report, f"{name}: {os.path.basename(checkpoint.rstrip('/'))}")
+    )
     with ParquetSink(os.path.join(out_dir, "rejected"), schema=REJECTED_SCHEMA) as sink:
         if rejected:
             sink.write(rejected_table(rejected))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6
+) -> torch.Tensor:
     """(r - group mean) / (group std + eps) for rewards laid out group after group.
 
     std is torch.std (unbiased), as TRL and verl use; a zero-variance group gives

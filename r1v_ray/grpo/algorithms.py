@@ -11,8 +11,14 @@ from __future__ import annotations
 import torch
 
 
-def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                      eps_low: float = 0.2, eps_high: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_surrogate(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    eps_low: float = 0.2,
+    eps_high: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token PPO-clip loss -min(r A, clip(r, 1-eps_low, 1+eps_high) A), and where clipping was active.
 
     `advantages` is per sequence ([batch]) or per token ([batch, tokens]).
@@ -41,8 +47,14 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> 
     raise ValueError(f"grpo.kl_estimator={kind!r}: use k1, k2 or k3")
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean", max_tokens: int | None = None,
-              total_tokens: float | None = None, total_seqs: float | None = None) -> torch.Tensor:
+def aggregate(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str = "token_mean",
+    max_tokens: int | None = None,
+    total_tokens: float | None = None,
+    total_seqs: float | None = None,
+) -> torch.Tensor:
     """Reduce a per-token loss to a scalar.
 
     token_mean              sum over all tokens / number of tokens (DAPO)

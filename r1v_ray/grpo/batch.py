@@ -87,8 +87,10 @@ def completion_logprobs(model, groups: list[PromptGroup], device: str = "cpu", w
     """[n, T] log-probs of each trajectory's completion tokens (rows in trajectory order), their mask,
     and optionally the per-token entropy. The model's LLM must run r1v_ray's varlen attention."""
     if not uses_varlen_attention(model):
-        raise ValueError("completion_logprobs packs prompts once per group: call "
-                         "r1v_ray.model.varlen.use_varlen_attention(model) first")
+        raise ValueError(
+            "completion_logprobs packs prompts once per group: call "
+            "r1v_ray.model.varlen.use_varlen_attention(model) first"
+        )
     batch, layout, predict_at, targets = pack_groups(groups)
     batch = {k: v.to(device) for k, v in batch.items()}
     keep = torch.tensor(predict_at, device=device)
@@ -105,9 +107,9 @@ def completion_logprobs(model, groups: list[PromptGroup], device: str = "cpu", w
     for g in groups:
         for member, completion in zip(g.members, g.completions):
             length = len(completion)
-            out[member, :length] = token_logp[offset:offset + length]
+            out[member, :length] = token_logp[offset : offset + length]
             if entropy is not None:
-                ent[member, :length] = entropy[offset:offset + length]
+                ent[member, :length] = entropy[offset : offset + length]
             mask[member, :length] = 1.0
             offset += length
     return out, mask, (ent if with_entropy else None)

@@ -14,8 +14,17 @@ from r1v_ray.grpo.batch import Trajectory, completion_logprobs, encode
 
 
 class LearnerWorker:
-    def __init__(self, checkpoint: str, cfg: GRPOConfig, trainable_prefixes: list[str], rank: int, world: int,
-                 use_gpu: bool = False, dtype: str = "float32", max_model_len: int = 16384):
+    def __init__(
+        self,
+        checkpoint: str,
+        cfg: GRPOConfig,
+        trainable_prefixes: list[str],
+        rank: int,
+        world: int,
+        use_gpu: bool = False,
+        dtype: str = "float32",
+        max_model_len: int = 16384,
+    ):
         self.checkpoint, self.cfg, self.prefixes = checkpoint, cfg, trainable_prefixes
         self.rank, self.world, self.use_gpu, self.dtype, self.max_model_len = rank, world, use_gpu, dtype, max_model_len
 
@@ -37,10 +46,19 @@ class LearnerWorker:
         from r1v_ray.model.varlen import use_varlen_attention
 
         # DeepSpeed reads the torch launcher's variables; one learner per placement-group bundle (one GPU each).
-        os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world), LOCAL_RANK="0",
-                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
-        dist.init_process_group("nccl" if self.use_gpu else "gloo", init_method=f"tcp://{master_addr}:{master_port}",
-                                rank=self.rank, world_size=self.world)
+        os.environ.update(
+            RANK=str(self.rank),
+            WORLD_SIZE=str(self.world),
+            LOCAL_RANK="0",
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+        )
+        dist.init_process_group(
+            "nccl" if self.use_gpu else "gloo",
+            init_method=f"tcp://{master_addr}:{master_port}",
+            rank=self.rank,
+            world_size=self.world,
+        )
         self.device = "cuda" if self.use_gpu else "cpu"
         torch.manual_seed(self.cfg.seed + self.rank)
         model, self.processor = load_checkpoint(self.checkpoint, dtype=self.dtype, device=self.device)
@@ -53,12 +71,17 @@ class LearnerWorker:
             self.ref, _ = load_checkpoint(self.checkpoint, dtype=self.dtype, device=self.device)
             use_varlen_attention(self.ref)
             self.ref.requires_grad_(False)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=self.cfg.learning_rate,
-                                      weight_decay=0.0)
+        optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=self.cfg.learning_rate, weight_decay=0.0
+        )
         ds_config = {
-            "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": self.world,
-            "zero_optimization": {"stage": self.cfg.zero_stage}, "gradient_clipping": 1.0,
-            "bf16": {"enabled": self.use_gpu and self.dtype == "bfloat16"}, "steps_per_print": 1 << 30,
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "train_batch_size": self.world,
+            "zero_optimization": {"stage": self.cfg.zero_stage},
+            "gradient_clipping": 1.0,
+            "bf16": {"enabled": self.use_gpu and self.dtype == "bfloat16"},
+            "steps_per_print": 1 << 30,
             "zero_allow_untested_optimizer": True,
         }
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
@@ -67,7 +90,7 @@ class LearnerWorker:
     def _padded(self, values: list[list[float]], width: int) -> torch.Tensor:
         out = torch.zeros(len(values), width, device=self.device)
         for i, v in enumerate(values):
-            out[i, :len(v)] = torch.tensor(v[:width], device=self.device)
+            out[i, : len(v)] = torch.tensor(v[:width], device=self.device)
         return out
 
     def train_step(self, trajectories: list[Trajectory], padding: bool = False) -> dict:
@@ -81,8 +104,13 @@ class LearnerWorker:
 
         groups = encode(trajectories, self.processor, self.builder)
         adv = torch.tensor([t.advantage for t in trajectories], device=self.device)
-        counts = torch.tensor([0.0 if padding else float(sum(len(t.completion_ids) for t in trajectories)),
-                               0.0 if padding else float(len(trajectories))], device=self.device)
+        counts = torch.tensor(
+            [
+                0.0 if padding else float(sum(len(t.completion_ids) for t in trajectories)),
+                0.0 if padding else float(len(trajectories)),
+            ],
+            device=self.device,
+        )
         dist.all_reduce(counts)
         total_tokens, total_seqs = counts.tolist()
         weight = 0.0 if padding else float(self.world)  # DeepSpeed averages gradients over the ranks
@@ -99,29 +127,39 @@ class LearnerWorker:
             if ref_logp is not None:
                 kl = kl_penalty(logp, ref_logp, self.cfg.kl_estimator) * mask
                 per_token = per_token + self.cfg.kl_coef * kl
-            loss = weight * aggregate(per_token, mask, self.cfg.loss_agg, self.cfg.max_completion_tokens,
-                                      total_tokens, total_seqs)
+            loss = weight * aggregate(
+                per_token, mask, self.cfg.loss_agg, self.cfg.max_completion_tokens, total_tokens, total_seqs
+            )
             # Every rank must stop together: one rank raising alone would leave the others waiting in
             # backward's gradient all-reduce.
             finite = torch.tensor([float(torch.isfinite(loss))], device=self.device)
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
             if finite.item() < 1.0:
-                raise FloatingPointError(f"GRPO loss is non-finite on a learner (this rank: {loss.item()}) at inner "
-                                         f"epoch {epoch}; the step is stopped before any update is applied or "
-                                         "checkpointed")
+                raise FloatingPointError(
+                    f"GRPO loss is non-finite on a learner (this rank: {loss.item()}) at inner "
+                    f"epoch {epoch}; the step is stopped before any update is applied or "
+                    "checkpointed"
+                )
             if epoch == 0:
-                stats.update(entropy=masked_mean(entropy, mask).item(), logprob_gap=logprob_gap(logp.detach(), old, mask))
+                stats.update(
+                    entropy=masked_mean(entropy, mask).item(), logprob_gap=logprob_gap(logp.detach(), old, mask)
+                )
             self.engine.backward(loss)
             self.engine.step()
-            stats.update(loss=loss.item(), kl=masked_mean(kl, mask).item(), clip_frac=masked_mean(clipped, mask).item(),
-                         grad_norm=float(self.engine.get_global_grad_norm() or 0.0))
+            stats.update(
+                loss=loss.item(),
+                kl=masked_mean(kl, mask).item(),
+                clip_frac=masked_mean(clipped, mask).item(),
+                grad_norm=float(self.engine.get_global_grad_norm() or 0.0),
+            )
         return stats
 
     @torch.no_grad()
     def logprobs(self, trajectories: list[Trajectory]) -> list[list[float]]:
         """The learner's current log-probs of each trajectory's completion tokens."""
-        logp, mask, _ = completion_logprobs(self.engine.module, encode(trajectories, self.processor, self.builder),
-                                            self.device)
+        logp, mask, _ = completion_logprobs(
+            self.engine.module, encode(trajectories, self.processor, self.builder), self.device
+        )
         return [row[: int(m.sum())].tolist() for row, m in zip(logp, mask)]
 
     def _gathered_trainable(self):
@@ -183,8 +221,14 @@ class LearnerWorker:
         from r1v_ray.sft.trainer import export_hf
 
         self.engine.save_checkpoint(os.path.join(path, "ds"), tag="state")
-        export_hf(self.engine, self.processor, os.path.join(path, "model"), self.cfg.zero_stage, self.rank,
-                   {"stage": "grpo", "step": step, "init_checkpoint": self.checkpoint})
+        export_hf(
+            self.engine,
+            self.processor,
+            os.path.join(path, "model"),
+            self.cfg.zero_stage,
+            self.rank,
+            {"stage": "grpo", "step": step, "init_checkpoint": self.checkpoint},
+        )
 
     def load(self, path: str) -> None:
         self.engine.load_checkpoint(os.path.join(path, "ds"), tag="state")  # our own files

@@ -62,7 +62,7 @@ class PromptSampler:
         while len(out) < k:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
             take = min(k - len(out), self.n - self.index)
-            out += order[self.index:self.index + take].tolist()
+            out += order[self.index : self.index + take].tolist()
             self.index += take
             if self.index == self.n:
                 self.epoch, self.index = self.epoch + 1, 0
@@ -108,8 +108,10 @@ class GRPORun:
         share = 1.0
         if g.colocate:  # learner i and rollout worker i share bundle i (and its GPU, half each)
             if cfg.rollout.num_workers > g.num_learners or cfg.rollout.tensor_parallel_size != 1:
-                raise ValueError("grpo.colocate needs rollout.num_workers <= grpo.num_learners and "
-                                 "rollout.tensor_parallel_size = 1 (one rollout engine per learner bundle)")
+                raise ValueError(
+                    "grpo.colocate needs rollout.num_workers <= grpo.num_learners and "
+                    "rollout.tensor_parallel_size = 1 (one rollout engine per learner bundle)"
+                )
             bundle["CPU"] += cfg.rollout.num_cpus_per_worker
             share = 0.5
         self.learner_pg = placement_group([bundle] * g.num_learners, strategy="PACK", name="grpo-learners")
@@ -120,19 +122,28 @@ class GRPORun:
         dtype = cfg.model.dtype if g.use_gpu else "float32"
         env = {"env_vars": {"DS_ACCELERATOR": "cpu"}} if not g.use_gpu else {}
         self.learners = [
-            ray.remote(LearnerWorker).options(
-                num_cpus=1, num_gpus=share if g.use_gpu else 0, runtime_env=env,
+            ray.remote(LearnerWorker)
+            .options(
+                num_cpus=1,
+                num_gpus=share if g.use_gpu else 0,
+                runtime_env=env,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.learner_pg, placement_group_bundle_index=i),
-            ).remote(self.model_path, g, prefixes, i, g.num_learners, g.use_gpu, dtype, cfg.rollout.max_model_len)
+            )
+            .remote(self.model_path, g, prefixes, i, g.num_learners, g.use_gpu, dtype, cfg.rollout.max_model_len)
             for i in range(g.num_learners)
         ]
         addr, port = ray.get(self.learners[0].address.remote())
-        ray.get([l.init.remote(addr, port) for l in self.learners])
+        ray.get([learner.init.remote(addr, port) for learner in self.learners])
         if resume:
-            ray.get([l.load.remote(os.path.join(self.ckpt_dir, f"step-{self.step}")) for l in self.learners])
+            ray.get(
+                [learner.load.remote(os.path.join(self.ckpt_dir, f"step-{self.step}")) for learner in self.learners]
+            )
         self.sync.setup(self.learners, self.rollout_workers)
-        self.rewarder = ray.remote(RewardWorker).options(num_cpus=0.5).remote(
-            g.accuracy_weight, g.format_weight, g.reward_functions)
+        self.rewarder = (
+            ray.remote(RewardWorker)
+            .options(num_cpus=0.5)
+            .remote(g.accuracy_weight, g.format_weight, g.reward_functions)
+        )
 
     def _rollout_workers(self) -> list:
         """Rollout engines in their own placement group, or in the learners' bundles when colocated."""
@@ -141,8 +152,12 @@ class GRPORun:
             if self.rollout_pg is None:
                 self.rollout_pg = rollout_placement_group(rollout, name="grpo-rollout")
             return create_rollout_workers(self.model_path, rollout, self.cfg.model.dtype, pg=self.rollout_pg)
-        shared = dataclasses.replace(rollout, num_gpus_per_worker=0.5 * rollout.num_gpus_per_worker, node_resource=None,
-                                     gpu_memory_utilization=min(rollout.gpu_memory_utilization, 0.4))
+        shared = dataclasses.replace(
+            rollout,
+            num_gpus_per_worker=0.5 * rollout.num_gpus_per_worker,
+            node_resource=None,
+            gpu_memory_utilization=min(rollout.gpu_memory_utilization, 0.4),
+        )
         return create_rollout_workers(self.model_path, shared, self.cfg.model.dtype, pg=self.learner_pg)
 
     def shutdown(self) -> None:
@@ -158,8 +173,14 @@ class GRPORun:
     def _requests(self, indices: list[int], rows: list[dict], n: int, tag: int) -> list:
         out = []
         for k, i in enumerate(indices):
-            req = eval_request(rows[i], n, self.g.max_completion_tokens, self.g.temperature, self.g.top_p,
-                               seed=self.g.seed * 1_000_003 + tag * 10_007 + k)
+            req = eval_request(
+                rows[i],
+                n,
+                self.g.max_completion_tokens,
+                self.g.temperature,
+                self.g.top_p,
+                seed=self.g.seed * 1_000_003 + tag * 10_007 + k,
+            )
             req.sampling.logprobs = True
             out.append(req)
         return out
@@ -167,7 +188,7 @@ class GRPORun:
     def generate(self, requests: list) -> list:
         """Round-robin over rollout workers; a dead worker is restarted with the current weights and retried."""
         while True:
-            shares = [requests[i::len(self.rollout_workers)] for i in range(len(self.rollout_workers))]
+            shares = [requests[i :: len(self.rollout_workers)] for i in range(len(self.rollout_workers))]
             try:
                 parts = ray.get([w.generate.remote(s) for w, s in zip(self.rollout_workers, shares) if s])
                 break
@@ -198,7 +219,7 @@ class GRPORun:
         flat = ray.get(self.rewarder.score.remote(items))
         out, k = [], 0
         for n in shape:
-            out.append(flat[k:k + n])
+            out.append(flat[k : k + n])
             k += n
         return out
 
@@ -207,8 +228,10 @@ class GRPORun:
         rows = [self.eval_rows[i] for i in idx]
         results = self.generate(self._requests(idx, self.eval_rows, self.g.group_size, tag=-1))
         scores = [s for group in self._score(rows, [r for r in results]) for s in group]
-        return {"heldout_reward": statistics.fmean(s["reward"] for s in scores) if scores else 0.0,
-                "heldout_accuracy": statistics.fmean(s["accuracy"] for s in scores) if scores else 0.0}
+        return {
+            "heldout_reward": statistics.fmean(s["reward"] for s in scores) if scores else 0.0,
+            "heldout_accuracy": statistics.fmean(s["accuracy"] for s in scores) if scores else 0.0,
+        }
 
     # ------------------------------------------------------------------ the step
 
@@ -226,7 +249,9 @@ class GRPORun:
             t = time.perf_counter()
             results = self.generate(self._requests(idx, self.rows, g.group_size, tag=step * 7 + round_))
             out.generation_s += time.perf_counter() - t
-            keep_rows = [(row, res) for row, res in zip(rows, results) if res.ok and len(res.completions) == g.group_size]
+            keep_rows = [
+                (row, res) for row, res in zip(rows, results) if res.ok and len(res.completions) == g.group_size
+            ]
             out.rejected += len(rows) - len(keep_rows)
             if not keep_rows:
                 continue
@@ -237,16 +262,26 @@ class GRPORun:
             out.rewards += rewards.tolist()
             out.scores += [s for group in scores for s in group]
             adv = group_advantages(rewards, g.group_size, g.scale_by_std)
-            keep = (nonzero_variance_groups(rewards, g.group_size) if g.drop_zero_variance_groups
-                    else torch.ones(len(keep_rows), dtype=torch.bool))
+            keep = (
+                nonzero_variance_groups(rewards, g.group_size)
+                if g.drop_zero_variance_groups
+                else torch.ones(len(keep_rows), dtype=torch.bool)
+            )
             out.groups_dropped += int((~keep).sum())
             for gi, ((row, res), kept) in enumerate(zip(keep_rows, keep.tolist())):
                 if not kept:
                     continue
                 req = self._requests([0], [row], 1, tag=0)[0]
                 for ci, comp in enumerate(res.completions):
-                    out.trajectories.append(Trajectory(req, comp.token_ids, comp.logprobs or [],
-                                                       float(adv[gi * g.group_size + ci]), float(rewards[gi * g.group_size + ci])))
+                    out.trajectories.append(
+                        Trajectory(
+                            req,
+                            comp.token_ids,
+                            comp.logprobs or [],
+                            float(adv[gi * g.group_size + ci]),
+                            float(rewards[gi * g.group_size + ci]),
+                        )
+                    )
         return out
 
     def learn(self, trajectories: list[Trajectory]) -> dict:
@@ -264,7 +299,12 @@ class GRPORun:
             shares[i] += group
             load[i] += sum(len(t.completion_ids) for t in group)
         # Every learner must take part in the collectives: an empty share runs a zero-weight copy.
-        stats = ray.get([l.train_step.remote(s or trajectories[:1], padding=not s) for l, s in zip(self.learners, shares)])
+        stats = ray.get(
+            [
+                learner.train_step.remote(s or trajectories[:1], padding=not s)
+                for learner, s in zip(self.learners, shares)
+            ]
+        )
         real = [st for st, share in zip(stats, shares) if share]  # a padding copy's entropy/KL are not the batch's
         out = {k: statistics.fmean(st[k] for st in real) for k in real[0]}
         out["loss"] = sum(st["loss"] for st in stats) / len(stats)  # rank losses are world x their share of the total
@@ -296,15 +336,21 @@ class GRPORun:
             "accuracy": statistics.fmean(s["accuracy"] for s in scores) if scores else 0.0,
             "format_rate": statistics.fmean(s["format"] for s in scores) if scores else 0.0,
             "response_length": statistics.fmean(lengths) if lengths else 0.0,
-            "groups_dropped": batch.groups_dropped, "prompts_rejected": batch.rejected,
-            "trajectories": len(batch.trajectories), "generation_s": batch.generation_s, "reward_s": batch.reward_s,
-            "update_s": update_s, "sync_s": sync["sync_s"], "step_s": time.perf_counter() - t0,
-            "rollout_restarts": self.restarts, **learner_stats,
+            "groups_dropped": batch.groups_dropped,
+            "prompts_rejected": batch.rejected,
+            "trajectories": len(batch.trajectories),
+            "generation_s": batch.generation_s,
+            "reward_s": batch.reward_s,
+            "update_s": update_s,
+            "sync_s": sync["sync_s"],
+            "step_s": time.perf_counter() - t0,
+            "rollout_restarts": self.restarts,
+            **learner_stats,
         }
 
     def checkpoint(self) -> str:
         path = os.path.join(self.ckpt_dir, f"step-{self.step}")
-        ray.get([l.save.remote(path, self.step) for l in self.learners])
+        ray.get([learner.save.remote(path, self.step) for learner in self.learners])
         tmp = os.path.join(self.ckpt_dir, LATEST + ".tmp")
         with open(tmp, "w") as f:
             # Prompts of a batch prefetched but not trained on yet are not consumed: a resumed run redraws them.

@@ -5,6 +5,13 @@ from r1v_ray.model.freeze import parameter_summary, set_trainable, trainable_sta
 from r1v_ray.model.reassemble import ReassemblyError, reassemble
 
 __all__ = [
-    "ReassemblyError", "assemble", "build_processor", "load_checkpoint", "parameter_summary", "reassemble",
-    "save_checkpoint", "set_trainable", "trainable_state_dict",
+    "ReassemblyError",
+    "assemble",
+    "build_processor",
+    "load_checkpoint",
+    "parameter_summary",
+    "reassemble",
+    "save_checkpoint",
+    "set_trainable",
+    "trainable_state_dict",
 ]

@@ -42,7 +42,9 @@ def image_seq_length(vision_config, downsample_ratio: float) -> int:
     return int(tokens)
 
 
-def r1v_config(vision_config, text_config, tokenizer: PreTrainedTokenizerBase, projector: ProjectorConfig) -> InternVLConfig:
+def r1v_config(
+    vision_config, text_config, tokenizer: PreTrainedTokenizerBase, projector: ProjectorConfig
+) -> InternVLConfig:
     if not has_image_tokens(tokenizer):
         raise ValueError("the tokenizer lacks the image tokens; call r1v_ray.model.tokenizer.ensure_image_tokens first")
     cfg = InternVLConfig(
@@ -70,9 +72,14 @@ def new_projector(config: InternVLConfig, seed: int = 0) -> InternVLMultiModalPr
     return proj
 
 
-def assemble(vision_tower: torch.nn.Module, llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-             projector: ProjectorConfig | None = None, projector_module: torch.nn.Module | None = None,
-             seed: int = 0) -> InternVLForConditionalGeneration:
+def assemble(
+    vision_tower: torch.nn.Module,
+    llm: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    projector: ProjectorConfig | None = None,
+    projector_module: torch.nn.Module | None = None,
+    seed: int = 0,
+) -> InternVLForConditionalGeneration:
     """Join a vision encoder and a causal LLM with a (new or given) projector.
 
     The submodules are moved in, not copied, and the skeleton is built on the
@@ -92,7 +99,10 @@ def assemble(vision_tower: torch.nn.Module, llm: PreTrainedModel, tokenizer: Pre
     model.lm_head = llm.lm_head
     if projector_module is None:
         projector_module = new_projector(config, seed)
-    expected = (config.vision_config.hidden_size * int(1 / projector.downsample_ratio) ** 2, config.text_config.hidden_size)
+    expected = (
+        config.vision_config.hidden_size * int(1 / projector.downsample_ratio) ** 2,
+        config.text_config.hidden_size,
+    )
     got = (projector_module.linear_1.in_features, projector_module.linear_2.out_features)
     if got != expected:
         raise ValueError(f"projector maps {got[0]} -> {got[1]} but vision/LLM need {expected[0]} -> {expected[1]}")
@@ -107,17 +117,27 @@ def assemble(vision_tower: torch.nn.Module, llm: PreTrainedModel, tokenizer: Pre
     return model.eval()
 
 
-def build_processor(tokenizer: PreTrainedTokenizerBase, vision_config, downsample_ratio: float,
-                    max_tiles: int = 12, image_processor: GotOcr2ImageProcessor | None = None) -> InternVLProcessor:
+def build_processor(
+    tokenizer: PreTrainedTokenizerBase,
+    vision_config,
+    downsample_ratio: float,
+    max_tiles: int = 12,
+    image_processor: GotOcr2ImageProcessor | None = None,
+) -> InternVLProcessor:
     """The InternVL processor for this vision encoder: tiles of the encoder's input size."""
     height, width = vision_config.image_size
     if image_processor is None:
         image_processor = GotOcr2ImageProcessor(
-            size={"height": height, "width": width}, crop_to_patches=max_tiles > 1, min_patches=1, max_patches=max_tiles,
+            size={"height": height, "width": width},
+            crop_to_patches=max_tiles > 1,
+            min_patches=1,
+            max_patches=max_tiles,
         )
     video = InternVLVideoProcessor(size={"height": height, "width": width})
     return InternVLProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=video,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video,
         image_seq_length=image_seq_length(vision_config, downsample_ratio),
         chat_template=tokenizer.chat_template or CHAT_TEMPLATE,
     )

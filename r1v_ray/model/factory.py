@@ -35,8 +35,12 @@ def _round_up(n: int, multiple: int = 64) -> int:
 
 def tiny_vision_config(t: TinyModelConfig) -> InternVLVisionConfig:
     return InternVLVisionConfig(
-        hidden_size=t.vision_hidden, num_hidden_layers=t.vision_layers, num_attention_heads=t.vision_heads,
-        intermediate_size=2 * t.vision_hidden, image_size=t.image_size, patch_size=t.patch_size,
+        hidden_size=t.vision_hidden,
+        num_hidden_layers=t.vision_layers,
+        num_attention_heads=t.vision_heads,
+        intermediate_size=2 * t.vision_hidden,
+        image_size=t.image_size,
+        patch_size=t.patch_size,
     )
 
 
@@ -46,10 +50,17 @@ def tiny_text_config(t: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> 
             f"model.tiny: head_dim = text_hidden/text_heads = {t.text_hidden // t.text_heads}; vLLM on CPU needs >= 32"
         )
     return Qwen2Config(
-        vocab_size=_round_up(len(tokenizer)), hidden_size=t.text_hidden, intermediate_size=t.text_intermediate,
-        num_hidden_layers=t.text_layers, num_attention_heads=t.text_heads, num_key_value_heads=t.text_kv_heads,
-        max_position_embeddings=t.max_position_embeddings, tie_word_embeddings=False,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        vocab_size=_round_up(len(tokenizer)),
+        hidden_size=t.text_hidden,
+        intermediate_size=t.text_intermediate,
+        num_hidden_layers=t.text_layers,
+        num_attention_heads=t.text_heads,
+        num_key_value_heads=t.text_kv_heads,
+        max_position_embeddings=t.max_position_embeddings,
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
     )
 
 
@@ -130,5 +141,6 @@ def assemble_initial(cfg: ModelConfig, work_dir: str, out: str, seed: int = 0) -
     llm, tok = load_llm(parts.substitute_llm)
     model = assemble(load_vision(parts.vision), llm, tok, cfg.projector, seed=seed)
     processor = build_processor(tok, model.config.vision_config, cfg.projector.downsample_ratio, cfg.max_image_tiles)
-    return save_checkpoint(model, processor, out, meta={"stage": "assembled", "vision": parts.vision,
-                                                        "llm": parts.substitute_llm})
+    return save_checkpoint(
+        model, processor, out, meta={"stage": "assembled", "vision": parts.vision, "llm": parts.substitute_llm}
+    )

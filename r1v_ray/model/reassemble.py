@@ -15,8 +15,13 @@ class ReassemblyError(ValueError):
     pass
 
 
-def reassemble(source: InternVLForConditionalGeneration, llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-               max_tiles: int = 12, image_processor=None):
+def reassemble(
+    source: InternVLForConditionalGeneration,
+    llm: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    max_tiles: int = 12,
+    image_processor=None,
+):
     """(model, processor, record): source's vision encoder and projector on `llm`, with `tokenizer`.
 
     The new tokenizer gets the image tokens when it lacks them, and the LLM's
@@ -43,10 +48,15 @@ def reassemble(source: InternVLForConditionalGeneration, llm: PreTrainedModel, t
         downsample_ratio=source.config.downsample_ratio, hidden_act=source.config.projector_hidden_act
     )
     model = assemble(
-        copy.deepcopy(source.model.vision_tower), llm, tokenizer, projector_cfg,
+        copy.deepcopy(source.model.vision_tower),
+        llm,
+        tokenizer,
+        projector_cfg,
         projector_module=copy.deepcopy(source.model.multi_modal_projector),
     )
-    processor = build_processor(tokenizer, model.config.vision_config, projector_cfg.downsample_ratio, max_tiles, image_processor)
+    processor = build_processor(
+        tokenizer, model.config.vision_config, projector_cfg.downsample_ratio, max_tiles, image_processor
+    )
     record = {
         "image_tokens_added": added,
         "embedding_rows": [old_rows, llm.get_input_embeddings().num_embeddings],

@@ -42,7 +42,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_bpe_tokenizer(corpus: Iterable[str], vocab_size: int, with_image_tokens: bool = True) -> PreTrainedTokenizerFast:
+def train_bpe_tokenizer(
+    corpus: Iterable[str], vocab_size: int, with_image_tokens: bool = True
+) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained here, with chat, think and (optionally) image tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -51,13 +53,20 @@ def train_bpe_tokenizer(corpus: Iterable[str], vocab_size: int, with_image_token
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(list(corpus), trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=None, eos_token=EOS, pad_token=PAD,
-        model_max_length=1 << 20, padding_side="left", chat_template=CHAT_TEMPLATE,
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token=EOS,
+        pad_token=PAD,
+        model_max_length=1 << 20,
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE,
     )
     # <think> stays a normal (non-special) added token: decoding with skip_special_tokens keeps it.
     fast.add_tokens([THINK_OPEN, THINK_CLOSE])

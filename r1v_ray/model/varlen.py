@@ -38,16 +38,22 @@ def _shared_prompt_attention(query, key, value, layout: SharedPromptLayout, drop
     out = torch.empty_like(query)
     for p_start, p_len, completions in layout.groups:
         p = slice(p_start, p_start + p_len)
-        out[:, :, p] = F.scaled_dot_product_attention(query[:, :, p], key[:, :, p], value[:, :, p],
-                                                      dropout_p=dropout, is_causal=True, scale=scaling)
+        out[:, :, p] = F.scaled_dot_product_attention(
+            query[:, :, p], key[:, :, p], value[:, :, p], dropout_p=dropout, is_causal=True, scale=scaling
+        )
         for c_start, c_len in completions:
             if not c_len:
                 continue
             c = slice(c_start, c_start + c_len)
             # queries see the whole prompt, then their own completion causally: lower-right aligned causal
             out[:, :, c] = F.scaled_dot_product_attention(
-                query[:, :, c], torch.cat([key[:, :, p], key[:, :, c]], 2), torch.cat([value[:, :, p], value[:, :, c]], 2),
-                attn_mask=causal_lower_right(c_len, p_len + c_len), dropout_p=dropout, scale=scaling)
+                query[:, :, c],
+                torch.cat([key[:, :, p], key[:, :, c]], 2),
+                torch.cat([value[:, :, p], value[:, :, c]], 2),
+                attn_mask=causal_lower_right(c_len, p_len + c_len),
+                dropout_p=dropout,
+                scale=scaling,
+            )
     return out
 
 
@@ -60,41 +66,73 @@ def _segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
     return out
 
 
-def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                        position_ids: torch.Tensor | None = None, r1v_shared_prompts: SharedPromptLayout | None = None,
-                        **kwargs):
+def varlen_sdpa_forward(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling=None,
+    position_ids: torch.Tensor | None = None,
+    r1v_shared_prompts: SharedPromptLayout | None = None,
+    **kwargs,
+):
     if r1v_shared_prompts is not None:
         kv_groups = query.shape[1] // key.shape[1]
         key, value = repeat_kv(key, kv_groups), repeat_kv(value, kv_groups)
         out = _shared_prompt_attention(query, key, value, r1v_shared_prompts, dropout, scaling)
         return out.transpose(1, 2).contiguous(), None
     # Packed rows carry restarting positions (their block-diagonal mask is then redundant).
-    packed = (position_ids is not None and query.shape[2] == key.shape[2] and query.shape[2] > 1
-              and bool((position_ids[:, 1:] == 0).any()))
+    packed = (
+        position_ids is not None
+        and query.shape[2] == key.shape[2]
+        and query.shape[2] > 1
+        and bool((position_ids[:, 1:] == 0).any())
+    )
     if not packed:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     groups = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     out = torch.empty_like(query)
     for b, segments in enumerate(_segments(position_ids.expand(query.shape[0], -1))):
         for start, end in segments:
-            out[b:b + 1, :, start:end] = F.scaled_dot_product_attention(
-                query[b:b + 1, :, start:end], key[b:b + 1, :, start:end], value[b:b + 1, :, start:end],
-                dropout_p=dropout, is_causal=True, scale=scaling,
+            out[b : b + 1, :, start:end] = F.scaled_dot_product_attention(
+                query[b : b + 1, :, start:end],
+                key[b : b + 1, :, start:end],
+                value[b : b + 1, :, start:end],
+                dropout_p=dropout,
+                is_causal=True,
+                scale=scaling,
             )
     return out.transpose(1, 2).contiguous(), None
 
 
-def varlen_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
-                attention_mask: torch.Tensor | None = None, **kwargs):
+def varlen_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs,
+):
     """No mask for rows without padding or cache (packed or single samples): the attention above is causal per
     sample, and building transformers' block-diagonal mask for a packed row costs O(L^2) for nothing.
     Anything else (padding, a KV cache) gets SDPA's mask unchanged."""
     if attention_mask is None and q_length == kv_length and q_offset == 0 and kv_offset == 0:
         return None
-    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
-                     kv_offset=kv_offset, attention_mask=attention_mask, **kwargs)
+    return sdpa_mask(
+        batch_size=batch_size,
+        q_length=q_length,
+        kv_length=kv_length,
+        q_offset=q_offset,
+        kv_offset=kv_offset,
+        attention_mask=attention_mask,
+        **kwargs,
+    )
 
 
 AttentionInterface.register(NAME, varlen_sdpa_forward)

@@ -89,7 +89,9 @@ def discover_checkpoints(run_dir: str) -> dict[str, str]:
 
     found = {}
     for root, _, files in os.walk(run_dir):
-        if "config.json" not in files or not any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files):
+        if "config.json" not in files or not any(
+            f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files
+        ):
             continue
         with open(os.path.join(root, "config.json")) as f:
             if json.load(f).get("model_type") != "internvl":
@@ -128,7 +130,9 @@ class OpenAIIngress:
     async def chat(self, request: Request):
         try:
             self._authorize(request)
-            model, gen_request, stream = parse_chat_request(parse_json(await request.body()), self.model_ids, self.limits)
+            model, gen_request, stream = parse_chat_request(
+                parse_json(await request.body()), self.model_ids, self.limits
+            )
             handle = self.server.options(multiplexed_model_id=model)
             result = await handle.generate.remote(model, gen_request)
             check_result(result)
@@ -148,13 +152,24 @@ def build_app(models: dict[str, str], cfg: R1VConfig, token_sha256: str):
     if not models:
         raise ValueError("no checkpoints to serve: set serve.models or point run_dir at a run with checkpoints")
     bundle = worker_resources(cfg.rollout)
-    server = serve.deployment(ModelServer, name="ModelServer").options(
-        num_replicas=cfg.rollout.num_workers,
-        ray_actor_options={"num_cpus": bundle["CPU"], "num_gpus": bundle.get("GPU", 0),
-                           "resources": {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")},
-                           "runtime_env": worker_runtime_env(cfg.rollout)},
-    ).bind(models, cfg)
-    limits = Limits(max_image_bytes=cfg.serve.max_image_bytes, allow_remote_images=cfg.serve.allow_remote_images,
-                    max_n=cfg.serve.max_n, max_tokens=cfg.rollout.max_model_len)
+    server = (
+        serve.deployment(ModelServer, name="ModelServer")
+        .options(
+            num_replicas=cfg.rollout.num_workers,
+            ray_actor_options={
+                "num_cpus": bundle["CPU"],
+                "num_gpus": bundle.get("GPU", 0),
+                "resources": {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")},
+                "runtime_env": worker_runtime_env(cfg.rollout),
+            },
+        )
+        .bind(models, cfg)
+    )
+    limits = Limits(
+        max_image_bytes=cfg.serve.max_image_bytes,
+        allow_remote_images=cfg.serve.allow_remote_images,
+        max_n=cfg.serve.max_n,
+        max_tokens=cfg.rollout.max_model_len,
+    )
     ingress = serve.deployment(OpenAIIngress, name="OpenAIIngress").options(ray_actor_options={"num_cpus": 0.1})
     return ingress.bind(server, sorted(models), token_sha256, limits)

@@ -28,7 +28,9 @@ class APIError(Exception):
         self.status, self.message, self.code, self.param = status, message, code, param
 
     def body(self) -> dict:
-        kind = {401: "authentication_error"}.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
+        kind = {401: "authentication_error"}.get(
+            self.status, "server_error" if self.status >= 500 else "invalid_request_error"
+        )
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
@@ -65,8 +67,12 @@ def _image_from_url(url, limits: Limits, param: str) -> bytes:
             raise APIError(400, "image data URL is not valid base64", "invalid_image", param) from None
     elif url.startswith(("http://", "https://")):
         if not limits.allow_remote_images:
-            raise APIError(400, "remote image URLs are disabled on this server; send a base64 data URL",
-                           "remote_images_disabled", param)
+            raise APIError(
+                400,
+                "remote image URLs are disabled on this server; send a base64 data URL",
+                "remote_images_disabled",
+                param,
+            )
         data = _fetch(url, limits.max_image_bytes, param)
     else:
         raise APIError(400, "image_url.url must be a data URL (or http(s) when enabled)", "invalid_image", param)
@@ -110,20 +116,26 @@ def parse_chat_request(body: dict, known_models: list[str], limits: Limits) -> t
     if not isinstance(model, str) or not model:
         raise APIError(400, "'model' is required", "missing_model", "model")
     if model not in known_models:
-        raise APIError(404, f"model '{model}' does not exist; available: {sorted(known_models)}", "model_not_found", "model")
+        raise APIError(
+            404, f"model '{model}' does not exist; available: {sorted(known_models)}", "model_not_found", "model"
+        )
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty list", "invalid_messages", "messages")
     out_messages, images = [], []
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict) or msg.get("role") not in ("system", "user", "assistant"):
-            raise APIError(400, f"messages[{i}] needs a role of system, user or assistant", "invalid_messages", f"messages[{i}]")
+            raise APIError(
+                400, f"messages[{i}] needs a role of system, user or assistant", "invalid_messages", f"messages[{i}]"
+            )
         content = msg.get("content")
         if isinstance(content, str):
             out_messages.append({"role": msg["role"], "content": content})
             continue
         if not isinstance(content, list):
-            raise APIError(400, f"messages[{i}].content must be a string or a list of parts", "invalid_messages", f"messages[{i}]")
+            raise APIError(
+                400, f"messages[{i}].content must be a string or a list of parts", "invalid_messages", f"messages[{i}]"
+            )
         parts = []
         for j, part in enumerate(content):
             param = f"messages[{i}].content[{j}]"
@@ -135,7 +147,9 @@ def parse_chat_request(body: dict, known_models: list[str], limits: Limits) -> t
                 images.append(_image_from_url(url.get("url") if isinstance(url, dict) else url, limits, param))
                 parts.append({"type": "image"})
             else:
-                raise APIError(400, f"{param}: unsupported content part (use text or image_url)", "invalid_messages", param)
+                raise APIError(
+                    400, f"{param}: unsupported content part (use text or image_url)", "invalid_messages", param
+                )
         out_messages.append({"role": msg["role"], "content": parts})
     stop = body.get("stop")
     if isinstance(stop, str):
@@ -184,11 +198,19 @@ def check_result(result: GenerationResult) -> None:
 def chat_response(model: str, result: GenerationResult) -> dict:
     completion_tokens = sum(len(c.token_ids) for c in result.completions)
     return {
-        "id": result.request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": i, "message": _message(c), "finish_reason": c.finish_reason, "logprobs": None}
-                    for i, c in enumerate(result.completions)],
-        "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": result.prompt_tokens + completion_tokens},
+        "id": result.request_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": i, "message": _message(c), "finish_reason": c.finish_reason, "logprobs": None}
+            for i, c in enumerate(result.completions)
+        ],
+        "usage": {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": result.prompt_tokens + completion_tokens,
+        },
     }
 
 
@@ -197,8 +219,13 @@ def stream_events(model: str, result: GenerationResult) -> list[str]:
     created = int(time.time())
 
     def event(index: int, delta: dict, finish: str | None) -> str:
-        chunk = {"id": result.request_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                 "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+        chunk = {
+            "id": result.request_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
         return f"data: {json.dumps(chunk)}\n\n"
 
     events = []
@@ -214,4 +241,7 @@ def stream_events(model: str, result: GenerationResult) -> list[str]:
 
 
 def models_response(model_ids: list[str]) -> dict:
-    return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "r1v_ray"} for m in model_ids]}
+    return {
+        "object": "list",
+        "data": [{"id": m, "object": "model", "created": 0, "owned_by": "r1v_ray"} for m in model_ids],
+    }

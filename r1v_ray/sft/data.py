@@ -11,14 +11,17 @@ from r1v_ray.engines.rollout.types import PromptBuilder
 from r1v_ray.sft.samples import sample_tokens
 
 
-def select_subset(table: pa.Table, score_column: str | None = None, min_score: float | None = None,
-                  sources: list[str] | None = None) -> tuple[pa.Table, str]:
+def select_subset(
+    table: pa.Table, score_column: str | None = None, min_score: float | None = None, sources: list[str] | None = None
+) -> tuple[pa.Table, str]:
     """Rows with score_column >= min_score and/or source in sources; (subset, description)."""
     notes = []
     if score_column is not None and min_score is not None:
         if score_column not in table.column_names:
-            raise ValueError(f"subset by '{score_column}' >= {min_score}, but the data has no '{score_column}' column; "
-                             "run jobs/score.py first or select by sources")
+            raise ValueError(
+                f"subset by '{score_column}' >= {min_score}, but the data has no '{score_column}' column; "
+                "run jobs/score.py first or select by sources"
+            )
         table = table.filter(pc.greater_equal(table[score_column], min_score))
         notes.append(f"{score_column} >= {min_score}")
     if sources:
@@ -43,9 +46,17 @@ def filter_by_length(table: pa.Table, processor, max_length: int, out_uri: str, 
             lengths = [sample_tokens(r, processor, builder) for r in rows]
             ok = [n <= max_length for n in lengths]
             out.write(pa.Table.from_batches([batch]).filter(pa.array(ok)))
-            bad = [{"id": str(r["id"]), "stage": stage, "row": None, "image": None,
-                    "reason": f"too long: {n} tokens > sft.max_length {max_length} (never cut through image tokens)"}
-                   for r, n, fits in zip(rows, lengths, ok) if not fits]
+            bad = [
+                {
+                    "id": str(r["id"]),
+                    "stage": stage,
+                    "row": None,
+                    "image": None,
+                    "reason": f"too long: {n} tokens > sft.max_length {max_length} (never cut through image tokens)",
+                }
+                for r, n, fits in zip(rows, lengths, ok)
+                if not fits
+            ]
             if bad:
                 rej.write(rejected_table(bad))
             kept += sum(ok)

@@ -27,11 +27,13 @@ def run_sft(job: SFTJob, max_failures: int = 1) -> str:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=job_to_dict(job),
-        scaling_config=ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu,
-                                     resources_per_worker=_worker_resources(job)),
+        scaling_config=ScalingConfig(
+            num_workers=job.num_workers, use_gpu=job.use_gpu, resources_per_worker=_worker_resources(job)
+        ),
         torch_config=TorchConfig(backend="nccl" if job.use_gpu else "gloo"),
         run_config=RunConfig(
-            name="ray_train", storage_path=os.path.abspath(job.output_dir),
+            name="ray_train",
+            storage_path=os.path.abspath(job.output_dir),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),

@@ -50,13 +50,15 @@ def encode_sample(row: dict, processor, max_length: int) -> dict:
     enc = processor(text=[full_text], images=[image], return_tensors="np")
     ids = enc["input_ids"][0].tolist()
     if len(ids) > max_length:
-        raise RowError(f"too long: {len(ids)} tokens > sft.max_length {max_length} (not truncated through image tokens)")
+        raise RowError(
+            f"too long: {len(ids)} tokens > sft.max_length {max_length} (not truncated through image tokens)"
+        )
     n_prompt = len(processor(text=[prompt_text], images=[image], return_tensors="np")["input_ids"][0])
     labels = [IGNORE] * n_prompt + ids[n_prompt:]
     eos = processor.tokenizer.eos_token_id
     if eos in ids[n_prompt:]:  # the template's newline after the final <|im_end|> is not a target
         last = len(ids) - 1 - ids[::-1].index(eos)
-        labels[last + 1:] = [IGNORE] * (len(ids) - last - 1)
+        labels[last + 1 :] = [IGNORE] * (len(ids) - last - 1)
     return {"id": str(row["id"]), "input_ids": ids, "labels": labels, "pixel_values": enc["pixel_values"]}
 
 
@@ -114,8 +116,12 @@ def pad_collate(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         ids[i, :n] = torch.tensor(s["input_ids"])
         labels[i, :n] = torch.tensor(s["labels"])
         mask[i, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask,
-            "pixel_values": torch.from_numpy(np.concatenate([s["pixel_values"] for s in samples]))}
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "attention_mask": mask,
+        "pixel_values": torch.from_numpy(np.concatenate([s["pixel_values"] for s in samples])),
+    }
 
 
 def labelled_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,8 +141,9 @@ def labelled_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor
 def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over labelled tokens, and their count (callers normalize globally)."""
     logits, target = labelled_logits(model, batch)
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                             ignore_index=IGNORE, reduction="sum")
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
     return loss, int((target != IGNORE).sum())
 
 

@@ -33,8 +33,16 @@ def _model_done(path: str) -> bool:
     return os.path.exists(os.path.join(path, "config.json"))
 
 
-def train(cfg: R1VConfig, run: StageRun, name: str, init: str, table: pa.Table, lr: float, prefixes: list[str],
-          epochs: int = 1) -> dict:
+def train(
+    cfg: R1VConfig,
+    run: StageRun,
+    name: str,
+    init: str,
+    table: pa.Table,
+    lr: float,
+    prefixes: list[str],
+    epochs: int = 1,
+) -> dict:
     """One SFT run under `run.dir/name`: length filter, Ray Train, HF checkpoint at `name/model`."""
     out = run.path_for(name)
     final = os.path.join(out, "model")
@@ -45,22 +53,49 @@ def train(cfg: R1VConfig, run: StageRun, name: str, init: str, table: pa.Table, 
     processor = AutoProcessor.from_pretrained(init)
     data = os.path.join(out, "data")
     if not os.path.exists(data):
-        filter_by_length(table, processor, cfg.sft.max_length, data + ".partial",
-                         os.path.join(out, "rejected"), stage=f"{run.stage}/{name}")
+        filter_by_length(
+            table,
+            processor,
+            cfg.sft.max_length,
+            data + ".partial",
+            os.path.join(out, "rejected"),
+            stage=f"{run.stage}/{name}",
+        )
         os.replace(data + ".partial", data)
     n_rows = read_parquet(data, columns=["id"]).num_rows
     s = cfg.sft
     job = SFTJob(
-        init_checkpoint=init, data_uri=data, output_dir=out, learning_rate=lr, stage=f"{run.stage}/{name}", epochs=epochs,
-        global_batch_size=s.global_batch_size, micro_batch_size=s.micro_batch_size, max_length=s.max_length,
-        weight_decay=s.weight_decay, warmup_ratio=s.warmup_ratio, lr_scheduler=s.lr_scheduler, zero_stage=s.zero_stage,
-        num_workers=s.num_workers, use_gpu=s.use_gpu, dtype=cfg.model.dtype if s.use_gpu else "float32",
-        trainable_prefixes=prefixes, checkpoint_every_steps=s.checkpoint_every_steps,
-        log_every_steps=s.log_every_steps, node_resource=s.node_resource, seed=s.seed,
+        init_checkpoint=init,
+        data_uri=data,
+        output_dir=out,
+        learning_rate=lr,
+        stage=f"{run.stage}/{name}",
+        epochs=epochs,
+        global_batch_size=s.global_batch_size,
+        micro_batch_size=s.micro_batch_size,
+        max_length=s.max_length,
+        weight_decay=s.weight_decay,
+        warmup_ratio=s.warmup_ratio,
+        lr_scheduler=s.lr_scheduler,
+        zero_stage=s.zero_stage,
+        num_workers=s.num_workers,
+        use_gpu=s.use_gpu,
+        dtype=cfg.model.dtype if s.use_gpu else "float32",
+        trainable_prefixes=prefixes,
+        checkpoint_every_steps=s.checkpoint_every_steps,
+        log_every_steps=s.log_every_steps,
+        node_resource=s.node_resource,
+        seed=s.seed,
     )
     run_sft(job, max_failures=s.max_failures)
-    summary = {"model": final, "rows": n_rows, "rows_in": table.num_rows, "learning_rate": lr, "init": init,
-               "trainable_prefixes": prefixes}
+    summary = {
+        "model": final,
+        "rows": n_rows,
+        "rows_in": table.num_rows,
+        "learning_rate": lr,
+        "init": init,
+        "trainable_prefixes": prefixes,
+    }
     with open(summary_path, "w") as f:
         json.dump(summary, f, indent=2)
     return summary
@@ -73,7 +108,9 @@ def mlp_init(cfg: R1VConfig, run: StageRun, train_uri: str) -> tuple[dict, dict]
     current, sub_stages = init, []
     for sub in cfg.sft.mlp_init_stages:
         subset, how = select_subset(table, sub.score_column, sub.min_score, sub.sources)
-        summary = train(cfg, run, sub.name, current, subset, sub.learning_rate, cfg.model.trainable_prefixes, sub.epochs)
+        summary = train(
+            cfg, run, sub.name, current, subset, sub.learning_rate, cfg.model.trainable_prefixes, sub.epochs
+        )
         sub_stages.append({"name": sub.name, "subset": how, **summary})
         current = summary["model"]
     final = run.path_for("model")
@@ -123,8 +160,9 @@ class ErrorSetPass:
     def consume(self, row: dict) -> None:
         self.generated += 1
         if row["error"] is not None:
-            self.rejected.append({"id": str(row["id"]), "stage": "error_set", "reason": row["error"], "row": None,
-                                  "image": None})
+            self.rejected.append(
+                {"id": str(row["id"]), "stage": "error_set", "reason": row["error"], "row": None, "image": None}
+            )
             return
         choices = list(row["choices"]) if row["choices"] is not None and len(row["choices"]) else None
         if accuracy_reward(row["completions"][0], row["answer"], choices) == 0.0:
@@ -136,8 +174,13 @@ class ErrorSetPass:
             if self.rejected:
                 sink.write(rejected_table(self.rejected))
         scored = self.generated - len(self.rejected)
-        record = {"generated": self.generated, "wrong": len(self.wrong), "rejected": len(self.rejected),
-                  "train_accuracy": 1 - len(self.wrong) / max(1, scored), "ids": self.wrong}
+        record = {
+            "generated": self.generated,
+            "wrong": len(self.wrong),
+            "rejected": len(self.rejected),
+            "train_accuracy": 1 - len(self.wrong) / max(1, scored),
+            "ids": self.wrong,
+        }
         tmp = os.path.join(out_dir, ERROR_IDS + ".tmp")
         with open(tmp, "w") as f:
             json.dump(record, f)
@@ -158,8 +201,14 @@ def error_set(out_dir: str, train_uri: str) -> tuple[str, dict]:
     return path, record
 
 
-def iterative_sft(cfg: R1VConfig, run: StageRun, base_model: str, train_uri: str, test_uri: str,
-                  before_iteration: Callable[[int, str], str] | None = None) -> tuple[dict, dict]:
+def iterative_sft(
+    cfg: R1VConfig,
+    run: StageRun,
+    base_model: str,
+    train_uri: str,
+    test_uri: str,
+    before_iteration: Callable[[int, str], str] | None = None,
+) -> tuple[dict, dict]:
     """Paper 2.2: stage 1 on D gives M0; then M_t from M_{t-1} on D_rm(tau_t) ∪ E_{t-1}; each M_t evaluated.
 
     `before_iteration(t, model)` may return a new train_uri (re-distilled data) before iteration t.
@@ -197,8 +246,9 @@ def iterative_sft(cfg: R1VConfig, run: StageRun, base_model: str, train_uri: str
         d, how = d_rm(read_parquet(train_uri), s.rm_score_column, s.taus[t - 1])
         data = union_by_id(d, read_parquet(errors_uri))
         summary = train(cfg, run, name, current, data, s.iteration_lrs[t - 1], prefixes, s.epochs)
-        iterations.append({"t": t, "tau": s.taus[t - 1], "d_rm": how, "d_rm_rows": d.num_rows,
-                           "error_set": err_stats, **summary})
+        iterations.append(
+            {"t": t, "tau": s.taus[t - 1], "d_rm": how, "d_rm_rows": d.num_rows, "error_set": err_stats, **summary}
+        )
         current = summary["model"]
         evaluate(name, current, train_uri, errors_for=f"M{t + 1}" if t < s.iterations else None)
     final = run.path_for("model")

@@ -53,12 +53,16 @@ class SFTJob:
     def layout(self, n_rows: int) -> tuple[int, int, int]:
         """(samples per worker per step, micro-batches per step, steps per epoch)."""
         if self.global_batch_size % self.num_workers:
-            raise ValueError(f"sft.global_batch_size={self.global_batch_size} must be a multiple of "
-                             f"sft.num_workers={self.num_workers}")
+            raise ValueError(
+                f"sft.global_batch_size={self.global_batch_size} must be a multiple of "
+                f"sft.num_workers={self.num_workers}"
+            )
         per_worker = self.global_batch_size // self.num_workers
         if per_worker % self.micro_batch_size:
-            raise ValueError(f"sft.global_batch_size / sft.num_workers = {per_worker} must be a multiple of "
-                             f"sft.micro_batch_size={self.micro_batch_size}")
+            raise ValueError(
+                f"sft.global_batch_size / sft.num_workers = {per_worker} must be a multiple of "
+                f"sft.micro_batch_size={self.micro_batch_size}"
+            )
         return per_worker, per_worker // self.micro_batch_size, math.ceil(n_rows / self.global_batch_size)
 
 
@@ -83,9 +87,9 @@ def epoch_order(seed: int, epoch: int, n_rows: int) -> np.ndarray:
 
 def step_indices(order: np.ndarray, step: int, job: SFTJob, rank: int, world: int, gas: int) -> list[list[int]]:
     """This worker's micro-batches (row indices) for `step`; the last step of an epoch may leave some empty."""
-    batch = order[step * job.global_batch_size:(step + 1) * job.global_batch_size]
+    batch = order[step * job.global_batch_size : (step + 1) * job.global_batch_size]
     mine = batch[rank::world].tolist()
-    return [mine[i * job.micro_batch_size:(i + 1) * job.micro_batch_size] for i in range(gas)]
+    return [mine[i * job.micro_batch_size : (i + 1) * job.micro_batch_size] for i in range(gas)]
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -120,8 +124,11 @@ def export_hf(engine, processor, path: str, zero_stage: int, rank: int, meta: di
 
 
 def _save_rng(path: str) -> None:
-    state = {"python": list(random.getstate()[1]), "numpy": np.random.get_state()[1].tolist(),
-             "torch": torch.get_rng_state().tolist()}
+    state = {
+        "python": list(random.getstate()[1]),
+        "numpy": np.random.get_state()[1].tolist(),
+        "torch": torch.get_rng_state().tolist(),
+    }
     if torch.cuda.is_initialized():  # GPU runs: dropout and sampling draw from the device's generator
         state["cuda"] = torch.cuda.get_rng_state().tolist()
     with open(path, "w") as f:
@@ -172,9 +179,13 @@ def train_loop_per_worker(job_dict: dict) -> None:
     optimizer = torch.optim.AdamW(_param_groups(model, job.weight_decay), lr=job.learning_rate, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, job.warmup_ratio, job.lr_scheduler))
     ds_config = {
-        "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": gas, "train_batch_size": gas * world,
-        "zero_optimization": {"stage": job.zero_stage}, "gradient_clipping": job.max_grad_norm,
-        "bf16": {"enabled": job.use_gpu and job.dtype == "bfloat16"}, "steps_per_print": 1 << 30,
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": gas,
+        "train_batch_size": gas * world,
+        "zero_optimization": {"stage": job.zero_stage},
+        "gradient_clipping": job.max_grad_norm,
+        "bf16": {"enabled": job.use_gpu and job.dtype == "bfloat16"},
+        "steps_per_print": 1 << 30,
         "zero_allow_untested_optimizer": True,
     }
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
@@ -206,7 +217,9 @@ def train_loop_per_worker(job_dict: dict) -> None:
         epoch, step = divmod(global_step, steps_per_epoch)
         order = epoch_order(job.seed, epoch, n_rows)
         micro = step_indices(order, step, job, rank, world, gas)
-        encoded = [[encode_sample(r, processor, job.max_length) for r in table.take(m).to_pylist()] if m else [] for m in micro]
+        encoded = [
+            [encode_sample(r, processor, job.max_length) for r in table.take(m).to_pylist()] if m else [] for m in micro
+        ]
         local_tokens = sum(sum(1 for t in s["labels"][1:] if t != -100) for mb in encoded for s in mb)
         counts = torch.tensor([float(local_tokens), 0.0], device=device)  # NCCL reduces CUDA tensors only
         dist.all_reduce(counts)
@@ -227,11 +240,15 @@ def train_loop_per_worker(job_dict: dict) -> None:
         stats = torch.tensor([loss_sum.item(), float(window_tokens), float(window_samples)], device=device)
         dist.all_reduce(stats)
         if rank == 0:
-            step_ids = [ids[i] for i in order[step * job.global_batch_size:(step + 1) * job.global_batch_size]]
+            step_ids = [ids[i] for i in order[step * job.global_batch_size : (step + 1) * job.global_batch_size]]
             with open(seen_path, "a") as f:
                 f.write(json.dumps({"step": global_step, "epoch": epoch, "ids": step_ids}) + "\n")
-        values = {"loss": stats[0].item() / global_tokens, "lr": scheduler.get_last_lr()[0],
-                  "grad_norm": float(engine.get_global_grad_norm() or 0.0), "epoch": epoch}
+        values = {
+            "loss": stats[0].item() / global_tokens,
+            "lr": scheduler.get_last_lr()[0],
+            "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+            "epoch": epoch,
+        }
         last = global_step == total_steps
         if global_step % job.log_every_steps == 0 or last:
             elapsed = max(1e-9, time.time() - window_start)
@@ -245,8 +262,14 @@ def train_loop_per_worker(job_dict: dict) -> None:
                     with open(os.path.join(tmp, "state.json"), "w") as f:
                         json.dump({"global_step": global_step, "epoch": epoch}, f)
                 _save_rng(os.path.join(tmp, f"rng_rank{rank}.json"))
-                export_hf(engine, processor, os.path.join(tmp, "hf"), job.zero_stage, rank,
-                           {"stage": job.stage, "step": global_step, "init_checkpoint": job.init_checkpoint})
+                export_hf(
+                    engine,
+                    processor,
+                    os.path.join(tmp, "hf"),
+                    job.zero_stage,
+                    rank,
+                    {"stage": job.stage, "step": global_step, "init_checkpoint": job.init_checkpoint},
+                )
                 ray.train.report({"step": global_step, **values}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         elif global_step % job.log_every_steps == 0:
             # Reports are consumed by the Train controller's poll loop: report only what is logged.

@@ -43,9 +43,23 @@ def head(tmp_path_factory):
     # Token authentication on: the job API refuses requests without the cluster's token.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
-    subprocess.run([RAY, "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                    "--num-cpus=8", "--include-dashboard=true", f"--temp-dir={tmp}"], check=True, env=env,
-                   capture_output=True, timeout=180)
+    subprocess.run(
+        [
+            RAY,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--num-cpus=8",
+            "--include-dashboard=true",
+            f"--temp-dir={tmp}",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=180,
+    )
     address = f"http://127.0.0.1:{dash}"
     headers = {"Authorization": f"Bearer {token_path.read_text()}"}
     deadline = time.time() + 120
@@ -60,9 +74,24 @@ def head(tmp_path_factory):
 
 
 def _submit(address: str, env: dict, run_dir: str, script: str, *extra: str) -> str:
-    cmd = [RAY, "job", "submit", "--address", address, "--working-dir", ROOT, "--no-wait", "--",
-           sys.executable, f"jobs/{script}.py", "--config", "configs/demo/tiny.yaml", "--set", f"run_dir={run_dir}",
-           *extra]
+    cmd = [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        ROOT,
+        "--no-wait",
+        "--",
+        sys.executable,
+        f"jobs/{script}.py",
+        "--config",
+        "configs/demo/tiny.yaml",
+        "--set",
+        f"run_dir={run_dir}",
+        *extra,
+    ]
     out = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True, timeout=300).stdout
     return next(line.split("'")[1] for line in out.splitlines() if "submitted successfully" in line)
 
@@ -94,10 +123,17 @@ def test_demo_stages_run_as_ray_jobs(head, tmp_path):
     address, env, headers = head
     assert requests.get(f"{address}/api/jobs/", timeout=10).status_code == 401  # no token, no job API
     run_dir = str(tmp_path / "run")
-    logs = {script: _run(address, env, headers, run_dir, script)
-            for script in ("distill", "score", "mlp_init", "reassemble", "iterative_sft", "grpo")}
-    final_eval = ("--checkpoint", os.path.join(run_dir, "grpo", "model"), "--name", "final",
-                  *[a for o in EVAL_OVERRIDES for a in ("--set", o)])
+    logs = {
+        script: _run(address, env, headers, run_dir, script)
+        for script in ("distill", "score", "mlp_init", "reassemble", "iterative_sft", "grpo")
+    }
+    final_eval = (
+        "--checkpoint",
+        os.path.join(run_dir, "grpo", "model"),
+        "--name",
+        "final",
+        *[a for o in EVAL_OVERRIDES for a in ("--set", o)],
+    )
     _run(address, env, headers, run_dir, "eval", *final_eval)
     assert "complete, skipping" in _run(address, env, headers, run_dir, "iterative_sft")  # a finished stage skips
 
@@ -130,7 +166,9 @@ def test_demo_stages_run_as_ray_jobs(head, tmp_path):
     vision = load_vision(os.path.join(parts, "vision")).state_dict()
     substitute = load_llm(os.path.join(parts, "substitute_llm"))[0].model.state_dict()
     reasoning = load_llm(os.path.join(parts, "reasoning_llm"))[0].model.state_dict()
-    models = {name: load_checkpoint(os.path.join(run_dir, name, "model"))[0] for name in ("mlp_init", "reassemble", "sft")}
+    models = {
+        name: load_checkpoint(os.path.join(run_dir, name, "model"))[0] for name in ("mlp_init", "reassemble", "sft")
+    }
     for name, model in models.items():
         assert _same(model.model.vision_tower.state_dict(), vision), name
     assert _same(models["mlp_init"].model.language_model.state_dict(), substitute)

@@ -52,22 +52,46 @@ def check_sft(work: str, init: str) -> dict:
     data = os.path.join(work, "sft_data")
     write_split(data, 64, seed=1)
     out = os.path.join(work, "sft")
-    job = SFTJob(init_checkpoint=init, data_uri=data, output_dir=out, learning_rate=2e-3, stage="gpu-sft",
-                 global_batch_size=8, micro_batch_size=4, max_length=512, zero_stage=3, num_workers=1,
-                 use_gpu=True, dtype="bfloat16", trainable_prefixes=["projector"], checkpoint_every_steps=4,
-                 log_every_steps=1, warmup_ratio=0.1, epochs=2)
+    job = SFTJob(
+        init_checkpoint=init,
+        data_uri=data,
+        output_dir=out,
+        learning_rate=2e-3,
+        stage="gpu-sft",
+        global_batch_size=8,
+        micro_batch_size=4,
+        max_length=512,
+        zero_stage=3,
+        num_workers=1,
+        use_gpu=True,
+        dtype="bfloat16",
+        trainable_prefixes=["projector"],
+        checkpoint_every_steps=4,
+        log_every_steps=1,
+        warmup_ratio=0.1,
+        epochs=2,
+    )
     start = time.time()
     final = run_sft(job)
     seconds = time.time() - start
     with open(os.path.join(out, METRICS_FILE)) as f:
         losses = [json.loads(line)["loss"] for line in f]
     check("sft loss finite", all(torch.isfinite(torch.tensor(losses))), losses[:3] + ["..."] + losses[-3:])
-    check("sft loss falls", sum(losses[-4:]) < sum(losses[:4]), f"first 4 {sum(losses[:4]):.3f}, last 4 {sum(losses[-4:]):.3f}")
-    before, after = load_file(os.path.join(init, "model.safetensors")), load_file(os.path.join(final, "model.safetensors"))
+    check(
+        "sft loss falls",
+        sum(losses[-4:]) < sum(losses[:4]),
+        f"first 4 {sum(losses[:4]):.3f}, last 4 {sum(losses[-4:]):.3f}",
+    )
+    before, after = (
+        load_file(os.path.join(init, "model.safetensors")),
+        load_file(os.path.join(final, "model.safetensors")),
+    )
     frozen = [k for k in before if "multi_modal_projector" not in k]
     changed = [k for k in frozen if not torch.equal(before[k].to(torch.bfloat16), after[k])]
     check("sft frozen tensors bit-identical (bf16)", not changed, f"{len(frozen)} frozen, changed: {changed[:3]}")
-    moved = [k for k in before if "multi_modal_projector" in k and not torch.equal(before[k].to(torch.bfloat16), after[k])]
+    moved = [
+        k for k in before if "multi_modal_projector" in k and not torch.equal(before[k].to(torch.bfloat16), after[k])
+    ]
     check("sft projector moved", bool(moved), f"{len(moved)} projector tensors changed")
     model, _ = load_checkpoint(final, dtype="bfloat16", device="cuda")
     check("sft ZeRO-3 export loads in transformers", model is not None, type(model).__name__)
@@ -80,18 +104,34 @@ def check_grpo(work: str, init: str) -> dict:
     from r1v_ray.grpo.batch import Trajectory
     from r1v_ray.grpo.trainer import GRPORun
 
-    sets = {"model.dtype": "bfloat16", "rollout.backend": "hf", "rollout.device": "cuda", "rollout.max_model_len": 512,
-            "grpo.use_gpu": "true", "grpo.num_learners": 1, "grpo.colocate": "true", "grpo.zero_stage": 3,
-            "grpo.learning_rate": 1e-3, "grpo.prompts_per_step": 4, "grpo.group_size": 4,
-            "grpo.max_completion_tokens": 32, "grpo.eval_prompts": 4, "grpo.eval_every_steps": 100,
-            "grpo.drop_zero_variance_groups": "false", "grpo.trainable_prefixes": "[projector, llm, lm_head]"}
+    sets = {
+        "model.dtype": "bfloat16",
+        "rollout.backend": "hf",
+        "rollout.device": "cuda",
+        "rollout.max_model_len": 512,
+        "grpo.use_gpu": "true",
+        "grpo.num_learners": 1,
+        "grpo.colocate": "true",
+        "grpo.zero_stage": 3,
+        "grpo.learning_rate": 1e-3,
+        "grpo.prompts_per_step": 4,
+        "grpo.group_size": 4,
+        "grpo.max_completion_tokens": 32,
+        "grpo.eval_prompts": 4,
+        "grpo.eval_every_steps": 100,
+        "grpo.drop_zero_variance_groups": "false",
+        "grpo.trainable_prefixes": "[projector, llm, lm_head]",
+    }
     cfg = load_config(os.path.join(ROOT, "configs", "demo", "tiny.yaml"), [f"{k}={v}" for k, v in sets.items()])
     rows, eval_rows = list(iter_rows(32, seed=5)), list(iter_rows(4, seed=5, split="test"))
     run = GRPORun(cfg, init, rows, eval_rows, os.path.join(work, "grpo"))
     try:
         results = run.generate(run._requests([0, 1], rows, 2, tag=3))
-        trajs = [Trajectory(run._requests([i], rows, 1, tag=0)[0], c.token_ids, c.logprobs, adv, 0.0)
-                 for i, res in enumerate(results) for c, adv in zip(res.completions, (1.0, -1.0))]
+        trajs = [
+            Trajectory(run._requests([i], rows, 1, tag=0)[0], c.token_ids, c.logprobs, adv, 0.0)
+            for i, res in enumerate(results)
+            for c, adv in zip(res.completions, (1.0, -1.0))
+        ]
         worker = run.rollout_workers[0]
         before = ray.get(worker.sequence_logprobs.remote(trajs[0].request, trajs[0].completion_ids))
         stats = ray.get(run.learners[0].train_step.remote(trajs))
@@ -104,20 +144,31 @@ def check_grpo(work: str, init: str) -> dict:
             gaps.append(max(abs(a - b) for a, b in zip(got, expected)))
         moved = max(abs(a - b) for a, b in zip(before, learner[0]))
         check("grpo weights moved", moved > 3 * BF16_LOGPROB_TOL, f"max |Δ log-prob| before/after update {moved:.3f}")
-        check("grpo sync: rollout log-probs equal the learner's", max(gaps) < BF16_LOGPROB_TOL,
-              f"max |Δ| {max(gaps):.4f} (tolerance {BF16_LOGPROB_TOL}), sync {sync}")
+        check(
+            "grpo sync: rollout log-probs equal the learner's",
+            max(gaps) < BF16_LOGPROB_TOL,
+            f"max |Δ| {max(gaps):.4f} (tolerance {BF16_LOGPROB_TOL}), sync {sync}",
+        )
         steps = [run.train_step() for _ in range(2)]
-        check("grpo full steps", all(s["trajectories"] == 16 for s in steps),
-              [{k: round(s[k], 4) for k in ("reward_mean", "loss", "generation_s", "update_s", "sync_s")} for s in steps])
+        check(
+            "grpo full steps",
+            all(s["trajectories"] == 16 for s in steps),
+            [{k: round(s[k], 4) for k in ("reward_mean", "loss", "generation_s", "update_s", "sync_s")} for s in steps],
+        )
         saved = run.checkpoint()  # ZeRO-3: DeepSpeed state plus an HF export gathered one parameter at a time
     finally:
         run.shutdown()
     resumed = GRPORun(cfg, init, rows, eval_rows, os.path.join(work, "grpo"))
     try:
-        check("grpo resumes from its ZeRO-3 checkpoint", resumed.step == 2 and resumed.model_path.startswith(saved),
-              f"step {resumed.step}, model {resumed.model_path}")
+        check(
+            "grpo resumes from its ZeRO-3 checkpoint",
+            resumed.step == 2 and resumed.model_path.startswith(saved),
+            f"step {resumed.step}, model {resumed.model_path}",
+        )
         after = resumed.train_step()
-        check("grpo step after resume", after["trajectories"] == 16, {k: round(after[k], 4) for k in ("loss", "sync_s")})
+        check(
+            "grpo step after resume", after["trajectories"] == 16, {k: round(after[k], 4) for k in ("loss", "sync_s")}
+        )
     finally:
         resumed.shutdown()
     return {"max_logprob_gap": max(gaps), "update_moved": moved, "sync": sync, "steps": steps + [after]}
@@ -127,7 +178,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="folder for gpu_check.json")
     args = ap.parse_args()
-    check("CUDA available", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
+    check(
+        "CUDA available",
+        torch.cuda.is_available(),
+        torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU",
+    )
     summary = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
     ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=True)
     try:

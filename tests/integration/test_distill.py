@@ -21,8 +21,19 @@ from r1v_ray.engines.judge.fake_server import FakeJudgeServer
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "configs", "demo", "tiny.yaml")
-DOCUMENTED = ["s_v", "s_t", "s_i", "rep_penalty", "think", "response", "correct", "revised", "generated_tokens",
-              "think_chars", "response_chars"]
+DOCUMENTED = [
+    "s_v",
+    "s_t",
+    "s_i",
+    "rep_penalty",
+    "think",
+    "response",
+    "correct",
+    "revised",
+    "generated_tokens",
+    "think_chars",
+    "response_chars",
+]
 
 
 def _rows(n: int, corrupt: int = 0) -> list[dict]:
@@ -41,14 +52,32 @@ def test_distill_then_score_jobs(tmp_path, tiny_checkpoint):
     write_parquet(canonical_table(_rows(23, corrupt=1)), str(data / "train"))
     write_parquet(canonical_table(_rows(4)), str(data / "test"))
     run_dir = tmp_path / "run"
-    common = ["--config", CONFIG, "--set", f"run_dir={run_dir}", "--set", "data.source=parquet",
-              "--set", f"data.train_path={data / 'train'}", "--set", f"data.test_path={data / 'test'}",
-              "--set", "distill.max_tokens=48", "--set", "distill.batch_size=8"]
+    common = [
+        "--config",
+        CONFIG,
+        "--set",
+        f"run_dir={run_dir}",
+        "--set",
+        "data.source=parquet",
+        "--set",
+        f"data.train_path={data / 'train'}",
+        "--set",
+        f"data.test_path={data / 'test'}",
+        "--set",
+        "distill.max_tokens=48",
+        "--set",
+        "distill.batch_size=8",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["VLLM_CACHE_ROOT"] = str(tmp_path / "vllm")
     for job, extra in (("distill.py", ["--model", tiny_checkpoint]), ("score.py", [])):
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", job), *common, *extra],
-                              capture_output=True, text=True, env=env, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "jobs", job), *common, *extra],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-4000:]
     manifest = json.loads((run_dir / "distill" / "manifest.json").read_text())
     m = manifest["metrics"]
@@ -73,8 +102,16 @@ def test_each_rows_penalty_reaches_generation(tiny_checkpoint):
 
     row = make_row(0, "train", 3)
     rows = [{**row, "id": "low", "rep_penalty": 1.0}, {**row, "id": "high", "rep_penalty": 2.0}]
-    udf = SelfDistill(tiny_checkpoint, RolloutConfig(backend="vllm", device="cpu", max_model_len=512, cpu_kvcache_gib=1),
-                      "float32", JudgeConfig(kind="offline"), None, 1, DistillConfig(max_tokens=32, temperature=0.0), 0)
+    udf = SelfDistill(
+        tiny_checkpoint,
+        RolloutConfig(backend="vllm", device="cpu", max_model_len=512, cpu_kvcache_gib=1),
+        "float32",
+        JudgeConfig(kind="offline"),
+        None,
+        1,
+        DistillConfig(max_tokens=32, temperature=0.0),
+        0,
+    )
     out = udf(pa.Table.from_pylist(rows)).to_pylist()
     assert [r["rep_penalty"] for r in out] == [1.0, 2.0] and all(r["error"] is None for r in out)
     assert out[0]["generated_text"] != out[1]["generated_text"]
@@ -96,9 +133,19 @@ def test_judge_faults_lose_nothing_and_rerun_is_cached(ray_local, tmp_path, tiny
     data = str(tmp_path / "train")
     write_parquet(canonical_table(_rows(12)), data)
     with FakeJudgeServer(faults=True, timeout_sleep_s=1.5) as server:
-        cfg = load_config(CONFIG, [f"run_dir={tmp_path / 'run'}", "judge.kind=openai", f"judge.base_url={server.base_url}",
-                                   "judge.api_key_env=R1V_TEST_JUDGE_KEY", "judge.timeout_s=0.5",
-                                   "judge.requests_per_second=200", "rollout.backend=hf", "distill.max_tokens=16"])
+        cfg = load_config(
+            CONFIG,
+            [
+                f"run_dir={tmp_path / 'run'}",
+                "judge.kind=openai",
+                f"judge.base_url={server.base_url}",
+                "judge.api_key_env=R1V_TEST_JUDGE_KEY",
+                "judge.timeout_s=0.5",
+                "judge.requests_per_second=200",
+                "rollout.backend=hf",
+                "distill.max_tokens=16",
+            ],
+        )
         first = distill(cfg, ray_local.data.read_parquet(data), tiny_checkpoint, str(tmp_path / "a"))
         scored = score(cfg, ray_local.data.read_parquet(str(tmp_path / "a" / "data")), str(tmp_path / "sa"))
         assert first["rows_out"] + first["rejected"] == 12 and first["rejected"] == 0

@@ -14,9 +14,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_eval_job_writes_report(tiny_checkpoint, tmp_path):
     run_dir = tmp_path / "run"
     cmd = [
-        sys.executable, os.path.join(ROOT, "jobs", "eval.py"), "--config", os.path.join(ROOT, "configs", "demo", "tiny.yaml"),
-        "--checkpoint", tiny_checkpoint, "--name", "tiny", "--set", f"run_dir={run_dir}",
-        "--set", "data.synthetic.n_test=15", "--set", "eval.runs=3", "--set", "eval.max_tokens=24",
+        sys.executable,
+        os.path.join(ROOT, "jobs", "eval.py"),
+        "--config",
+        os.path.join(ROOT, "configs", "demo", "tiny.yaml"),
+        "--checkpoint",
+        tiny_checkpoint,
+        "--name",
+        "tiny",
+        "--set",
+        f"run_dir={run_dir}",
+        "--set",
+        "data.synthetic.n_test=15",
+        "--set",
+        "eval.runs=3",
+        "--set",
+        "eval.max_tokens=24",
     ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
     env["VLLM_CACHE_ROOT"] = str(tmp_path / "vllm")
@@ -47,9 +60,16 @@ def test_error_set_rides_along_with_an_evaluation(tiny_checkpoint, tmp_path):
     rows = [make_row(0, "train", i) for i in range(40)]
     rows[0]["id"] = "synthetic-test-0000000"  # the same id as a test row: the two passes must not mix it up
     write_parquet(canonical_table(rows), train)
-    cfg = load_config(os.path.join(ROOT, "configs", "demo", "tiny.yaml"),
-                      ["eval.runs=2", "eval.max_tokens=16", "sft.error_set_max_tokens=16", "rollout.batch_size=16",
-                       "rollout.max_model_len=512"])
+    cfg = load_config(
+        os.path.join(ROOT, "configs", "demo", "tiny.yaml"),
+        [
+            "eval.runs=2",
+            "eval.max_tokens=16",
+            "sft.error_set_max_tokens=16",
+            "rollout.batch_size=16",
+            "rollout.max_model_len=512",
+        ],
+    )
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     try:
         errors = ErrorSetPass(cfg, train)

@@ -26,10 +26,20 @@ def local_ray():
 
 
 def _cfg(**over):
-    sets = {"grpo.num_learners": 2, "grpo.use_gpu": "false", "grpo.zero_stage": 2, "grpo.prompts_per_step": 4,
-            "grpo.group_size": 4, "grpo.max_completion_tokens": 24, "grpo.eval_prompts": 4, "grpo.eval_every_steps": 100,
-            "grpo.drop_zero_variance_groups": "false", "grpo.trainable_prefixes": "[projector, llm, lm_head]",
-            "rollout.max_model_len": 512, **over}
+    sets = {
+        "grpo.num_learners": 2,
+        "grpo.use_gpu": "false",
+        "grpo.zero_stage": 2,
+        "grpo.prompts_per_step": 4,
+        "grpo.group_size": 4,
+        "grpo.max_completion_tokens": 24,
+        "grpo.eval_prompts": 4,
+        "grpo.eval_every_steps": 100,
+        "grpo.drop_zero_variance_groups": "false",
+        "grpo.trainable_prefixes": "[projector, llm, lm_head]",
+        "rollout.max_model_len": 512,
+        **over,
+    }
     return load_config(os.path.join(ROOT, "configs", "demo", "tiny.yaml"), [f"{k}={v}" for k, v in sets.items()])
 
 
@@ -42,11 +52,14 @@ def test_sync_makes_rollout_logprobs_equal_the_learners_and_dead_workers_restart
     try:
         requests = run._requests([0, 1], ROWS, 2, tag=3)
         results = run.generate(requests)
-        trajs = [Trajectory(run._requests([i], ROWS, 1, tag=0)[0], c.token_ids, c.logprobs, adv, 0.0)
-                 for i, res in enumerate(results) for c, adv in zip(res.completions, (1.0, -1.0))]
+        trajs = [
+            Trajectory(run._requests([i], ROWS, 1, tag=0)[0], c.token_ids, c.logprobs, adv, 0.0)
+            for i, res in enumerate(results)
+            for c, adv in zip(res.completions, (1.0, -1.0))
+        ]
         before = ray.get(run.rollout_workers[0].sequence_logprobs.remote(trajs[0].request, trajs[0].completion_ids))
         # A real update (non-zero advantages), then the sync.
-        ray.get([l.train_step.remote(trajs[i::2]) for i, l in enumerate(run.learners)])
+        ray.get([learner.train_step.remote(trajs[i::2]) for i, learner in enumerate(run.learners)])
         sync = run._sync()
         assert sync["tensors"] > 0 and sync["buckets"] >= 1
         learner = ray.get(run.learners[0].logprobs.remote(trajs))
@@ -58,8 +71,20 @@ def test_sync_makes_rollout_logprobs_equal_the_learners_and_dead_workers_restart
         ray.kill(run.rollout_workers[0])  # a rollout worker dies between steps
         values = run.train_step()
         assert values["rollout_restarts"] == 1 and values["trajectories"] == 16
-        assert {"reward_mean", "accuracy", "format_rate", "response_length", "kl", "entropy", "clip_frac",
-                "groups_dropped", "generation_s", "update_s", "sync_s", "logprob_gap"} <= set(values)
+        assert {
+            "reward_mean",
+            "accuracy",
+            "format_rate",
+            "response_length",
+            "kl",
+            "entropy",
+            "clip_frac",
+            "groups_dropped",
+            "generation_s",
+            "update_s",
+            "sync_s",
+            "logprob_gap",
+        } <= set(values)
     finally:
         run.shutdown()
 
@@ -104,10 +129,16 @@ def test_resume_from_the_last_checkpoint(local_ray, tiny_checkpoint, tmp_path):
 
 
 @pytest.mark.timeout(600)  # without the collective finite check the healthy learner waits in backward forever
-def test_colocated_rollout_shares_the_learner_bundles_and_a_nan_loss_stops_every_learner(local_ray, tiny_checkpoint,
-                                                                                         tmp_path):
-    run = GRPORun(_cfg(**{"grpo.colocate": "true", "rollout.num_workers": 2}), tiny_checkpoint, ROWS, EVAL_ROWS,
-                  str(tmp_path / "grpo"))
+def test_colocated_rollout_shares_the_learner_bundles_and_a_nan_loss_stops_every_learner(
+    local_ray, tiny_checkpoint, tmp_path
+):
+    run = GRPORun(
+        _cfg(**{"grpo.colocate": "true", "rollout.num_workers": 2}),
+        tiny_checkpoint,
+        ROWS,
+        EVAL_ROWS,
+        str(tmp_path / "grpo"),
+    )
     try:
         learner_pg = run.learner_pg.id.hex()
         assert [ray.get(w.placement_group_id.remote()) for w in run.rollout_workers] == [learner_pg] * 2
@@ -118,12 +149,14 @@ def test_colocated_rollout_shares_the_learner_bundles_and_a_nan_loss_stops_every
         # Two groups, one per learner; only row 0's carries a NaN advantage. Both learners stop (one raising
         # alone would leave the other in the gradient all-reduce) and nothing is applied.
         results = run.generate(run._requests([0, 1], ROWS, 2, tag=5))
-        trajs = [Trajectory(run._requests([i], ROWS, 1, tag=0)[0], c.token_ids, c.logprobs,
-                            math.nan if i == 0 else 1.0, 0.0)
-                 for i, res in enumerate(results) for c in res.completions]
-        before = ray.get([l.logprobs.remote(trajs) for l in run.learners])
+        trajs = [
+            Trajectory(run._requests([i], ROWS, 1, tag=0)[0], c.token_ids, c.logprobs, math.nan if i == 0 else 1.0, 0.0)
+            for i, res in enumerate(results)
+            for c in res.completions
+        ]
+        before = ray.get([learner.logprobs.remote(trajs) for learner in run.learners])
         with pytest.raises(FloatingPointError, match="non-finite on a learner"):
             run.learn(trajs)
-        assert ray.get([l.logprobs.remote(trajs) for l in run.learners]) == before
+        assert ray.get([learner.logprobs.remote(trajs) for learner in run.learners]) == before
     finally:
         run.shutdown()

@@ -52,11 +52,15 @@ for line in body.splitlines():
 def test_stage_metrics_on_the_metrics_endpoint(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_metrics_report_interval_ms"] = "1000"
-    script = DRIVER.format(root=ROOT, config=os.path.join(ROOT, "configs", "demo", "tiny.yaml"), out=str(tmp_path / "s"))
+    script = DRIVER.format(
+        root=ROOT, config=os.path.join(ROOT, "configs", "demo", "tiny.yaml"), out=str(tmp_path / "s")
+    )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    seen = {(name, stage): float(value) for _, name, stage, value in
-            (line.split() for line in proc.stdout.splitlines() if line.startswith("METRIC"))}
+    seen = {
+        (name, stage): float(value)
+        for _, name, stage, value in (line.split() for line in proc.stdout.splitlines() if line.startswith("METRIC"))
+    }
     assert seen.get(("ray_r1v_loss", "sft/test")) == 1.25, proc.stdout[-3000:]
     assert seen.get(("ray_r1v_tokens_per_s", "sft/test")) == 321.0
     assert seen.get(("ray_r1v_rows", "score")) == 8 and seen.get(("ray_r1v_judge_calls", "score")) == 8

@@ -67,7 +67,8 @@ def test_weight_update_matches_hf_logprobs(vllm_worker, hf_engine):
     torch.manual_seed(0)
     new = {
         n: p.detach() + 0.05 * torch.randn_like(p)
-        for n, p in hf_engine.model.named_parameters() if n.startswith("model.multi_modal_projector.")
+        for n, p in hf_engine.model.named_parameters()
+        if n.startswith("model.multi_modal_projector.")
     }
     before = ray.get(vllm_worker.sequence_logprobs.remote(request, sequence))
     hf_engine.update_weights(new)
@@ -128,8 +129,10 @@ def test_batch_decoded_texts_equal_vllms_own_detokenizer(vllm_worker):
     detokenizes incrementally. Same seeds, same tokens: the texts must be the same, the random model's
     cut-off multi-byte characters included."""
     plain = [image_request(i, n=8, temperature=1.0, max_tokens=48, seed=i, logprobs=True) for i in range(8)]
-    stopped = [image_request(i, n=8, temperature=1.0, max_tokens=48, seed=i, logprobs=True, stop=["\x00never"])
-               for i in range(8)]
+    stopped = [
+        image_request(i, n=8, temperature=1.0, max_tokens=48, seed=i, logprobs=True, stop=["\x00never"])
+        for i in range(8)
+    ]
     a, b = ray.get(vllm_worker.generate.remote(plain)), ray.get(vllm_worker.generate.remote(stopped))
     pairs = [(x, y) for ra, rb in zip(a, b) for x, y in zip(ra.completions, rb.completions)]
     assert len(pairs) == 64 and all(x.token_ids == y.token_ids and x.logprobs == y.logprobs for x, y in pairs)

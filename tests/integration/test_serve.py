@@ -32,8 +32,15 @@ def _data_url(data: bytes) -> str:
 
 def _messages(i: int) -> list[dict]:
     row = make_row(0, "test", i)
-    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _data_url(row["image"])}},
-                                         {"type": "text", "text": row["question"]}]}]
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": _data_url(row["image"])}},
+                {"type": "text", "text": row["question"]},
+            ],
+        }
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +95,9 @@ def test_openai_client_models_chat_and_routing(base_url, two_checkpoints):
         assert text == _hf_greedy(path, 0, 12)  # the request reached this model id's checkpoint
         answers[model_id] = text
     assert answers["mlp_init"] != answers["sft/t1"]
-    several = client.chat.completions.create(model="mlp_init", messages=_messages(1), n=3, temperature=1.0,
-                                             max_tokens=8, seed=5)
+    several = client.chat.completions.create(
+        model="mlp_init", messages=_messages(1), n=3, temperature=1.0, max_tokens=8, seed=5
+    )
     assert len(several.choices) == 3 and [c.index for c in several.choices] == [0, 1, 2]
 
 
@@ -98,8 +106,11 @@ def test_streaming_matches_non_streaming(base_url):
 
     client = openai.OpenAI(base_url=base_url, api_key=TOKEN, max_retries=0, timeout=300)
     full = client.chat.completions.create(model="mlp_init", messages=_messages(2), temperature=0.0, max_tokens=16)
-    chunks = list(client.chat.completions.create(model="mlp_init", messages=_messages(2), temperature=0.0,
-                                                 max_tokens=16, stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model="mlp_init", messages=_messages(2), temperature=0.0, max_tokens=16, stream=True
+        )
+    )
     assert len(chunks) > 2 and chunks[-1].choices[0].finish_reason == full.choices[0].finish_reason
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert streamed == full.choices[0].message.content
@@ -110,19 +121,61 @@ def test_bad_requests_get_4xx_and_the_app_keeps_serving(base_url):
     auth = {"Authorization": f"Bearer {TOKEN}"}
     good = {"model": "mlp_init", "messages": _messages(0), "max_tokens": 4}
     big = io.BytesIO()
-    Image.frombytes("RGB", (300, 300), random.Random(0).randbytes(300 * 300 * 3)).save(big, format="PNG")  # noise: ~270 kB
+    Image.frombytes("RGB", (300, 300), random.Random(0).randbytes(300 * 300 * 3)).save(
+        big, format="PNG"
+    )  # noise: ~270 kB
     cases = [
         ({}, good, 401, "invalid_api_key"),
         ({"Authorization": "Bearer wrong"}, good, 401, "invalid_api_key"),
         (auth, {**good, "model": "nope"}, 404, "model_not_found"),
         (auth, "{not json", 400, "invalid_json"),
-        (auth, {**good, "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"junk").decode()}}]}]},
-         400, "invalid_image"),
-        (auth, {**good, "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": _data_url(big.getvalue())}}]}]}, 413, "image_too_large"),
-        (auth, {**good, "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "http://127.0.0.1:1/cat.png"}}]}]}, 400, "remote_images_disabled"),
+        (
+            auth,
+            {
+                **good,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"junk").decode()},
+                            }
+                        ],
+                    }
+                ],
+            },
+            400,
+            "invalid_image",
+        ),
+        (
+            auth,
+            {
+                **good,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": _data_url(big.getvalue())}}],
+                    }
+                ],
+            },
+            413,
+            "image_too_large",
+        ),
+        (
+            auth,
+            {
+                **good,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "http://127.0.0.1:1/cat.png"}}],
+                    }
+                ],
+            },
+            400,
+            "remote_images_disabled",
+        ),
         (auth, {**good, "messages": [{"role": "user", "content": "count " * 600}]}, 400, "context_length_exceeded"),
         (auth, {**good, "max_tokens": 100000}, 400, "invalid_value"),
         (auth, {**good, "n": 0}, 400, "invalid_value"),

@@ -51,9 +51,22 @@ def test_killed_worker_resumes_without_losing_or_repeating_samples(local_ray, ti
     data = str(tmp_path / "train")
     write_split(data, 160, seed=1)
     out = str(tmp_path / "sft")
-    job = SFTJob(init_checkpoint=tiny_checkpoint, data_uri=data, output_dir=out, learning_rate=1e-3, stage="crash",
-                 global_batch_size=16, micro_batch_size=1, max_length=512, zero_stage=2, num_workers=2,
-                 trainable_prefixes=["projector", "llm"], checkpoint_every_steps=3, log_every_steps=1, warmup_ratio=0.1)
+    job = SFTJob(
+        init_checkpoint=tiny_checkpoint,
+        data_uri=data,
+        output_dir=out,
+        learning_rate=1e-3,
+        stage="crash",
+        global_batch_size=16,
+        micro_batch_size=1,
+        max_length=512,
+        zero_stage=2,
+        num_workers=2,
+        trainable_prefixes=["projector", "llm"],
+        checkpoint_every_steps=3,
+        log_every_steps=1,
+        warmup_ratio=0.1,
+    )
     killed: list = []
     killer = threading.Thread(target=_kill_a_worker_after, args=(out, 4, killed))
     killer.start()
@@ -74,9 +87,20 @@ def test_killed_worker_resumes_without_losing_or_repeating_samples(local_ray, ti
 def test_projector_only_training_leaves_frozen_parts_bit_identical(local_ray, tiny_checkpoint, tmp_path, zero_stage):
     data = str(tmp_path / "train")
     write_split(data, 32, seed=2)
-    job = SFTJob(init_checkpoint=tiny_checkpoint, data_uri=data, output_dir=str(tmp_path / "sft"), learning_rate=1e-2,
-                 global_batch_size=16, micro_batch_size=4, max_length=512, zero_stage=zero_stage, num_workers=2,
-                 trainable_prefixes=["projector"], checkpoint_every_steps=10, log_every_steps=1)
+    job = SFTJob(
+        init_checkpoint=tiny_checkpoint,
+        data_uri=data,
+        output_dir=str(tmp_path / "sft"),
+        learning_rate=1e-2,
+        global_batch_size=16,
+        micro_batch_size=4,
+        max_length=512,
+        zero_stage=zero_stage,
+        num_workers=2,
+        trainable_prefixes=["projector"],
+        checkpoint_every_steps=10,
+        log_every_steps=1,
+    )
     final = run_sft(job)
     before = load_file(os.path.join(tiny_checkpoint, "model.safetensors"))
     after = load_file(os.path.join(final, "model.safetensors"))
@@ -84,4 +108,6 @@ def test_projector_only_training_leaves_frozen_parts_bit_identical(local_ray, ti
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all("multi_modal_projector." in k for k in changed)  # saved names drop "model."
     metrics = _lines(os.path.join(job.output_dir, METRICS_FILE))
-    assert len(metrics) == 2 and all({"loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s"} <= set(m) for m in metrics)
+    assert len(metrics) == 2 and all(
+        {"loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s"} <= set(m) for m in metrics
+    )

@@ -22,11 +22,14 @@ def vllm_greedy(path: str, n: int, max_tokens: int, tmp_path) -> list[list[int]]
     env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp_path / "vllm_cache"), TMPDIR=str(tmp_path))
     proc = subprocess.run(
         [sys.executable, os.path.join(HERE, "vllm_greedy.py"), path, str(n), str(max_tokens)],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
 
 
 def hf_greedy(path: str, n: int, max_tokens: int) -> list[list[int]]:
@@ -36,10 +39,12 @@ def hf_greedy(path: str, n: int, max_tokens: int) -> list[list[int]]:
         row = make_row(0, "test", i)
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": row["question"]}]}]
         text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        inputs = processor(text=[text], images=[Image.open(io.BytesIO(row["image"])).convert("RGB")], return_tensors="pt")
+        inputs = processor(
+            text=[text], images=[Image.open(io.BytesIO(row["image"])).convert("RGB")], return_tensors="pt"
+        )
         with torch.no_grad():
             ids = model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False)
-        out.append(ids[0, inputs["input_ids"].shape[1]:].tolist())
+        out.append(ids[0, inputs["input_ids"].shape[1] :].tolist())
     return out
 
 

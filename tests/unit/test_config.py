@@ -16,8 +16,12 @@ def test_defaults_are_the_papers():
 
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("run_dir: /tmp/x\nsft:\n  global_batch_size: 16\n  taus: [2, 3]\nmodel:\n  tiny:\n    text_hidden: 256\n")
-    cfg = load_config(path, ["sft.global_batch_size=8", "grpo.clip_eps_high=0.28", "model.dtype=float32", "judge.base_url=null"])
+    path.write_text(
+        "run_dir: /tmp/x\nsft:\n  global_batch_size: 16\n  taus: [2, 3]\nmodel:\n  tiny:\n    text_hidden: 256\n"
+    )
+    cfg = load_config(
+        path, ["sft.global_batch_size=8", "grpo.clip_eps_high=0.28", "model.dtype=float32", "judge.base_url=null"]
+    )
     assert cfg.run_dir == "/tmp/x"
     assert cfg.sft.global_batch_size == 8 and cfg.sft.taus == [2, 3]
     assert cfg.model.tiny.text_hidden == 256

@@ -7,8 +7,15 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from r1v_ray.data import CANONICAL_SCHEMA, canonical_table, count_rows, iter_rows, read_parquet, write_parquet
-from r1v_ray.data import synthetic
+from r1v_ray.data import (
+    CANONICAL_SCHEMA,
+    canonical_table,
+    count_rows,
+    iter_rows,
+    read_parquet,
+    synthetic,
+    write_parquet,
+)
 from r1v_ray.data.convert import convert_hf_dataset, convert_jsonl
 from r1v_ray.data.validate import RowError, RowValidator
 from r1v_ray.rewards import accuracy_reward
@@ -131,7 +138,9 @@ def test_jsonl_converter_accounts_for_every_row(tmp_path):
     ]
     text = "\n".join(json.dumps(x) for x in lines) + "\n{not json\n"
     (tmp_path / "d.jsonl").write_text(text)
-    report = convert_jsonl(str(tmp_path / "d.jsonl"), str(images), str(tmp_path / "out"), str(tmp_path / "rej"), source="mine")
+    report = convert_jsonl(
+        str(tmp_path / "d.jsonl"), str(images), str(tmp_path / "out"), str(tmp_path / "rej"), source="mine"
+    )
     out = read_parquet(str(tmp_path / "out"))
     rej = read_parquet(str(tmp_path / "rej")).to_pylist()
     assert report.input_rows == 10
@@ -162,8 +171,12 @@ def test_hf_dataset_converter_mmmu_and_mathvista_layouts(tmp_path):
         },
         features=datasets.Features(
             {
-                "id": datasets.Value("string"), "question": datasets.Value("string"), "options": datasets.Value("string"),
-                "answer": datasets.Value("string"), "image_1": datasets.Image(), "subfield": datasets.Value("string"),
+                "id": datasets.Value("string"),
+                "question": datasets.Value("string"),
+                "options": datasets.Value("string"),
+                "answer": datasets.Value("string"),
+                "image_1": datasets.Image(),
+                "subfield": datasets.Value("string"),
             }
         ),
     )
@@ -179,7 +192,11 @@ def test_hf_dataset_converter_mmmu_and_mathvista_layouts(tmp_path):
             "question": ["What is x?", "Which color?", "Broken image"],
             "choices": [None, ["red", "blue"], None],
             "answer": ["12", "blue", "3"],
-            "decoded_image": [{"bytes": _png(), "path": None}, {"bytes": _png(), "path": None}, {"bytes": b"junk", "path": None}],
+            "decoded_image": [
+                {"bytes": _png(), "path": None},
+                {"bytes": _png(), "path": None},
+                {"bytes": b"junk", "path": None},
+            ],
             "question_type": ["free_form", "multi_choice", "free_form"],
         }
     )
@@ -195,9 +212,21 @@ def test_convert_cli_prints_counts(tmp_path, capsys):
 
     (tmp_path / "a.png").write_bytes(_png())
     (tmp_path / "d.jsonl").write_text(
-        json.dumps({"id": "1", "image": "a.png", "question": "q", "answer": "2"}) + "\n"
-        + json.dumps({"id": "2", "image": "a.png", "answer": "2"}) + "\n"
+        json.dumps({"id": "1", "image": "a.png", "question": "q", "answer": "2"})
+        + "\n"
+        + json.dumps({"id": "2", "image": "a.png", "answer": "2"})
+        + "\n"
     )
-    main(["jsonl", str(tmp_path / "d.jsonl"), str(tmp_path), "--out", str(tmp_path / "o"), "--rejected", str(tmp_path / "r")])
+    main(
+        [
+            "jsonl",
+            str(tmp_path / "d.jsonl"),
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--rejected",
+            str(tmp_path / "r"),
+        ]
+    )
     out = capsys.readouterr().out
     assert "rows in: 2  written: 1  rejected: 1" in out and "missing question" in out

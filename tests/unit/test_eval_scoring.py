@@ -6,14 +6,38 @@ from r1v_ray.rewards import MULTI_CHOICE_PROMPT, OPEN_PROMPT
 
 def test_pass_at_1_over_runs_and_breakdowns():
     rows = [
-        {"id": "1", "answer": "B", "choices": ["x", "y"], "category": "mc", "source": "s1",
-         "completions": ["Answer: \\boxed{B}", "Answer: \\boxed{A}", "Answer: \\boxed{y}"]},
-        {"id": "2", "answer": "12", "choices": None, "category": "open", "source": "s1",
-         "completions": ["Answer: \\boxed{12}", "Answer: \\boxed{12.0}", "no idea"]},
-        {"id": "3", "answer": "7", "choices": None, "category": "open", "source": "s2",
-         "completions": ["\\boxed{8}", "\\boxed{7}", "\\boxed{6}"]},
-        {"id": "4", "answer": "C", "choices": ["p", "q", "r"], "category": "mc", "source": "s2",
-         "completions": ["\\boxed{C}", "\\boxed{C}", "\\boxed{C}"]},
+        {
+            "id": "1",
+            "answer": "B",
+            "choices": ["x", "y"],
+            "category": "mc",
+            "source": "s1",
+            "completions": ["Answer: \\boxed{B}", "Answer: \\boxed{A}", "Answer: \\boxed{y}"],
+        },
+        {
+            "id": "2",
+            "answer": "12",
+            "choices": None,
+            "category": "open",
+            "source": "s1",
+            "completions": ["Answer: \\boxed{12}", "Answer: \\boxed{12.0}", "no idea"],
+        },
+        {
+            "id": "3",
+            "answer": "7",
+            "choices": None,
+            "category": "open",
+            "source": "s2",
+            "completions": ["\\boxed{8}", "\\boxed{7}", "\\boxed{6}"],
+        },
+        {
+            "id": "4",
+            "answer": "C",
+            "choices": ["p", "q", "r"],
+            "category": "mc",
+            "source": "s2",
+            "completions": ["\\boxed{C}", "\\boxed{C}", "\\boxed{C}"],
+        },
     ]
     report = score_rows(rows, runs=3)
     # run 1: rows 1,2,4 right; run 2: 2,3,4; run 3: 1,4

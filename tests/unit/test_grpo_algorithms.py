@@ -58,7 +58,7 @@ def test_aggregation_modes():
     # Split over two data-parallel shards with the global counts, the shards sum to the whole batch's loss.
     for mode in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"):
         whole = aggregate(x, mask, mode, max_tokens=8)
-        shards = [aggregate(x[i:i + 1], mask[i:i + 1], mode, 8, total_tokens=5.0, total_seqs=2.0) for i in (0, 1)]
+        shards = [aggregate(x[i : i + 1], mask[i : i + 1], mode, 8, total_tokens=5.0, total_seqs=2.0) for i in (0, 1)]
         assert sum(shards).item() == pytest.approx(whole.item())
 
 

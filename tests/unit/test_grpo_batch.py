@@ -31,7 +31,7 @@ def model_and_trajectories(tiny_checkpoint):
 def _alone(model, group, completion) -> list[float]:
     ids = torch.tensor([group.prompt_ids + completion])
     logits = model(input_ids=ids, pixel_values=torch.from_numpy(group.pixel_values)).logits[0].float()
-    logp = torch.log_softmax(logits[len(group.prompt_ids) - 1:-1], -1)
+    logp = torch.log_softmax(logits[len(group.prompt_ids) - 1 : -1], -1)
     return logp.gather(1, torch.tensor(completion).unsqueeze(1)).squeeze(1).tolist()
 
 

@@ -36,7 +36,9 @@ def test_clarity_drops_with_blur_and_resolution():
 
 
 def test_integration_follows_the_papers_patterns():
-    deep = text_signals("Why do the two bars differ, and how does the missing angle relate to the polygon's interior angles?")
+    deep = text_signals(
+        "Why do the two bars differ, and how does the missing angle relate to the polygon's interior angles?"
+    )
     plain = text_signals("What is the object?")
     assert deep.integration > plain.integration + 0.3
     assert deep.difficulty > plain.difficulty
@@ -50,8 +52,10 @@ def test_parse_answer_rejects_unusable_answers():
         with pytest.raises(ValueError):
             parse_answer("rm", bad)
     with pytest.raises(ValueError, match="integration"):
-        parse_answer("assessment", '{"image_necessity": 1, "question_quality": 1, "difficulty": 1, '
-                                   '"reasoning_demand": 1, "integration": 11}')
+        parse_answer(
+            "assessment",
+            '{"image_necessity": 1, "question_quality": 1, "difficulty": 1, "reasoning_demand": 1, "integration": 11}',
+        )
 
 
 def test_token_bucket_limits_the_rate():
@@ -103,8 +107,14 @@ def fake_server():
 
 
 def _judge_cfg(server, **kw) -> JudgeConfig:
-    return JudgeConfig(kind="openai", base_url=server.base_url, api_key_env="R1V_TEST_JUDGE_KEY", timeout_s=0.5,
-                       requests_per_second=1000.0, **kw)
+    return JudgeConfig(
+        kind="openai",
+        base_url=server.base_url,
+        api_key_env="R1V_TEST_JUDGE_KEY",
+        timeout_s=0.5,
+        requests_per_second=1000.0,
+        **kw,
+    )
 
 
 def test_openai_judge_retries_faults_and_caches(fake_server, tmp_path, monkeypatch):

@@ -101,7 +101,9 @@ def test_reassembly_onto_reasoning_llm(tiny_checkpoint, tiny_parts, tmp_path):
     for name, p in source.model.multi_modal_projector.state_dict().items():
         assert torch.equal(model.model.multi_modal_projector.state_dict()[name], p)
     reasoning_llm, _ = load_llm(tiny_parts.reasoning_llm)
-    assert torch.equal(model.model.language_model.layers[0].mlp.up_proj.weight, reasoning_llm.model.layers[0].mlp.up_proj.weight)
+    assert torch.equal(
+        model.model.language_model.layers[0].mlp.up_proj.weight, reasoning_llm.model.layers[0].mlp.up_proj.weight
+    )
     path = save_checkpoint(model, processor, str(tmp_path / "reassembled"))
     again, proc2 = load_checkpoint(path)
     assert again.config.image_token_id == proc2.tokenizer.context_image_token_id

@@ -29,12 +29,17 @@ def _png() -> str:
 
 
 def _body(**kw):
-    msg = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": _png()}}, {"type": "text", "text": "How many?"}]}
+    msg = {
+        "role": "user",
+        "content": [{"type": "image_url", "image_url": {"url": _png()}}, {"type": "text", "text": "How many?"}],
+    }
     return {"model": "m", "messages": [msg], **kw}
 
 
 def test_valid_request_becomes_an_engine_request():
-    model, req, stream = parse_chat_request(_body(n=2, temperature=0.5, max_tokens=32, stop="\n", seed=3, stream=True), ["m"], LIMITS)
+    model, req, stream = parse_chat_request(
+        _body(n=2, temperature=0.5, max_tokens=32, stop="\n", seed=3, stream=True), ["m"], LIMITS
+    )
     assert model == "m" and stream is True
     assert req.messages[0]["content"][0] == {"type": "image"} and len(req.images) == 1
     s = req.sampling
@@ -95,7 +100,11 @@ def test_reasoning_is_split_and_streams_concatenate():
     assert split_reasoning("plain") == (None, "plain")
     result = GenerationResult("id1", prompt_tokens=10, completions=[Completion(text, [1, 2, 3], None, "stop")])
     body = chat_response("m", result)
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": "Answer: \\boxed{2}", "reasoning_content": "count: 2 red"}
+    assert body["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "Answer: \\boxed{2}",
+        "reasoning_content": "count: 2 red",
+    }
     assert body["usage"] == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
     events = stream_events("m", result)
     assert events[-1] == "data: [DONE]\n\n"

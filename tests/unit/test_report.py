@@ -22,25 +22,58 @@ def _write(path, obj):
 def _run_dir(root) -> str:
     run = str(root / "run")
     table = [{"model": "reassembled", "pass@1": 0.0}, {"model": "M0", "pass@1": 11.5}, {"model": "M1", "pass@1": 17.25}]
-    _write(f"{run}/sft/manifest.json", {"status": "complete", "wall_s": 300.5, "attempts": 1, "metrics": {"table": table}})
+    _write(
+        f"{run}/sft/manifest.json", {"status": "complete", "wall_s": 300.5, "attempts": 1, "metrics": {"table": table}}
+    )
     _write(f"{run}/sft/M1/redistill/done.json", {"data": "x", "distill": {"rows_out": 41, "rejected": 3}})
     # a judge-side metrics file below an SFT run: not an SFT loss curve
     _write(f"{run}/sft/M1/redistill/distill/metrics.jsonl", [{"step": 1, "time": 1, "rows_out": 41}])
     _write(f"{run}/mlp_init/full/metrics.jsonl", [{"step": 2, "time": 10, "loss": 6.5, "lr": 2e-3}])
     for i, name in enumerate(("M0", "M1")):
-        _write(f"{run}/sft/{name}/metrics.jsonl",
-               [{"step": s, "time": 100 * (i + 1) + s, "loss": 5.0 - i - s / 10, "lr": 1e-3} for s in (4, 8, 12)])
+        _write(
+            f"{run}/sft/{name}/metrics.jsonl",
+            [{"step": s, "time": 100 * (i + 1) + s, "loss": 5.0 - i - s / 10, "lr": 1e-3} for s in (4, 8, 12)],
+        )
     grpo = [{"step": 0, "heldout_reward": 0.125, "heldout_accuracy": 0.05}]
-    grpo += [{"step": s, "reward_mean": 0.1 * s, "response_length": 30 + s, "accuracy": 0.05 * s, "format_rate": 0.2,
-              "loss": -0.1} for s in (1, 2, 3)]
+    grpo += [
+        {
+            "step": s,
+            "reward_mean": 0.1 * s,
+            "response_length": 30 + s,
+            "accuracy": 0.05 * s,
+            "format_rate": 0.2,
+            "loss": -0.1,
+        }
+        for s in (1, 2, 3)
+    ]
     grpo += [{"step": 3, "heldout_reward": 0.3125, "heldout_accuracy": 0.0625}]
     _write(f"{run}/grpo/metrics.jsonl", grpo)
-    _write(f"{run}/grpo/manifest.json", {"status": "complete", "wall_s": 90, "attempts": 2, "metrics": {
-        "heldout": [grpo[0], grpo[-1]], "eval_pass1": 19.5}})
+    _write(
+        f"{run}/grpo/manifest.json",
+        {
+            "status": "complete",
+            "wall_s": 90,
+            "attempts": 2,
+            "metrics": {"heldout": [grpo[0], grpo[-1]], "eval_pass1": 19.5},
+        },
+    )
     _write(f"{run}/score/manifest.json", {"status": "complete", "metrics": {"histogram": {"4": 3, "5": 9}}})
-    _write(f"{run}/distill/manifest.json", {"status": "failed", "attempts": 3, "wall_s": 12.25, "metrics": {
-        "rows_out": 120, "rejected": 7, "judge_calls": 250, "judge_cost_usd": 0.0123,
-        "penalty": {"min": 0.0, "max": 0.5, "mean": 0.2}, "penalty_length_correlation": 0.42}})
+    _write(
+        f"{run}/distill/manifest.json",
+        {
+            "status": "failed",
+            "attempts": 3,
+            "wall_s": 12.25,
+            "metrics": {
+                "rows_out": 120,
+                "rejected": 7,
+                "judge_calls": 250,
+                "judge_cost_usd": 0.0123,
+                "penalty": {"min": 0.0, "max": 0.5, "mean": 0.2},
+                "penalty_length_correlation": 0.42,
+            },
+        },
+    )
     return run
 
 
@@ -77,8 +110,10 @@ def test_stage_table_and_partial_runs(tmp_path):
     assert lines[4].startswith("GRPO") and "19.50" in lines[4] and "0.125 -> 0.312 over 3 steps" in lines[4]
     assert "reward, not Pass@1" in lines[4]
     only_grpo = tmp_path / "partial"
-    _write(str(only_grpo / "grpo" / "metrics.jsonl"), [{"step": 1, "reward_mean": 0.1, "response_length": 3,
-                                                       "accuracy": 0.0, "format_rate": 0.0}])
+    _write(
+        str(only_grpo / "grpo" / "metrics.jsonl"),
+        [{"step": 1, "reward_mean": 0.1, "response_length": 3, "accuracy": 0.0, "format_rate": 0.0}],
+    )
     os.makedirs(only_grpo / "report")
     (only_grpo / "report" / "stages.png").write_bytes(b"stale")  # from an earlier report: must not survive
     written = build_report(str(only_grpo))

@@ -22,7 +22,9 @@ Answer: \\boxed{115}"""
 
 
 def test_prompts_verbatim():
-    assert MULTI_CHOICE_PROMPT.startswith("Answer the multiple choice preceding question. The last line of your response")
+    assert MULTI_CHOICE_PROMPT.startswith(
+        "Answer the multiple choice preceding question. The last line of your response"
+    )
     assert "’Answer: \\boxed{$LETTER}’ (without quotes), where LETTER is one of the options." in MULTI_CHOICE_PROMPT
     assert "where FINAL_ANSWER is is your conclusion." in OPEN_PROMPT
     for p in (MULTI_CHOICE_PROMPT, OPEN_PROMPT):
@@ -117,8 +119,12 @@ def test_math_equivalence(completion, answer):
 
 @pytest.mark.parametrize(
     "completion, answer",
-    [("Answer: \\boxed{114}", "115"), ("Answer: \\boxed{\\frac{1}{3}}", "0.5"), ("I think it is 115.", "115"),
-     ("Answer: \\boxed{}", "0")],
+    [
+        ("Answer: \\boxed{114}", "115"),
+        ("Answer: \\boxed{\\frac{1}{3}}", "0.5"),
+        ("I think it is 115.", "115"),
+        ("Answer: \\boxed{}", "0"),
+    ],
 )
 def test_math_wrong(completion, answer):
     assert accuracy_reward(completion, answer) == 0.0

@@ -21,7 +21,9 @@ def test_labels_cover_the_assistant_turn_only(model_and_samples):
     _, processor, rows, samples = model_and_samples
     for row, s in zip(rows, samples):
         labelled = processor.tokenizer.decode([t for t in s["labels"] if t != IGNORE])
-        assert labelled.startswith("<think>\n" + row["rationale"]) and labelled.endswith(f"Answer: \\boxed{{{row['answer']}}}<|im_end|>")
+        assert labelled.startswith("<think>\n" + row["rationale"]) and labelled.endswith(
+            f"Answer: \\boxed{{{row['answer']}}}<|im_end|>"
+        )
         first = next(i for i, t in enumerate(s["labels"]) if t != IGNORE)
         assert processor.tokenizer.decode(s["input_ids"][:first]).endswith("<|im_start|>assistant\n")
     assert sft_messages({**rows[0], "think": "t", "response": "r"})[1]["content"] == "<think>\nt\n</think>\n\nr"
@@ -35,7 +37,9 @@ def test_packed_loss_equals_padded_and_per_sample(model_and_samples, monkeypatch
         dense_packed = token_loss_sum(model, pack(samples))  # SDPA with the block-diagonal mask
         calls = []
         original = varlen.F.scaled_dot_product_attention
-        monkeypatch.setattr(varlen.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
+        monkeypatch.setattr(
+            varlen.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or original(*a, **k)
+        )
         varlen.use_varlen_attention(model)
         try:
             varlen_packed = token_loss_sum(model, pack(samples))

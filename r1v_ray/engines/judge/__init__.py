@@ -6,11 +6,22 @@ from r1v_ray.config import JudgeConfig
 from r1v_ray.engines.judge.base import Assessment, Judge, JudgeError, Usage, image_clarity, split_think
 from r1v_ray.engines.judge.offline import OfflineJudge
 
-__all__ = ["Assessment", "Judge", "JudgeError", "OfflineJudge", "Usage", "image_clarity", "judge_api_key", "make_judge", "split_think"]
+__all__ = [
+    "Assessment",
+    "Judge",
+    "JudgeError",
+    "OfflineJudge",
+    "Usage",
+    "image_clarity",
+    "judge_api_key",
+    "make_judge",
+    "split_think",
+]
 
 
-def make_judge(cfg: JudgeConfig, cache_dir: str | None, concurrency_share: float = 1.0,
-               api_key: str | None = None) -> Judge:
+def make_judge(
+    cfg: JudgeConfig, cache_dir: str | None, concurrency_share: float = 1.0, api_key: str | None = None
+) -> Judge:
     """The configured judge; `concurrency_share` splits the concurrency and rate limits among pool actors."""
     if cfg.kind == "offline":
         return OfflineJudge()

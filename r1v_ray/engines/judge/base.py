@@ -30,7 +30,7 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
 
-    def __iadd__(self, other: "Usage") -> "Usage":
+    def __iadd__(self, other: Usage) -> Usage:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         return self
@@ -100,7 +100,7 @@ def image_clarity(image_bytes: bytes) -> float:
         grey = np.asarray(img.convert("L"), dtype=np.float64)
     if grey.shape[0] < 3 or grey.shape[1] < 3:
         return 0.0
-    lap = (grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4.0 * grey[1:-1, 1:-1])
+    lap = grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4.0 * grey[1:-1, 1:-1]
     sharpness = min(1.0, math.log1p(float(lap.var())) / math.log1p(1000.0))
     resolution = min(1.0, math.sqrt(grey.shape[0] * grey.shape[1]) / 448.0)
     return round(0.5 * sharpness + 0.5 * resolution, 6)

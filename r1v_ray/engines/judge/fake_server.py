@@ -79,8 +79,9 @@ class FakeJudgeServer:
                 with server.lock:
                     attempt = server.attempts[digest]
                     server.attempts[digest] += 1
-                outcome = FAULT_SCHEDULE[(digest + attempt) % len(FAULT_SCHEDULE)] \
-                    if server.faults and attempt < 2 else "ok"
+                outcome = (
+                    FAULT_SCHEDULE[(digest + attempt) % len(FAULT_SCHEDULE)] if server.faults and attempt < 2 else "ok"
+                )
                 with server.lock:
                     server.served[outcome] += 1
                 time.sleep(server.latency_s)
@@ -91,15 +92,28 @@ class FakeJudgeServer:
                 if outcome == "timeout":
                     time.sleep(server.timeout_sleep_s)
                 kind = request.get("response_format", {}).get("json_schema", {}).get("name", "rm")
-                text = "\n".join(p.get("text", "") for m in request["messages"] if isinstance(m["content"], list)
-                                 for p in m["content"] if p.get("type") == "text")
+                text = "\n".join(
+                    p.get("text", "")
+                    for m in request["messages"]
+                    if isinstance(m["content"], list)
+                    for p in m["content"]
+                    if p.get("type") == "text"
+                )
                 content = "{not json" if outcome == "badjson" else json.dumps(_answer(kind, text, digest))
-                body = {"id": f"fake-{digest:x}", "object": "chat.completion", "created": int(time.time()),
-                        "model": request.get("model", "fake"),
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": content}}],
-                        "usage": {"prompt_tokens": len(raw) // 4, "completion_tokens": len(content) // 4,
-                                  "total_tokens": len(raw) // 4 + len(content) // 4}}
+                body = {
+                    "id": f"fake-{digest:x}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": request.get("model", "fake"),
+                    "choices": [
+                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+                    ],
+                    "usage": {
+                        "prompt_tokens": len(raw) // 4,
+                        "completion_tokens": len(content) // 4,
+                        "total_tokens": len(raw) // 4 + len(content) // 4,
+                    },
+                }
                 try:
                     self._send(200, json.dumps(body).encode())
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
@@ -107,7 +121,7 @@ class FakeJudgeServer:
 
         return Handler
 
-    def start(self) -> "FakeJudgeServer":
+    def start(self) -> FakeJudgeServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
         return self
@@ -116,7 +130,7 @@ class FakeJudgeServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def __enter__(self) -> "FakeJudgeServer":
+    def __enter__(self) -> FakeJudgeServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

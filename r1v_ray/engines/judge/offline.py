@@ -16,15 +16,76 @@ from r1v_ray.engines.judge.base import Assessment, Judge, JudgeError, Regenerate
 from r1v_ray.rewards import accuracy_reward, format_reward
 
 _WORD = re.compile(r"[a-z]+")
-VISUAL_REFERENCES = {"image", "picture", "figure", "diagram", "chart", "graph", "shown", "drawn", "plot", "photo",
-                     "color", "colour", "bar", "bars", "shape", "shapes", "polygon", "digits", "visible"}
-DOMAIN_TERMS = {"angle", "angles", "interior", "polygon", "degrees", "sum", "digit", "digits", "perimeter", "area",
-                "ratio", "probability", "equation", "triangle", "pentagon", "hexagon", "quadrilateral", "velocity",
-                "force", "molecule", "cell", "integral", "derivative", "function", "tallest", "median", "mean"}
+VISUAL_REFERENCES = {
+    "image",
+    "picture",
+    "figure",
+    "diagram",
+    "chart",
+    "graph",
+    "shown",
+    "drawn",
+    "plot",
+    "photo",
+    "color",
+    "colour",
+    "bar",
+    "bars",
+    "shape",
+    "shapes",
+    "polygon",
+    "digits",
+    "visible",
+}
+DOMAIN_TERMS = {
+    "angle",
+    "angles",
+    "interior",
+    "polygon",
+    "degrees",
+    "sum",
+    "digit",
+    "digits",
+    "perimeter",
+    "area",
+    "ratio",
+    "probability",
+    "equation",
+    "triangle",
+    "pentagon",
+    "hexagon",
+    "quadrilateral",
+    "velocity",
+    "force",
+    "molecule",
+    "cell",
+    "integral",
+    "derivative",
+    "function",
+    "tallest",
+    "median",
+    "mean",
+}
 CAUSAL = {"why", "how", "because", "explain", "therefore", "cause", "causes"}
 PRESUPPOSITION = {"again", "still", "other", "remaining", "missing", "another", "also", "left", "rest"}
-MULTI_OBJECT = {"shapes", "bars", "digits", "objects", "sides", "angles", "each", "all", "between", "both", "among",
-                "compare", "tallest", "most", "many", "total"}
+MULTI_OBJECT = {
+    "shapes",
+    "bars",
+    "digits",
+    "objects",
+    "sides",
+    "angles",
+    "each",
+    "all",
+    "between",
+    "both",
+    "among",
+    "compare",
+    "tallest",
+    "most",
+    "many",
+    "total",
+}
 MULTI_HOP = {"how many", "sum", "total", "missing", "tallest", "if", "then", "each", "compare", "difference", "most"}
 PLAIN_INTERROGATIVE = re.compile(r"^\s*(what|where|which)\s+(is|are)?\s*(the|this|that)?\b")
 
@@ -45,11 +106,21 @@ def text_signals(question: str) -> Assessment:
     visual = len(wordset & VISUAL_REFERENCES)
     domain = len(wordset & DOMAIN_TERMS)
     hops = sum(1 for marker in MULTI_HOP if marker in lower)
-    quality = (0.4 * question.strip().endswith("?") + 0.2 * question.strip()[:1].isupper()
-               + 0.2 * (4 <= len(words) <= 80) + 0.2 * all(a != b for a, b in zip(words, words[1:])))
+    quality = (
+        0.4 * question.strip().endswith("?")
+        + 0.2 * question.strip()[:1].isupper()
+        + 0.2 * (4 <= len(words) <= 80)
+        + 0.2 * all(a != b for a, b in zip(words, words[1:]))
+    )
     plain = bool(PLAIN_INTERROGATIVE.match(lower)) and len(wordset & MULTI_OBJECT) == 0
-    integration = (0.3 * bool(wordset & CAUSAL) + 0.15 * bool(wordset & PRESUPPOSITION)
-                   + min(0.4, 0.2 * len(wordset & MULTI_OBJECT)) + 0.2 * (domain >= 2) - 0.3 * plain + 0.1)
+    integration = (
+        0.3 * bool(wordset & CAUSAL)
+        + 0.15 * bool(wordset & PRESUPPOSITION)
+        + min(0.4, 0.2 * len(wordset & MULTI_OBJECT))
+        + 0.2 * (domain >= 2)
+        - 0.3 * plain
+        + 0.1
+    )
     return Assessment(
         image_necessity=_clip(0.2 + 0.2 * visual),
         question_quality=_clip(quality),
@@ -89,8 +160,10 @@ class OfflineJudge(Judge):
                 return hinted, usage
         if row.get("rationale"):
             return f"<think>\n{row['rationale']}\n</think>\n\nAnswer: \\boxed{{{answer}}}", usage
-        raise JudgeError("offline judge cannot revise: the hinted re-generation missed the answer "
-                         "and the row has no reference rationale")
+        raise JudgeError(
+            "offline judge cannot revise: the hinted re-generation missed the answer "
+            "and the row has no reference rationale"
+        )
 
     def rm_score(self, row: dict) -> tuple[int, str, Usage]:
         """Five rubric points: correct, well-formed, non-degenerate reasoning, on-topic reasoning, clear image."""
@@ -106,4 +179,8 @@ class OfflineJudge(Judge):
             "clear_image": image_clarity(row["image"]) >= 0.2,
         }
         missing = [k for k, ok in points.items() if not ok]
-        return sum(points.values()), ("all rubric points" if not missing else "missing: " + ", ".join(missing)), Usage(calls=1)
+        return (
+            sum(points.values()),
+            ("all rubric points" if not missing else "missing: " + ", ".join(missing)),
+            Usage(calls=1),
+        )

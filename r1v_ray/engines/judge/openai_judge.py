@@ -31,23 +31,29 @@ SCHEMAS = {
         "difficulty": "0-10: domain knowledge and conceptual complexity required",
         "reasoning_demand": "0-10: number and complexity of inference steps (multi-hop)",
         "integration": "0-10: depth of vision-text integration: causal why/how with presuppositions, several objects "
-                       "and their spatial relations, co-occurring domain terms (high); plain what/where about one "
-                       "object (low)",
+        "and their spatial relations, co-occurring domain terms (high); plain what/where about one "
+        "object (low)",
     },
-    "verdict": {"correct": "true iff the response's final answer equals the reference answer",
-                "final_answer": "the final answer the response gives"},
-    "revision": {"think": "corrected step-by-step reasoning that leads to the reference answer",
-                 "answer": "the final answer (the reference answer)"},
-    "rm": {"score": "integer 0-5: quality of this sample as training data (rubric in the instructions)",
-           "reason": "one sentence"},
+    "verdict": {
+        "correct": "true iff the response's final answer equals the reference answer",
+        "final_answer": "the final answer the response gives",
+    },
+    "revision": {
+        "think": "corrected step-by-step reasoning that leads to the reference answer",
+        "answer": "the final answer (the reference answer)",
+    },
+    "rm": {
+        "score": "integer 0-5: quality of this sample as training data (rubric in the instructions)",
+        "reason": "one sentence",
+    },
 }
 INSTRUCTIONS = {
     "assessment": "You rate an image-text query for a multimodal reasoning dataset. Score each criterion from 0 to 10.",
     "verdict": "You check whether a model's response reaches the reference answer. Judge only the final answer.",
     "revision": "The model's reasoning below reaches a wrong answer. Rewrite the reasoning so that it is correct and "
-                "ends at the reference answer; keep the useful steps.",
+    "ends at the reference answer; keep the useful steps.",
     "rm": "Score this sample from 0 to 5: 5 = correct answer, sound and concise reasoning grounded in the image; "
-          "3 = correct but with weak or verbose reasoning; 1 = mostly wrong reasoning; 0 = unusable.",
+    "3 = correct but with weak or verbose reasoning; 1 = mostly wrong reasoning; 0 = unusable.",
 }
 NUMBER_FIELDS = {"image_necessity", "question_quality", "difficulty", "reasoning_demand", "integration"}
 
@@ -55,11 +61,24 @@ NUMBER_FIELDS = {"image_necessity", "question_quality", "difficulty", "reasoning
 def json_schema(kind: str) -> dict:
     props = {}
     for name, desc in SCHEMAS[kind].items():
-        kind_of = "boolean" if name == "correct" else "integer" if name == "score" else \
-            "number" if name in NUMBER_FIELDS else "string"
+        kind_of = (
+            "boolean"
+            if name == "correct"
+            else "integer"
+            if name == "score"
+            else "number"
+            if name in NUMBER_FIELDS
+            else "string"
+        )
         props[name] = {"type": kind_of, "description": desc}
-    return {"type": "json_schema", "json_schema": {"name": kind, "strict": True, "schema": {
-        "type": "object", "properties": props, "required": list(props), "additionalProperties": False}}}
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": kind,
+            "strict": True,
+            "schema": {"type": "object", "properties": props, "required": list(props), "additionalProperties": False},
+        },
+    }
 
 
 def parse_answer(kind: str, content: str | None) -> dict:
@@ -73,7 +92,9 @@ def parse_answer(kind: str, content: str | None) -> dict:
     for name in NUMBER_FIELDS & set(data):
         if isinstance(data[name], bool) or not isinstance(data[name], (int, float)) or not 0 <= data[name] <= 10:
             raise ValueError(f"judge field {name}={data[name]!r} is not a number in [0, 10]")
-    if kind == "rm" and (not isinstance(data["score"], int) or isinstance(data["score"], bool) or not 0 <= data["score"] <= 5):
+    if kind == "rm" and (
+        not isinstance(data["score"], int) or isinstance(data["score"], bool) or not 0 <= data["score"] <= 5
+    ):
         raise ValueError(f"judge rm score {data['score']!r} is not an integer in 0..5")
     if kind == "verdict" and not isinstance(data["correct"], bool):
         raise ValueError(f"judge verdict 'correct'={data['correct']!r} is not a boolean")
@@ -142,8 +163,10 @@ def api_key_from_env(cfg: JudgeConfig) -> str:
     """The key, read where the job starts; Ray workers get it as an argument, never through logs or runtime_env."""
     key = os.environ.get(cfg.api_key_env)
     if not key:
-        raise JudgeError(f"judge.kind=openai needs an API key in the environment variable {cfg.api_key_env} "
-                         "(judge.api_key_env); any non-empty value for servers without authentication")
+        raise JudgeError(
+            f"judge.kind=openai needs an API key in the environment variable {cfg.api_key_env} "
+            "(judge.api_key_env); any non-empty value for servers without authentication"
+        )
     return key
 
 
@@ -154,7 +177,9 @@ def _image_url(image: bytes) -> str:
 class OpenAIJudge(Judge):
     name = "openai"
 
-    def __init__(self, cfg: JudgeConfig, cache_dir: str | None, concurrency_share: float = 1.0, api_key: str | None = None):
+    def __init__(
+        self, cfg: JudgeConfig, cache_dir: str | None, concurrency_share: float = 1.0, api_key: str | None = None
+    ):
         import openai
 
         key = api_key or api_key_from_env(cfg)
@@ -169,8 +194,12 @@ class OpenAIJudge(Judge):
     def _call(self, kind: str, content: list[dict]) -> tuple[dict, Usage]:
         import openai
 
-        request = {"model": self.cfg.model, "temperature": 0.0, "response_format": json_schema(kind),
-                   "messages": [{"role": "system", "content": INSTRUCTIONS[kind]}, {"role": "user", "content": content}]}
+        request = {
+            "model": self.cfg.model,
+            "temperature": 0.0,
+            "response_format": json_schema(kind),
+            "messages": [{"role": "system", "content": INSTRUCTIONS[kind]}, {"role": "user", "content": content}],
+        }
         key = JudgeCache.key(request)
         cached = self.cache.get(key)
         if cached is not None:
@@ -193,11 +222,15 @@ class OpenAIJudge(Judge):
                     last_error = exc
                     continue
                 except openai.APIStatusError as exc:  # 4xx other than 429: the request itself is wrong
-                    raise JudgeError(f"judge refused the {kind} request: HTTP {exc.status_code}: {exc.message}") from None
+                    raise JudgeError(
+                        f"judge refused the {kind} request: HTTP {exc.status_code}: {exc.message}"
+                    ) from None
             self.cache.put(key, {"answer": answer, "kind": kind})
             return answer, usage
-        raise JudgeError(f"judge {kind} call failed after {usage.calls} attempts: {type(last_error).__name__}: "
-                         f"{str(last_error)[:200]}")
+        raise JudgeError(
+            f"judge {kind} call failed after {usage.calls} attempts: {type(last_error).__name__}: "
+            f"{str(last_error)[:200]}"
+        )
 
     def _backoff(self, attempt: int, error: Exception | None) -> float:
         retry_after = getattr(getattr(error, "response", None), "headers", {}).get("retry-after") if error else None
@@ -211,9 +244,13 @@ class OpenAIJudge(Judge):
     @staticmethod
     def _query(row: dict, extra: str = "") -> list[dict]:
         choices = row.get("choices")
-        text = build_question_text(str(row["question"]), list(choices) if choices is not None and len(choices) else None)
-        return [{"type": "image_url", "image_url": {"url": _image_url(row["image"])}},
-                {"type": "text", "text": f"Query:\n{text}{extra}"}]
+        text = build_question_text(
+            str(row["question"]), list(choices) if choices is not None and len(choices) else None
+        )
+        return [
+            {"type": "image_url", "image_url": {"url": _image_url(row["image"])}},
+            {"type": "text", "text": f"Query:\n{text}{extra}"},
+        ]
 
     def assess(self, row: dict) -> tuple[Assessment, Usage]:
         answer, usage = self._call("assessment", self._query(row))
@@ -221,7 +258,9 @@ class OpenAIJudge(Judge):
 
     def verify(self, row: dict, completion: str) -> tuple[bool, Usage]:
         _, response = split_think(completion)
-        answer, usage = self._call("verdict", self._query(row, f"\n\nReference answer: {row['answer']}\n\nResponse:\n{response}"))
+        answer, usage = self._call(
+            "verdict", self._query(row, f"\n\nReference answer: {row['answer']}\n\nResponse:\n{response}")
+        )
         return bool(answer["correct"]), usage
 
     def revise(self, row: dict, completion: str, regenerate: Regenerate | None) -> tuple[str, Usage]:

@@ -12,8 +12,14 @@ from r1v_ray.engines.rollout.types import (
 )
 
 __all__ = [
-    "Completion", "GenerationRequest", "GenerationResult", "HFEngine", "RequestRejected", "RolloutEngine",
-    "Sampling", "make_engine",
+    "Completion",
+    "GenerationRequest",
+    "GenerationResult",
+    "HFEngine",
+    "RequestRejected",
+    "RolloutEngine",
+    "Sampling",
+    "make_engine",
 ]
 
 

@@ -74,14 +74,16 @@ def rollout_placement_group(cfg: RolloutConfig, name: str = "rollout") -> Placem
     return pg
 
 
-def create_rollout_workers(checkpoint: str, cfg: RolloutConfig, dtype: str = "bfloat16",
-                           pg: PlacementGroup | None = None) -> list:
+def create_rollout_workers(
+    checkpoint: str, cfg: RolloutConfig, dtype: str = "bfloat16", pg: PlacementGroup | None = None
+) -> list:
     """Start `cfg.num_workers` engine actors (in `pg` when given) and wait until they are loaded."""
     bundle = worker_resources(cfg)
     actors = []
     for i in range(cfg.num_workers):
         options = dict(
-            num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0),
+            num_cpus=bundle["CPU"],
+            num_gpus=bundle.get("GPU", 0),
             resources={k: v for k, v in bundle.items() if k not in ("CPU", "GPU")},
             runtime_env=worker_runtime_env(cfg),
         )
@@ -95,7 +97,9 @@ def create_rollout_workers(checkpoint: str, cfg: RolloutConfig, dtype: str = "bf
 class _EngineUDF:
     """Ray Data callable class: one engine per pool actor, rows in, rows plus generations out."""
 
-    def __init__(self, checkpoint: str, cfg: RolloutConfig, dtype: str, build_request: Callable[[dict], GenerationRequest]):
+    def __init__(
+        self, checkpoint: str, cfg: RolloutConfig, dtype: str, build_request: Callable[[dict], GenerationRequest]
+    ):
         self.engine = make_engine(checkpoint, cfg, dtype)
         self.build_request = build_request
 
@@ -136,9 +140,14 @@ def _list_column(values: list[list]) -> np.ndarray:
     return out
 
 
-def generate_dataset(ds: "ray.data.Dataset", checkpoint: str, cfg: RolloutConfig,
-                     build_request: Callable[[dict], GenerationRequest], dtype: str = "bfloat16",
-                     batch_size: int | None = None) -> "ray.data.Dataset":
+def generate_dataset(
+    ds: ray.data.Dataset,
+    checkpoint: str,
+    cfg: RolloutConfig,
+    build_request: Callable[[dict], GenerationRequest],
+    dtype: str = "bfloat16",
+    batch_size: int | None = None,
+) -> ray.data.Dataset:
     """Every row plus `completions`, `completion_tokens`, `prompt_tokens` and `error` (None when generated).
 
     Rows whose request was rejected keep their place with the reason in `error`,
@@ -146,10 +155,13 @@ def generate_dataset(ds: "ray.data.Dataset", checkpoint: str, cfg: RolloutConfig
     """
     bundle = worker_resources(cfg)
     return ds.map_batches(
-        _EngineUDF, fn_constructor_args=(checkpoint, cfg, dtype, build_request),
-        batch_size=batch_size or cfg.batch_size, batch_format="numpy",
+        _EngineUDF,
+        fn_constructor_args=(checkpoint, cfg, dtype, build_request),
+        batch_size=batch_size or cfg.batch_size,
+        batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
-        num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0),
+        num_cpus=bundle["CPU"],
+        num_gpus=bundle.get("GPU", 0),
         resources={k: v for k, v in bundle.items() if k not in ("CPU", "GPU")} or None,
         runtime_env=worker_runtime_env(cfg),
     )

@@ -46,12 +46,21 @@ class HFEngine(RolloutEngine):
             torch.manual_seed(s.seed)
         greedy = s.temperature == 0.0
         out = self.model.generate(
-            **inputs, max_new_tokens=s.max_tokens, do_sample=not greedy,
-            temperature=None if greedy else s.temperature, top_p=None if greedy else s.top_p, top_k=None,
-            repetition_penalty=s.repetition_penalty, num_return_sequences=s.n,
-            stop_strings=s.stop, tokenizer=self.tokenizer if s.stop else None,
-            output_logits=s.logprobs, return_dict_in_generate=True, bad_words_ids=self.prompts.banned_ids or None,
-            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+            **inputs,
+            max_new_tokens=s.max_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else s.temperature,
+            top_p=None if greedy else s.top_p,
+            top_k=None,
+            repetition_penalty=s.repetition_penalty,
+            num_return_sequences=s.n,
+            stop_strings=s.stop,
+            tokenizer=self.tokenizer if s.stop else None,
+            output_logits=s.logprobs,
+            return_dict_in_generate=True,
+            bad_words_ids=self.prompts.banned_ids or None,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
         )
         start = inputs["input_ids"].shape[1]
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id

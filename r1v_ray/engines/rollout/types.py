@@ -181,8 +181,12 @@ class RolloutEngine(ABC):
 
     def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int) -> int:
         """Join the NCCL weight-sync group (GPU vLLM only); returns the number of ranks this engine holds."""
-        raise NotImplementedError(f"grpo.weight_sync=nccl needs rollout.backend=vllm on CUDA, not {type(self).__name__}")
+        raise NotImplementedError(
+            f"grpo.weight_sync=nccl needs rollout.backend=vllm on CUDA, not {type(self).__name__}"
+        )
 
     def receive_weights(self, meta: list) -> None:
         """Receive the tensors `meta` names from the NCCL group's rank 0 and load them in place."""
-        raise NotImplementedError(f"grpo.weight_sync=nccl needs rollout.backend=vllm on CUDA, not {type(self).__name__}")
+        raise NotImplementedError(
+            f"grpo.weight_sync=nccl needs rollout.backend=vllm on CUDA, not {type(self).__name__}"
+        )

@@ -16,7 +16,6 @@ from r1v_ray.engines.rollout.types import (
     resolve_device,
 )
 
-
 # vLLM warnings that are expected here and would drown a run's log, by logger:
 # - vLLM's CPU worker replaces torch.set_num_threads with a warning, and vLLM's own renderer calls it around
 #   every multimodal input (two lines per image prompt: 10,800 of the demo's 12,800 lines);
@@ -72,8 +71,12 @@ class VLLMEngine(RolloutEngine):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         kwargs = dict(
-            model=checkpoint, dtype=dtype, max_model_len=cfg.max_model_len, seed=cfg.seed,
-            limit_mm_per_prompt={"image": cfg.max_images_per_prompt, "video": 0}, tensor_parallel_size=cfg.tensor_parallel_size,
+            model=checkpoint,
+            dtype=dtype,
+            max_model_len=cfg.max_model_len,
+            seed=cfg.seed,
+            limit_mm_per_prompt={"image": cfg.max_images_per_prompt, "video": 0},
+            tensor_parallel_size=cfg.tensor_parallel_size,
         )
         if self.device == "cpu":
             kwargs["enforce_eager"] = True  # compiling brings no speed on CPU, only start-up time
@@ -98,9 +101,16 @@ class VLLMEngine(RolloutEngine):
         # Stop strings need vLLM's incremental detokenizer; without them, texts are decoded in one batch
         # afterwards, which also spares decoding every sampled token's log-prob entry (~20% of a rollout on CPU).
         return SamplingParams(
-            n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
-            repetition_penalty=s.repetition_penalty, stop=s.stop, seed=s.seed, detokenize=bool(s.stop),
-            logprobs=0 if s.logprobs else None, **extra,
+            n=s.n,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_tokens=s.max_tokens,
+            repetition_penalty=s.repetition_penalty,
+            stop=s.stop,
+            seed=s.seed,
+            detokenize=bool(s.stop),
+            logprobs=0 if s.logprobs else None,
+            **extra,
         )
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
@@ -122,7 +132,8 @@ class VLLMEngine(RolloutEngine):
             for rid, out, p in zip(ids, outputs, params):
                 results[rid].completions = [
                     Completion(
-                        text=c.text if p.detokenize else next(texts), token_ids=list(c.token_ids),
+                        text=c.text if p.detokenize else next(texts),
+                        token_ids=list(c.token_ids),
                         finish_reason=c.finish_reason,
                         logprobs=[lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)] if c.logprobs else None,
                     )
@@ -164,6 +175,8 @@ class VLLMEngine(RolloutEngine):
         prompt = _with_images({"prompt_token_ids": prompt_ids + list(completion_ids)}, images)
         from vllm import SamplingParams
 
-        out = self.llm.generate([prompt], SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False)[0]
-        tail = out.prompt_logprobs[-len(completion_ids):]
+        out = self.llm.generate(
+            [prompt], SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False
+        )[0]
+        tail = out.prompt_logprobs[-len(completion_ids) :]
         return [lp[t].logprob for lp, t in zip(tail, completion_ids)]
