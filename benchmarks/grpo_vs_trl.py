@@ -30,6 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.rollout import build_checkpoint  # noqa: E402
 from r1v_ray.config import load_config  # noqa: E402
+from r1v_ray.data.io import write_parquet  # noqa: E402
+from r1v_ray.data.schema import canonical_table  # noqa: E402
 from r1v_ray.data.synthetic import iter_rows  # noqa: E402
 from r1v_ray.rewards import accuracy_reward, build_question_text, format_reward  # noqa: E402
 
@@ -56,7 +58,10 @@ def r1v_samples_per_s(ckpt: str, rows: list[dict], args, work: str, off_policy_s
     }
     cfg = load_config(os.path.join(ROOT, "configs", "demo", "tiny.yaml"), [f"{k}={v}" for k, v in sets.items()])
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    run = GRPORun(cfg, ckpt, rows, rows[:1], os.path.join(work, f"r1v-{off_policy_steps}"))
+    data = os.path.join(work, "prompts")
+    if not os.path.exists(data):
+        write_parquet(canonical_table(rows), data)  # GRPO reads its prompts by position from a dataset
+    run = GRPORun(cfg, ckpt, data, data, os.path.join(work, f"r1v-{off_policy_steps}"))
     try:
         times = []
         for _ in range(args.steps):

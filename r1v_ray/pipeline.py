@@ -75,11 +75,11 @@ def sft_job(cfg: R1VConfig, force: bool = False) -> dict:
 
 
 def grpo_job(cfg: R1VConfig, force: bool = False) -> dict:
-    from r1v_ray.data.io import read_parquet
+    from r1v_ray.data.io import count_rows, remove
+    from r1v_ray.data.select import d_rm
     from r1v_ray.distill.recipes import training_data
     from r1v_ray.eval.stage import run_eval
     from r1v_ray.grpo.trainer import GRPORun
-    from r1v_ray.sft.data import d_rm
 
     init_ray()
     base = stage_output(cfg, "sft")
@@ -87,8 +87,19 @@ def grpo_job(cfg: R1VConfig, force: bool = False) -> dict:
     train_uri = training_data(cfg)
 
     def body(run: StageRun):
-        data, how = d_rm(read_parquet(train_uri), cfg.sft.rm_score_column, cfg.grpo.tau)
-        trainer = GRPORun(cfg, base, data.to_pylist(), read_parquet(test_uri).to_pylist(), run.dir)
+        selection = d_rm(train_uri, cfg.sft.rm_score_column, cfg.grpo.tau)
+        data = run.path_for("data")  # D_rm(tau) written once (a streaming scan), then read a step at a time
+        if not os.path.exists(data):
+            remove(data + ".partial")
+            selection.write(data + ".partial")
+            os.replace(data + ".partial", data)  # a resumed run trains on the same prompt set
+        rows = count_rows(data)
+        if rows == 0:
+            raise ValueError(
+                f"GRPO's D_rm(tau={cfg.grpo.tau}) is empty: no row of {train_uri} has {selection.description}; "
+                "lower grpo.tau or check the score stage's RM scores"
+            )
+        trainer = GRPORun(cfg, base, data, test_uri, run.dir)
         try:
             result = trainer.run()
         finally:
@@ -97,8 +108,8 @@ def grpo_job(cfg: R1VConfig, force: bool = False) -> dict:
         report = run_eval(cfg, result["model"], test_uri, run.path_for("eval"), "GRPO")
         return {"model": result["model"]}, {
             "heldout": result["heldout"],
-            "d_rm": how,
-            "rows": data.num_rows,
+            "d_rm": selection.description,
+            "rows": rows,
             "eval_pass1": report["overall"]["pass@1_mean"],
         }
 

@@ -7,6 +7,7 @@ layout Ray Data's `write_parquet` produces, so stages can hand datasets to
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Iterable, Iterator
 
@@ -69,13 +70,25 @@ def read_text(uri: str) -> str:
 
 
 class ParquetSink:
-    """Streaming dataset writer: buffers at most `rows_per_file` rows or `max_bytes`, then writes a part file."""
+    """Streaming dataset writer: buffers at most `rows_per_file` rows or `max_bytes`, then writes a part file.
 
-    def __init__(self, uri: str, schema: pa.Schema | None = None, rows_per_file: int = 4096, max_bytes: int = 64 << 20):
+    `row_group_rows` makes row groups that small: a dataset read by position (`RowReader`) then costs one
+    small row group per row asked for instead of a whole file.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        schema: pa.Schema | None = None,
+        rows_per_file: int = 4096,
+        max_bytes: int = 64 << 20,
+        row_group_rows: int | None = None,
+    ):
         self.fs, self.path = resolve_fs(uri)
         self.fs.create_dir(self.path, recursive=True)
         self.schema = schema
         self.rows_per_file = rows_per_file
+        self.row_group_rows = row_group_rows
         self.max_bytes = max_bytes
         self._bytes = 0
         self._buffer: list[pa.Table] = []
@@ -96,7 +109,9 @@ class ParquetSink:
         if not self._buffer:
             return
         table = pa.concat_tables(self._buffer, promote_options="default")
-        pq.write_table(table, f"{self.path}/part-{self._part:05d}.parquet", filesystem=self.fs)
+        pq.write_table(
+            table, f"{self.path}/part-{self._part:05d}.parquet", filesystem=self.fs, row_group_size=self.row_group_rows
+        )
         self.rows_written += table.num_rows
         self._part += 1
         self._buffer, self._buffered, self._bytes = [], 0, 0
@@ -144,3 +159,68 @@ def count_rows(uri: str) -> int:
 def iter_rows(uri: str, batch_size: int = 1024, columns: list[str] | None = None) -> Iterable[dict]:
     for batch in iter_batches(uri, batch_size, columns):
         yield from batch.to_pylist()
+
+
+def scan_batches(
+    uri: str, where: pads.Expression | None = None, columns: list[str] | None = None, batch_size: int = 256
+) -> Iterator[pa.RecordBatch]:
+    """Stream the rows matching `where` (pushed down to the Parquet reader), in dataset order.
+
+    Read-ahead is one file and a few batches (pyarrow's defaults, 4 files and 16 batches, hold hundreds of
+    MB when rows carry images)."""
+    yield from _dataset(uri).to_batches(
+        columns=columns, filter=where, batch_size=batch_size, fragment_readahead=1, batch_readahead=2
+    )
+
+
+def dataset_schema(uri: str) -> pa.Schema:
+    return _dataset(uri).schema
+
+
+class RowReader:
+    """Rows of a Parquet dataset by position (the order `read_parquet` gives), without loading the dataset.
+
+    Up front only the files' footers are read, for their row-group sizes (a few ints per row group).
+    `take(positions)` reads the row groups that hold those positions, one at a time, and keeps just the rows
+    asked for: memory is bounded by them plus one row group (write such datasets with
+    `ParquetSink(row_group_rows=...)`).
+    """
+
+    def __init__(self, uri: str, columns: list[str] | None = None):
+        self.uri, self.columns = uri, columns
+        dataset = _dataset(uri)
+        self._fs = dataset.filesystem
+        self._files = list(dataset.files)
+        self._groups: list[tuple[int, int]] = []  # (file index, row group index), in dataset order
+        self._starts: list[int] = []  # first position of each row group
+        self.num_rows = 0
+        for f, fragment in enumerate(dataset.get_fragments()):
+            for g, group in enumerate(fragment.metadata.to_dict()["row_groups"]):
+                self._groups.append((f, g))
+                self._starts.append(self.num_rows)
+                self.num_rows += group["num_rows"]
+        self._open: tuple[int, pq.ParquetFile] | None = None
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def _file(self, f: int) -> pq.ParquetFile:
+        if self._open is None or self._open[0] != f:  # positions are read grouped by file: one open each
+            self._open = (f, pq.ParquetFile(self._fs.open_input_file(self._files[f])))
+        return self._open[1]
+
+    def take(self, positions: Iterable[int]) -> list[dict]:
+        """The rows at `positions`, in that order (a position may repeat)."""
+        positions = list(positions)
+        by_group: dict[int, set[int]] = {}
+        for p in positions:
+            if not 0 <= p < self.num_rows:
+                raise IndexError(f"row {p} of {self.uri}: the dataset has {self.num_rows} rows")
+            by_group.setdefault(bisect.bisect_right(self._starts, p) - 1, set()).add(p)
+        rows: dict[int, dict] = {}
+        for g in sorted(by_group):
+            f, group = self._groups[g]
+            table = self._file(f).read_row_group(group, columns=self.columns)
+            offsets = sorted(by_group[g])
+            rows.update(zip(offsets, table.take([p - self._starts[g] for p in offsets]).to_pylist()))
+        return [rows[p] for p in positions]

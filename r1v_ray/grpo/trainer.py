@@ -24,6 +24,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from r1v_ray.config import R1VConfig
+from r1v_ray.data.io import RowReader
 from r1v_ray.engines.rollout.actor import create_rollout_workers, rollout_placement_group
 from r1v_ray.engines.sync import make_sync
 from r1v_ray.eval.scoring import eval_request
@@ -52,18 +53,32 @@ class Rollouts:
 
 
 class PromptSampler:
-    """Epoch-wise permutations by seed: the position (epoch, index) fully determines what comes next."""
+    """Epoch-wise permutations by seed: the position (epoch, index) fully determines what comes next.
+
+    A draw never holds a row twice: when it runs into the next epoch, rows it took at the end of the last
+    one are passed over there (they were just seen), so no two groups of a step share a prompt.
+    """
 
     def __init__(self, n: int, seed: int, epoch: int = 0, index: int = 0):
+        if n <= 0:
+            raise ValueError("the GRPO prompt set is empty: nothing to sample")
         self.n, self.seed, self.epoch, self.index = n, seed, epoch, index
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def _permutation(self) -> np.ndarray:
+        if self._order is None or self._order[0] != self.epoch:
+            self._order = (self.epoch, np.random.default_rng([self.seed, self.epoch]).permutation(self.n))
+        return self._order[1]
 
     def take(self, k: int) -> list[int]:
-        out = []
+        if k > self.n:
+            raise ValueError(f"cannot draw {k} distinct prompts from {self.n} rows")
+        out: list[int] = []
         while len(out) < k:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-            take = min(k - len(out), self.n - self.index)
-            out += order[self.index : self.index + take].tolist()
-            self.index += take
+            i = int(self._permutation()[self.index])
+            if i not in out:
+                out.append(i)
+            self.index += 1
             if self.index == self.n:
                 self.epoch, self.index = self.epoch + 1, 0
         return out
@@ -73,13 +88,23 @@ class PromptSampler:
 
 
 class GRPORun:
-    def __init__(self, cfg: R1VConfig, init_checkpoint: str, rows: list[dict], eval_rows: list[dict], out_dir: str):
-        self.cfg, self.g, self.rows, self.eval_rows, self.out = cfg, cfg.grpo, rows, eval_rows, out_dir
+    def __init__(self, cfg: R1VConfig, init_checkpoint: str, data_uri: str, eval_uri: str, out_dir: str):
+        """Prompts are rows of `data_uri`, read by position a step at a time (never the whole set); the
+        held-out reward uses the first `grpo.eval_prompts` rows of `eval_uri`."""
+        self.cfg, self.g, self.out = cfg, cfg.grpo, out_dir
+        self.rows = RowReader(data_uri)
+        if len(self.rows) < self.g.prompts_per_step:
+            raise ValueError(
+                f"GRPO needs at least grpo.prompts_per_step={self.g.prompts_per_step} distinct prompts; "
+                f"{data_uri} has {len(self.rows)} (lower grpo.tau or grpo.prompts_per_step)"
+            )
+        eval_reader = RowReader(eval_uri)
+        self.eval_rows = eval_reader.take(range(min(self.g.eval_prompts, len(eval_reader))))
         self.ckpt_dir = os.path.join(out_dir, "checkpoints")
         os.makedirs(self.ckpt_dir, exist_ok=True)
         latest = self._latest()
         self.step = latest["step"] if latest else 0
-        self.sampler = PromptSampler(len(rows), self.g.seed, **(latest["sampler"] if latest else {}))
+        self.sampler = PromptSampler(len(self.rows), self.g.seed, **(latest["sampler"] if latest else {}))
         self.model_path = os.path.join(self.ckpt_dir, f"step-{self.step}", "model") if latest else init_checkpoint
         self.init_checkpoint = init_checkpoint
         self.metrics = StageMetrics("grpo", os.path.join(out_dir, "metrics.jsonl"))
@@ -170,11 +195,12 @@ class GRPORun:
 
     # ------------------------------------------------------------------ pieces of a step
 
-    def _requests(self, indices: list[int], rows: list[dict], n: int, tag: int) -> list:
+    def _requests(self, rows: list[dict], n: int, tag: int) -> list:
+        """One request per row, seeded by (tag, position); ids unique per call (row ids need not be unique)."""
         out = []
-        for k, i in enumerate(indices):
+        for k, row in enumerate(rows):
             req = eval_request(
-                rows[i],
+                row,
                 n,
                 self.g.max_completion_tokens,
                 self.g.temperature,
@@ -182,6 +208,7 @@ class GRPORun:
                 seed=self.g.seed * 1_000_003 + tag * 10_007 + k,
             )
             req.sampling.logprobs = True
+            req.request_id = f"{req.request_id}@{tag}.{k}"
             out.append(req)
         return out
 
@@ -224,10 +251,8 @@ class GRPORun:
         return out
 
     def held_out_reward(self) -> dict:
-        idx = list(range(min(self.g.eval_prompts, len(self.eval_rows))))
-        rows = [self.eval_rows[i] for i in idx]
-        results = self.generate(self._requests(idx, self.eval_rows, self.g.group_size, tag=-1))
-        scores = [s for group in self._score(rows, [r for r in results]) for s in group]
+        results = self.generate(self._requests(self.eval_rows, self.g.group_size, tag=-1))
+        scores = [s for group in self._score(self.eval_rows, results) for s in group]
         return {
             "heldout_reward": statistics.fmean(s["reward"] for s in scores) if scores else 0.0,
             "heldout_accuracy": statistics.fmean(s["accuracy"] for s in scores) if scores else 0.0,
@@ -244,19 +269,21 @@ class GRPORun:
             need = g.prompts_per_step - len(out.trajectories) // g.group_size
             if need <= 0:
                 break
-            idx = self.sampler.take(need)
-            rows = [self.rows[i] for i in idx]
+            rows = self.rows.take(self.sampler.take(need))  # this step's rows only, images included
             t = time.perf_counter()
-            results = self.generate(self._requests(idx, self.rows, g.group_size, tag=step * 7 + round_))
+            requests = self._requests(rows, g.group_size, tag=step * 7 + round_)
+            results = self.generate(requests)
             out.generation_s += time.perf_counter() - t
             keep_rows = [
-                (row, res) for row, res in zip(rows, results) if res.ok and len(res.completions) == g.group_size
+                (row, req, res)
+                for row, req, res in zip(rows, requests, results)
+                if res.ok and len(res.completions) == g.group_size
             ]
             out.rejected += len(rows) - len(keep_rows)
             if not keep_rows:
                 continue
             t = time.perf_counter()
-            scores = self._score([r for r, _ in keep_rows], [res for _, res in keep_rows])
+            scores = self._score([r for r, _, _ in keep_rows], [res for _, _, res in keep_rows])
             out.reward_s += time.perf_counter() - t
             rewards = torch.tensor([s["reward"] for group in scores for s in group])
             out.rewards += rewards.tolist()
@@ -268,10 +295,9 @@ class GRPORun:
                 else torch.ones(len(keep_rows), dtype=torch.bool)
             )
             out.groups_dropped += int((~keep).sum())
-            for gi, ((row, res), kept) in enumerate(zip(keep_rows, keep.tolist())):
+            for gi, ((_, req, res), kept) in enumerate(zip(keep_rows, keep.tolist())):
                 if not kept:
                     continue
-                req = self._requests([0], [row], 1, tag=0)[0]
                 for ci, comp in enumerate(res.completions):
                     out.trajectories.append(
                         Trajectory(

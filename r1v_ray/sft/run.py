@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
+from r1v_ray.data.io import count_rows
 from r1v_ray.sft.trainer import SFTJob, job_to_dict, train_loop_per_worker
 
 
@@ -20,6 +21,8 @@ def run_sft(job: SFTJob, max_failures: int = 1) -> str:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    if count_rows(job.data_uri) == 0:  # else every worker fails on it, and Ray Train retries them
+        raise ValueError(f"{job.stage}: no training rows in {job.data_uri}")
     os.makedirs(job.output_dir, exist_ok=True)
     # The Train controller polls its workers (default every 2 s): an end or a failure is seen that much
     # later. Runs here are minutes long, so a 0.5 s poll is cheap; an explicit setting wins.

@@ -16,15 +16,16 @@ import pyarrow.compute as pc
 from transformers import AutoProcessor
 
 from r1v_ray.config import R1VConfig
-from r1v_ray.data.io import ParquetSink, read_parquet
+from r1v_ray.data.io import ParquetSink, count_rows, read_parquet, remove
 from r1v_ray.data.schema import REJECTED_SCHEMA, rejected_table
+from r1v_ray.data.select import Selection, all_rows, d_rm, subset, with_errors
 from r1v_ray.eval.scoring import eval_request
 from r1v_ray.eval.stage import SidePass, run_eval
 from r1v_ray.model.assemble import load_checkpoint, read_meta, save_checkpoint
 from r1v_ray.model.factory import assemble_initial, load_llm, part_paths
 from r1v_ray.rewards import accuracy_reward
 from r1v_ray.runs import StageRun
-from r1v_ray.sft.data import d_rm, filter_by_length, select_subset, union_by_id
+from r1v_ray.sft.data import filter_by_length
 from r1v_ray.sft.run import run_sft
 from r1v_ray.sft.trainer import SFTJob
 
@@ -38,12 +39,13 @@ def train(
     run: StageRun,
     name: str,
     init: str,
-    table: pa.Table,
+    selection: Selection,
     lr: float,
     prefixes: list[str],
     epochs: int = 1,
 ) -> dict:
-    """One SFT run under `run.dir/name`: length filter, Ray Train, HF checkpoint at `name/model`."""
+    """One SFT run under `run.dir/name`: the selection streamed through the length filter into `name/data`,
+    Ray Train, HF checkpoint at `name/model`. An empty training set stops here, before any worker starts."""
     out = run.path_for(name)
     final = os.path.join(out, "model")
     summary_path = os.path.join(out, "summary.json")
@@ -51,18 +53,21 @@ def train(
         with open(summary_path) as f:
             return json.load(f)
     processor = AutoProcessor.from_pretrained(init)
-    data = os.path.join(out, "data")
-    if not os.path.exists(data):
+    data, rejected = os.path.join(out, "data"), os.path.join(out, "rejected")
+    if not os.path.exists(data):  # `data` appears (renamed) only once the filter has written all of it
+        for stale in (data + ".partial", rejected):  # a crashed attempt's parts
+            remove(stale)
         filter_by_length(
-            table,
-            processor,
-            cfg.sft.max_length,
-            data + ".partial",
-            os.path.join(out, "rejected"),
-            stage=f"{run.stage}/{name}",
+            selection, processor, cfg.sft.max_length, data + ".partial", rejected, stage=f"{run.stage}/{name}"
         )
         os.replace(data + ".partial", data)
-    n_rows = read_parquet(data, columns=["id"]).num_rows
+    n_rows, too_long = count_rows(data), count_rows(rejected)
+    if n_rows == 0:
+        raise ValueError(
+            f"{run.stage}/{name}: no training rows: {selection.description} of {selection.uri} keeps none "
+            f"({too_long} selected rows are longer than sft.max_length={cfg.sft.max_length}, see {rejected}); "
+            "widen the selection (sft.taus, sft.mlp_init_stages sources / min_score) or raise sft.max_length"
+        )
     s = cfg.sft
     job = SFTJob(
         init_checkpoint=init,
@@ -91,7 +96,7 @@ def train(
     summary = {
         "model": final,
         "rows": n_rows,
-        "rows_in": table.num_rows,
+        "rows_in": n_rows + too_long,
         "learning_rate": lr,
         "init": init,
         "trainable_prefixes": prefixes,
@@ -104,14 +109,11 @@ def train(
 def mlp_init(cfg: R1VConfig, run: StageRun, train_uri: str) -> tuple[dict, dict]:
     """Paper 2.1: vision encoder + fresh projector + substitute LLM, trained in sub-stages (full, curated, CoT)."""
     init = assemble_initial(cfg.model, cfg.run_dir, run.path_for("assembled"), seed=cfg.seed)
-    table = read_parquet(train_uri)
     current, sub_stages = init, []
     for sub in cfg.sft.mlp_init_stages:
-        subset, how = select_subset(table, sub.score_column, sub.min_score, sub.sources)
-        summary = train(
-            cfg, run, sub.name, current, subset, sub.learning_rate, cfg.model.trainable_prefixes, sub.epochs
-        )
-        sub_stages.append({"name": sub.name, "subset": how, **summary})
+        rows = subset(train_uri, sub.score_column, sub.min_score, sub.sources)
+        summary = train(cfg, run, sub.name, current, rows, sub.learning_rate, cfg.model.trainable_prefixes, sub.epochs)
+        sub_stages.append({"name": sub.name, "subset": rows.description, **summary})
         current = summary["model"]
     final = run.path_for("model")
     _publish(current, final)
@@ -192,12 +194,9 @@ def error_set(out_dir: str, train_uri: str) -> tuple[str, dict]:
     answer is right depends on image, question and answer only), written to `out_dir/errors`."""
     with open(os.path.join(out_dir, ERROR_IDS)) as f:
         record = json.load(f)
-    wrong_ids = pa.array(record.pop("ids"), pa.string())
-    table = read_parquet(train_uri)
-    errors = table.filter(pc.is_in(table["id"], value_set=wrong_ids))
+    wrong = pc.field("id").isin(pa.array(record.pop("ids"), pa.string()))
     path = os.path.join(out_dir, "errors")
-    with ParquetSink(path) as sink:
-        sink.write(errors)
+    Selection(train_uri, [wrong], "E").write(path, row_group_rows=None)  # a streaming scan, ids pushed down
     return path, record
 
 
@@ -234,7 +233,7 @@ def iterative_sft(
         run.record(table=table_rows)
 
     evaluate("reassembled", base_model, train_uri)
-    m0 = train(cfg, run, "M0", base_model, read_parquet(train_uri), s.stage1_learning_rate, prefixes, s.epochs)
+    m0 = train(cfg, run, "M0", base_model, all_rows(train_uri), s.stage1_learning_rate, prefixes, s.epochs)
     current = m0["model"]
     evaluate("M0", current, train_uri, errors_for="M1" if s.iterations else None)
     iterations = []
@@ -243,11 +242,18 @@ def iterative_sft(
             train_uri = before_iteration(t, current)
         name = f"M{t}"
         errors_uri, err_stats = error_set(run.path_for(name), train_uri)
-        d, how = d_rm(read_parquet(train_uri), s.rm_score_column, s.taus[t - 1])
-        data = union_by_id(d, read_parquet(errors_uri))
-        summary = train(cfg, run, name, current, data, s.iteration_lrs[t - 1], prefixes, s.epochs)
+        d = d_rm(train_uri, s.rm_score_column, s.taus[t - 1])
+        wrong_ids = read_parquet(errors_uri, columns=["id"]).column("id").to_pylist()  # E: the one set held whole
+        summary = train(cfg, run, name, current, with_errors(d, wrong_ids), s.iteration_lrs[t - 1], prefixes, s.epochs)
         iterations.append(
-            {"t": t, "tau": s.taus[t - 1], "d_rm": how, "d_rm_rows": d.num_rows, "error_set": err_stats, **summary}
+            {
+                "t": t,
+                "tau": s.taus[t - 1],
+                "d_rm": d.description,
+                "d_rm_rows": d.count(),
+                "error_set": err_stats,
+                **summary,
+            }
         )
         current = summary["model"]
         evaluate(name, current, train_uri, errors_for=f"M{t + 1}" if t < s.iterations else None)

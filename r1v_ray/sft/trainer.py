@@ -2,7 +2,8 @@
 
 Data order is a pure function of (seed, epoch), so a step's samples are known
 to every worker without communication, and resuming from a checkpoint restarts
-at the exact next step: no sample is lost or repeated.
+at the exact next step: no sample is lost or repeated. Each worker reads only
+its own rows of each step (`sft.data.WorkerShard`), never the whole dataset.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+
+from r1v_ray.sft.data import StepLayout, WorkerShard, interleave_ranks
 
 SEEN_FILE = "samples_seen.jsonl"  # one record per optimizer step: the sample ids it consumed
 METRICS_FILE = "metrics.jsonl"
@@ -50,20 +53,8 @@ class SFTJob:
     node_resource: str | None = None
     seed: int = 0
 
-    def layout(self, n_rows: int) -> tuple[int, int, int]:
-        """(samples per worker per step, micro-batches per step, steps per epoch)."""
-        if self.global_batch_size % self.num_workers:
-            raise ValueError(
-                f"sft.global_batch_size={self.global_batch_size} must be a multiple of "
-                f"sft.num_workers={self.num_workers}"
-            )
-        per_worker = self.global_batch_size // self.num_workers
-        if per_worker % self.micro_batch_size:
-            raise ValueError(
-                f"sft.global_batch_size / sft.num_workers = {per_worker} must be a multiple of "
-                f"sft.micro_batch_size={self.micro_batch_size}"
-            )
-        return per_worker, per_worker // self.micro_batch_size, math.ceil(n_rows / self.global_batch_size)
+    def step_layout(self) -> StepLayout:
+        return StepLayout(self.global_batch_size, self.micro_batch_size, self.num_workers)
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float, kind: str):
@@ -79,17 +70,6 @@ def lr_lambda(total_steps: int, warmup_ratio: float, kind: str):
         return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else max(0.0, 1 - progress)
 
     return factor
-
-
-def epoch_order(seed: int, epoch: int, n_rows: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n_rows)
-
-
-def step_indices(order: np.ndarray, step: int, job: SFTJob, rank: int, world: int, gas: int) -> list[list[int]]:
-    """This worker's micro-batches (row indices) for `step`; the last step of an epoch may leave some empty."""
-    batch = order[step * job.global_batch_size : (step + 1) * job.global_batch_size]
-    mine = batch[rank::world].tolist()
-    return [mine[i * job.micro_batch_size : (i + 1) * job.micro_batch_size] for i in range(gas)]
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -156,7 +136,6 @@ def train_loop_per_worker(job_dict: dict) -> None:
     import deepspeed
     import torch.distributed as dist
 
-    from r1v_ray.data.io import read_parquet
     from r1v_ray.metrics import StageMetrics, truncate_after
     from r1v_ray.model.assemble import load_checkpoint
     from r1v_ray.model.freeze import set_trainable
@@ -171,10 +150,8 @@ def train_loop_per_worker(job_dict: dict) -> None:
     set_trainable(model, job.trainable_prefixes)
     use_varlen_attention(model)  # packed rows: attention per sample, no O(L^2) over the whole row
     model.train()
-    table = read_parquet(job.data_uri)
-    n_rows = table.num_rows
-    ids = table.column("id").to_pylist()
-    per_worker, gas, steps_per_epoch = job.layout(n_rows)
+    shard = WorkerShard(job.data_uri, job.step_layout(), job.seed, rank, world)  # reads only this rank's rows
+    gas, steps_per_epoch = shard.micro_batches, shard.steps_per_epoch
     total_steps = steps_per_epoch * job.epochs
     optimizer = torch.optim.AdamW(_param_groups(model, job.weight_decay), lr=job.learning_rate, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, job.warmup_ratio, job.lr_scheduler))
@@ -211,15 +188,11 @@ def train_loop_per_worker(job_dict: dict) -> None:
             for path in (seen_path, metrics.path):
                 open(path, "w").close()
 
-    dummy = encode_sample(table.slice(0, 1).to_pylist()[0], processor, job.max_length)
+    dummy = encode_sample(shard.reader.take([0])[0], processor, job.max_length)
     window_start, window_tokens, window_samples = time.time(), 0, 0
     while global_step < total_steps:
-        epoch, step = divmod(global_step, steps_per_epoch)
-        order = epoch_order(job.seed, epoch, n_rows)
-        micro = step_indices(order, step, job, rank, world, gas)
-        encoded = [
-            [encode_sample(r, processor, job.max_length) for r in table.take(m).to_pylist()] if m else [] for m in micro
-        ]
+        epoch = global_step // steps_per_epoch
+        encoded = [[encode_sample(r, processor, job.max_length) for r in m] for m in shard.rows(global_step)]
         local_tokens = sum(sum(1 for t in s["labels"][1:] if t != -100) for mb in encoded for s in mb)
         counts = torch.tensor([float(local_tokens), 0.0], device=device)  # NCCL reduces CUDA tensors only
         dist.all_reduce(counts)
@@ -239,10 +212,12 @@ def train_loop_per_worker(job_dict: dict) -> None:
         global_step += 1
         stats = torch.tensor([loss_sum.item(), float(window_tokens), float(window_samples)], device=device)
         dist.all_reduce(stats)
+        # The ids each rank really trained on, gathered: the record proves every sample trained once.
+        step_ids: list = [None] * world
+        dist.all_gather_object(step_ids, [s["id"] for mb in encoded for s in mb])
         if rank == 0:
-            step_ids = [ids[i] for i in order[step * job.global_batch_size : (step + 1) * job.global_batch_size]]
             with open(seen_path, "a") as f:
-                f.write(json.dumps({"step": global_step, "epoch": epoch, "ids": step_ids}) + "\n")
+                f.write(json.dumps({"step": global_step, "epoch": epoch, "ids": interleave_ranks(step_ids)}) + "\n")
         values = {
             "loss": stats[0].item() / global_tokens,
             "lr": scheduler.get_last_lr()[0],

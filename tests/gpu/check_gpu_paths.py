@@ -100,7 +100,7 @@ def check_sft(work: str, init: str) -> dict:
 
 def check_grpo(work: str, init: str) -> dict:
     from r1v_ray.config import load_config
-    from r1v_ray.data.synthetic import iter_rows
+    from r1v_ray.data.synthetic import iter_rows, write_split
     from r1v_ray.grpo.batch import Trajectory
     from r1v_ray.grpo.trainer import GRPORun
 
@@ -123,12 +123,15 @@ def check_grpo(work: str, init: str) -> dict:
         "grpo.trainable_prefixes": "[projector, llm, lm_head]",
     }
     cfg = load_config(os.path.join(ROOT, "configs", "demo", "tiny.yaml"), [f"{k}={v}" for k, v in sets.items()])
-    rows, eval_rows = list(iter_rows(32, seed=5)), list(iter_rows(4, seed=5, split="test"))
-    run = GRPORun(cfg, init, rows, eval_rows, os.path.join(work, "grpo"))
+    rows = list(iter_rows(32, seed=5))
+    data = (os.path.join(work, "grpo-train"), os.path.join(work, "grpo-test"))
+    write_split(data[0], 32, seed=5)
+    write_split(data[1], 4, seed=5, split="test")
+    run = GRPORun(cfg, init, *data, os.path.join(work, "grpo"))
     try:
-        results = run.generate(run._requests([0, 1], rows, 2, tag=3))
+        results = run.generate(run._requests(rows[:2], 2, tag=3))
         trajs = [
-            Trajectory(run._requests([i], rows, 1, tag=0)[0], c.token_ids, c.logprobs, adv, 0.0)
+            Trajectory(run._requests([rows[i]], 1, tag=0)[0], c.token_ids, c.logprobs, adv, 0.0)
             for i, res in enumerate(results)
             for c, adv in zip(res.completions, (1.0, -1.0))
         ]
@@ -158,7 +161,7 @@ def check_grpo(work: str, init: str) -> dict:
         saved = run.checkpoint()  # ZeRO-3: DeepSpeed state plus an HF export gathered one parameter at a time
     finally:
         run.shutdown()
-    resumed = GRPORun(cfg, init, rows, eval_rows, os.path.join(work, "grpo"))
+    resumed = GRPORun(cfg, init, *data, os.path.join(work, "grpo"))
     try:
         check(
             "grpo resumes from its ZeRO-3 checkpoint",

@@ -9,7 +9,7 @@ import pytest
 import ray
 
 from r1v_ray.config import load_config
-from r1v_ray.data.synthetic import iter_rows
+from r1v_ray.data.synthetic import iter_rows, write_split
 from r1v_ray.grpo.batch import Trajectory
 from r1v_ray.grpo.trainer import GRPORun
 
@@ -44,16 +44,26 @@ def _cfg(**over):
 
 
 ROWS = list(iter_rows(32, seed=5))
-EVAL_ROWS = list(iter_rows(4, seed=5, split="test"))
 
 
-def test_sync_makes_rollout_logprobs_equal_the_learners_and_dead_workers_restart(local_ray, tiny_checkpoint, tmp_path):
-    run = GRPORun(_cfg(), tiny_checkpoint, ROWS, EVAL_ROWS, str(tmp_path / "grpo"))
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """(prompt set, held-out set) as datasets: GRPO reads its rows by position, never whole."""
+    root = tmp_path_factory.mktemp("grpo_data")
+    write_split(str(root / "train"), 32, seed=5)
+    write_split(str(root / "test"), 4, seed=5, split="test")
+    return str(root / "train"), str(root / "test")
+
+
+def test_sync_makes_rollout_logprobs_equal_the_learners_and_dead_workers_restart(
+    local_ray, tiny_checkpoint, data, tmp_path
+):
+    run = GRPORun(_cfg(), tiny_checkpoint, *data, str(tmp_path / "grpo"))
     try:
-        requests = run._requests([0, 1], ROWS, 2, tag=3)
+        requests = run._requests(ROWS[:2], 2, tag=3)
         results = run.generate(requests)
         trajs = [
-            Trajectory(run._requests([i], ROWS, 1, tag=0)[0], c.token_ids, c.logprobs, adv, 0.0)
+            Trajectory(run._requests([ROWS[i]], 1, tag=0)[0], c.token_ids, c.logprobs, adv, 0.0)
             for i, res in enumerate(results)
             for c, adv in zip(res.completions, (1.0, -1.0))
         ]
@@ -94,12 +104,12 @@ def _metrics(out):
         return [json.loads(line) for line in f]
 
 
-def test_resume_from_the_last_checkpoint(local_ray, tiny_checkpoint, tmp_path):
+def test_resume_from_the_last_checkpoint(local_ray, tiny_checkpoint, data, tmp_path):
     """The first run overlaps rollouts with updates (off_policy_steps: 1) and dies right after its step-2
     checkpoint, with step 3's rollouts already drawn; the resumed run redraws exactly those prompts."""
     out = str(tmp_path / "grpo")
     cfg = {"grpo.steps": 4, "grpo.checkpoint_every_steps": 2}
-    first = GRPORun(_cfg(**cfg, **{"grpo.off_policy_steps": 1}), tiny_checkpoint, ROWS, EVAL_ROWS, out)
+    first = GRPORun(_cfg(**cfg, **{"grpo.off_policy_steps": 1}), tiny_checkpoint, *data, out)
     checkpoint = first.checkpoint
 
     def checkpoint_then_crash():
@@ -116,7 +126,7 @@ def test_resume_from_the_last_checkpoint(local_ray, tiny_checkpoint, tmp_path):
     with open(os.path.join(out, "checkpoints", "latest.json")) as f:
         assert json.load(f) == {"step": 2, "sampler": {"epoch": 0, "index": 8}}
     assert [m["step"] for m in _metrics(out)] == [0, 1, 2]
-    second = GRPORun(_cfg(**cfg), tiny_checkpoint, ROWS, EVAL_ROWS, out)
+    second = GRPORun(_cfg(**cfg), tiny_checkpoint, *data, out)
     try:
         assert second.step == 2 and second.sampler.state() == {"epoch": 0, "index": 8}
         assert second.model_path.endswith(os.path.join("step-2", "model"))
@@ -130,13 +140,12 @@ def test_resume_from_the_last_checkpoint(local_ray, tiny_checkpoint, tmp_path):
 
 @pytest.mark.timeout(600)  # without the collective finite check the healthy learner waits in backward forever
 def test_colocated_rollout_shares_the_learner_bundles_and_a_nan_loss_stops_every_learner(
-    local_ray, tiny_checkpoint, tmp_path
+    local_ray, tiny_checkpoint, data, tmp_path
 ):
     run = GRPORun(
         _cfg(**{"grpo.colocate": "true", "rollout.num_workers": 2}),
         tiny_checkpoint,
-        ROWS,
-        EVAL_ROWS,
+        *data,
         str(tmp_path / "grpo"),
     )
     try:
@@ -148,9 +157,9 @@ def test_colocated_rollout_shares_the_learner_bundles_and_a_nan_loss_stops_every
 
         # Two groups, one per learner; only row 0's carries a NaN advantage. Both learners stop (one raising
         # alone would leave the other in the gradient all-reduce) and nothing is applied.
-        results = run.generate(run._requests([0, 1], ROWS, 2, tag=5))
+        results = run.generate(run._requests(ROWS[:2], 2, tag=5))
         trajs = [
-            Trajectory(run._requests([i], ROWS, 1, tag=0)[0], c.token_ids, c.logprobs, math.nan if i == 0 else 1.0, 0.0)
+            Trajectory(run._requests([ROWS[i]], 1, tag=0)[0], c.token_ids, c.logprobs, math.nan if i == 0 else 1.0, 0.0)
             for i, res in enumerate(results)
             for c in res.completions
         ]

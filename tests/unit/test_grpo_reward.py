@@ -44,4 +44,22 @@ def test_prompt_sampler_positions_are_exact():
     first = a.take(7) + a.take(7)  # crosses an epoch boundary
     b = PromptSampler(10, seed=1, **{"epoch": 0, "index": 7})
     assert b.take(7) == first[7:]
-    assert sorted(first[:10]) == list(range(10)) and a.state() == {"epoch": 1, "index": 4}
+    assert sorted(first[:10]) == list(range(10)) and a.state()["epoch"] == 1
+    assert PromptSampler(10, seed=1, **a.state()).take(5) == a.take(5)
+
+
+def test_a_draw_across_an_epoch_boundary_never_repeats_a_row():
+    """Regression: the tail of one epoch and the head of the next could put one row in a step twice."""
+    for seed in range(50):
+        sampler = PromptSampler(6, seed=seed)
+        for _ in range(20):
+            draw = sampler.take(4)
+            assert len(set(draw)) == 4, (seed, draw)
+
+
+def test_an_empty_or_too_small_prompt_set_fails_at_once():
+    """Regression: an empty D_rm(tau) made take() loop forever."""
+    with pytest.raises(ValueError, match="empty"):
+        PromptSampler(0, seed=0)
+    with pytest.raises(ValueError, match="cannot draw 5 distinct prompts from 3"):
+        PromptSampler(3, seed=0).take(5)
