@@ -69,6 +69,12 @@ def read_text(uri: str) -> str:
         return f.read().decode()
 
 
+def _statistics_columns(schema: pa.Schema) -> list[str]:
+    """Columns worth min/max statistics: not binary ones. An image column's statistics are two whole
+    images per row group, written into the footer that every reader parses."""
+    return [f.name for f in schema if not (pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type))]
+
+
 class ParquetSink:
     """Streaming dataset writer: buffers at most `rows_per_file` rows or `max_bytes`, then writes a part file.
 
@@ -110,7 +116,11 @@ class ParquetSink:
             return
         table = pa.concat_tables(self._buffer, promote_options="default")
         pq.write_table(
-            table, f"{self.path}/part-{self._part:05d}.parquet", filesystem=self.fs, row_group_size=self.row_group_rows
+            table,
+            f"{self.path}/part-{self._part:05d}.parquet",
+            filesystem=self.fs,
+            row_group_size=self.row_group_rows,
+            write_statistics=_statistics_columns(table.schema),
         )
         self.rows_written += table.num_rows
         self._part += 1
@@ -164,13 +174,27 @@ def iter_rows(uri: str, batch_size: int = 1024, columns: list[str] | None = None
 def scan_batches(
     uri: str, where: pads.Expression | None = None, columns: list[str] | None = None, batch_size: int = 256
 ) -> Iterator[pa.RecordBatch]:
-    """Stream the rows matching `where` (pushed down to the Parquet reader), in dataset order.
+    """Stream the rows matching `where`, in dataset order, one row group in memory at a time.
 
-    Read-ahead is one file and a few batches (pyarrow's defaults, 4 files and 16 batches, hold hundreds of
-    MB when rows carry images)."""
-    yield from _dataset(uri).to_batches(
-        columns=columns, filter=where, batch_size=batch_size, fragment_readahead=1, batch_readahead=2
-    )
+    The filter is evaluated on the row group's non-binary columns first; the rest (images) is read only
+    for row groups with a match. (pyarrow's dataset scanner reads ahead on its own threads, and a slow
+    consumer lets hundreds of MB of decoded images pile up.)
+    """
+    dataset = _dataset(uri)
+    keys = [f.name for f in dataset.schema if not pa.types.is_binary(f.type) and not pa.types.is_large_binary(f.type)]
+    for path in dataset.files:
+        parquet = pq.ParquetFile(dataset.filesystem.open_input_file(path))
+        for group in range(parquet.num_row_groups):
+            if where is None:
+                table = parquet.read_row_group(group, columns=columns)
+            else:
+                key_table = parquet.read_row_group(group, columns=keys)
+                key_table = key_table.append_column("__position", pa.array(range(key_table.num_rows), pa.int64()))
+                matched = key_table.filter(where).column("__position")
+                if len(matched) == 0:
+                    continue
+                table = parquet.read_row_group(group, columns=columns).take(matched)
+            yield from table.to_batches(max_chunksize=batch_size)
 
 
 def dataset_schema(uri: str) -> pa.Schema:
