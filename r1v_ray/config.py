@@ -104,7 +104,7 @@ class RolloutConfig:
     num_workers: int = 1
     num_cpus_per_worker: float = 1.0
     num_gpus_per_worker: float = 1.0
-    max_model_len: int = 16384
+    max_model_len: int = 73728  # eval.max_tokens (64K, paper section 3) plus room for the prompt
     gpu_memory_utilization: float = 0.85
     cpu_kvcache_gib: int = 2
     max_images_per_prompt: int = 4
@@ -405,7 +405,14 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     for item in overrides:
         key, value = parse_override(item)
         _set_path(tree, key, value, cls)
-    return from_dict(cls, tree)
+    cfg = from_dict(cls, tree)
+    if cls is R1VConfig:
+        from r1v_ray.config_rules import problems
+
+        found = problems(cfg)
+        if found:
+            raise ConfigError(f"{path or 'config'}: " + "; ".join(found))
+    return cfg
 
 
 def dump_config(cfg: Any) -> str:

@@ -1,6 +1,11 @@
+import os
+
 import pytest
 
 from r1v_ray.config import ConfigError, R1VConfig, dump_config, load_config
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
+PAPER = os.path.join(CONFIGS, "paper", "r1v-38b.yaml")
 
 
 def test_defaults_are_the_papers():
@@ -17,7 +22,7 @@ def test_defaults_are_the_papers():
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(
-        "run_dir: /tmp/x\nsft:\n  global_batch_size: 16\n  taus: [2, 3]\nmodel:\n  tiny:\n    text_hidden: 256\n"
+        "run_dir: /tmp/x\nsft:\n  global_batch_size: 16\n  iterations: 2\n  taus: [2, 3]\nmodel:\n  tiny:\n    text_hidden: 256\n"
     )
     cfg = load_config(
         path, ["sft.global_batch_size=8", "grpo.clip_eps_high=0.28", "model.dtype=float32", "judge.base_url=null"]
@@ -97,3 +102,39 @@ def test_shipped_configs_load():
 
 def test_exponent_without_dot_is_a_float():
     assert load_config(None, ["grpo.learning_rate=1e-4"]).grpo.learning_rate == 1e-4
+
+
+def test_generation_lengths_beyond_the_engine_context_fail_at_load_naming_both_keys():
+    """Regression: the paper config asked eval for 65536 tokens of a 16384-token engine; it failed at the
+    first evaluation, after distill, score, mlp_init and reassemble had run."""
+    with pytest.raises(ConfigError, match=r"eval\.max_tokens=65536 .* rollout\.max_model_len=16384"):
+        load_config(None, ["rollout.max_model_len=16384"])
+    with pytest.raises(ConfigError, match=r"grpo\.max_completion_tokens=2048 .*rollout\.max_model_len=1024"):
+        load_config(os.path.join(CONFIGS, "demo", "tiny.yaml"), ["grpo.max_completion_tokens=2048"])
+    load_config(PAPER)  # the paper's own settings are consistent
+
+
+@pytest.mark.parametrize(
+    "override, names",
+    [
+        ("grpo.group_size=0", "grpo.group_size"),
+        ("sft.num_workers=0", "sft.num_workers"),
+        ("judge.requests_per_second=0", "judge.requests_per_second"),
+        ("serve.max_n=-1", "serve.max_n"),
+        ("grpo.top_p=0", "grpo.top_p"),
+        ("sft.zero_stage=4", "sft.zero_stage"),
+        ("sft.iterations=5", "sft.taus"),
+        ("sft.global_batch_size=12", "sft.global_batch_size"),
+        ("grpo.clip_eps_high=0.1", "grpo.clip_eps_high"),
+        ("grpo.colocate=true", "grpo.colocate"),
+    ],
+)
+def test_out_of_range_and_inconsistent_values_fail_at_load(override, names):
+    with pytest.raises(ConfigError, match=names.replace(".", r"\.")):
+        load_config(PAPER, [override])
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["grpo.group_size=1", "eval.runs=0", "sft.max_length=0"])
+    assert all(k in str(err.value) for k in ("grpo.group_size", "eval.runs", "sft.max_length"))
