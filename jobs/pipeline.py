@@ -3,6 +3,7 @@
     python jobs/pipeline.py --config configs/demo/tiny.yaml        # the 2-core demo (tiny models, offline judge)
     python jobs/pipeline.py --config configs/paper/r1v-38b.yaml --only sft grpo
     ray job submit --working-dir . -- python jobs/pipeline.py --config ...
+    python jobs/pipeline.py --config configs/paper/r1v-38b.yaml --dry-run   # the plan only; runs nothing
 Finished stages are skipped, unfinished ones resume; --force re-runs the named stages from scratch.
 Ends by printing the per-stage table (the shape of the paper's Table 2) and where the report is.
 """
@@ -20,8 +21,14 @@ if __name__ == "__main__":
     ap = job_parser(__doc__)
     ap.add_argument("--only", nargs="+", choices=STAGES, help="run only these stages (in pipeline order)")
     ap.add_argument("--force-stage", nargs="+", choices=STAGES, default=[], help="re-run these stages from scratch")
+    ap.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit; runs nothing")
     args = ap.parse_args()
     cfg = load_job_config(args)
+    if args.dry_run:
+        from r1v_ray.plan import cluster_nodes, format_plan
+
+        print(format_plan(cfg, cluster_nodes()))
+        sys.exit(0)
     start = time.time()
     url = init_ray(dashboard=True)
     if url:
