@@ -35,14 +35,13 @@ class LearnerWorker:
 
     def init(self, master_addr: str, master_port: int) -> int:
         """Join the learners' process group, then build the model and its DeepSpeed engine."""
-        if not self.use_gpu:
-            os.environ["DS_ACCELERATOR"] = "cpu"
-        import deepspeed
+        from r1v_ray.engines.learner import LearnerEngine, select_accelerator
+
+        select_accelerator(self.use_gpu)
         import torch.distributed as dist
 
         from r1v_ray.engines.rollout.types import PromptBuilder
         from r1v_ray.model.assemble import load_checkpoint
-        from r1v_ray.model.freeze import set_trainable
         from r1v_ray.model.varlen import use_varlen_attention
 
         # DeepSpeed reads the torch launcher's variables; one learner per placement-group bundle (one GPU each).
@@ -61,30 +60,22 @@ class LearnerWorker:
         )
         self.device = "cuda" if self.use_gpu else "cpu"
         torch.manual_seed(self.cfg.seed + self.rank)
-        model, self.processor = load_checkpoint(self.checkpoint, dtype=self.dtype, device=self.device)
-        set_trainable(model, self.prefixes)
-        use_varlen_attention(model)
-        model.train()
-        self.builder = PromptBuilder(self.processor, self.max_model_len)
         self.ref = None
         if self.cfg.kl_coef > 0:  # reference-free unless a KL term is asked for
+            # Loaded before the learner: under ZeRO-3 the learner's loading partitions what it builds.
             self.ref, _ = load_checkpoint(self.checkpoint, dtype=self.dtype, device=self.device)
             use_varlen_attention(self.ref)
             self.ref.requires_grad_(False)
-        optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=self.cfg.learning_rate, weight_decay=0.0
+        self.learner = LearnerEngine(
+            self.checkpoint, self.prefixes, zero_stage=self.cfg.zero_stage, use_gpu=self.use_gpu, dtype=self.dtype,
+            device=self.device, world=self.world,
+        )  # fmt: skip
+        self.processor = self.learner.processor
+        self.builder = PromptBuilder(self.processor, self.max_model_len)
+        self.learner.start(
+            torch.optim.AdamW(self.learner.trainable_parameters(), lr=self.cfg.learning_rate, weight_decay=0.0)
         )
-        ds_config = {
-            "train_micro_batch_size_per_gpu": 1,
-            "gradient_accumulation_steps": 1,
-            "train_batch_size": self.world,
-            "zero_optimization": {"stage": self.cfg.zero_stage},
-            "gradient_clipping": 1.0,
-            "bf16": {"enabled": self.use_gpu and self.dtype == "bfloat16"},
-            "steps_per_print": 1 << 30,
-            "zero_allow_untested_optimizer": True,
-        }
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        self.engine = self.learner.engine
         return self.rank
 
     def _padded(self, values: list[list[float]], width: int) -> torch.Tensor:
@@ -163,15 +154,7 @@ class LearnerWorker:
         return [row[: int(m.sum())].tolist() for row, m in zip(logp, mask)]
 
     def _gathered_trainable(self):
-        """(HF name, full tensor) of each trainable parameter on rank 0, (name, None) elsewhere. Every rank
-        must iterate: under ZeRO-3 each parameter is gathered collectively, one at a time (never the whole model)."""
-        import deepspeed
-
-        for name, param in self.engine.module.named_parameters():
-            if not param.requires_grad:
-                continue
-            with deepspeed.zero.GatheredParameters([param], enabled=self.cfg.zero_stage == 3):
-                yield name, (param.detach() if self.rank == 0 else None)
+        return self.learner.gathered(only_trainable=True, rank=self.rank)
 
     def trainable_buckets(self, bucket_bytes: int) -> list:
         """Object-store transport: trainable tensors put in the object store in buckets; rank 0 returns the refs."""
@@ -218,17 +201,9 @@ class LearnerWorker:
 
     def save(self, path: str, step: int) -> None:
         """DeepSpeed state (optimizer included) for resuming, plus a standard HF checkpoint at path/model."""
-        from r1v_ray.sft.trainer import export_hf
-
-        self.engine.save_checkpoint(os.path.join(path, "ds"), tag="state")
-        export_hf(
-            self.engine,
-            self.processor,
-            os.path.join(path, "model"),
-            self.cfg.zero_stage,
-            self.rank,
-            {"stage": "grpo", "step": step, "init_checkpoint": self.checkpoint},
-        )
+        self.learner.save_state(path)
+        meta = {"stage": "grpo", "step": step, "init_checkpoint": self.checkpoint}
+        self.learner.export_hf(os.path.join(path, "model"), self.rank, meta)
 
     def load(self, path: str) -> None:
-        self.engine.load_checkpoint(os.path.join(path, "ds"), tag="state")  # our own files
+        self.learner.load_state(path)

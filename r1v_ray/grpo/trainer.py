@@ -145,13 +145,11 @@ class GRPORun:
         self.rollout_workers = self._rollout_workers()
         prefixes = g.trainable_prefixes or cfg.model.trainable_prefixes
         dtype = cfg.model.dtype if g.use_gpu else "float32"
-        env = {"env_vars": {"DS_ACCELERATOR": "cpu"}} if not g.use_gpu else {}
         self.learners = [
             ray.remote(LearnerWorker)
             .options(
                 num_cpus=1,
                 num_gpus=share if g.use_gpu else 0,
-                runtime_env=env,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.learner_pg, placement_group_bundle_index=i),
             )
             .remote(self.model_path, g, prefixes, i, g.num_learners, g.use_gpu, dtype, cfg.rollout.max_model_len)

@@ -163,9 +163,10 @@ def read_meta(path: str) -> dict:
         return json.load(f)
 
 
-def load_checkpoint(path: str, dtype: str | torch.dtype = "float32", device: str = "cpu"):
-    """(model, processor) from a checkpoint directory; safetensors only, never pickle."""
+def load_checkpoint(path: str, dtype: str | torch.dtype = "float32", device: str | None = "cpu"):
+    """(model, processor) from a checkpoint directory; safetensors only, never pickle. `device=None` leaves
+    the parameters where loading put them (ZeRO-3: partitioned by DeepSpeed)."""
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype, use_safetensors=True)
     processor = AutoProcessor.from_pretrained(path)
-    return model.to(device).eval(), processor
+    return (model if device is None else model.to(device)).eval(), processor

@@ -6,7 +6,8 @@ import os
 import shutil
 
 from r1v_ray.data.io import count_rows
-from r1v_ray.sft.trainer import SFTJob, job_to_dict, train_loop_per_worker
+from r1v_ray.sft.recipe import train_loop_per_worker
+from r1v_ray.sft.trainer import SFTJob, job_to_dict
 
 
 def _worker_resources(job: SFTJob) -> dict | None:

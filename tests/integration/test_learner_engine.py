@@ -1,0 +1,49 @@
+"""The shared learner engine under ZeRO-3: two gloo ranks each hold about half of the model's parameters
+once it is loaded (created sharded), never all of it, and the HF export still writes the whole model."""
+
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def _rank(rank: int, world: int, port: int, checkpoint: str, out: str, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(LOCAL_RANK="0", DS_ACCELERATOR="cpu")
+    import torch.distributed as dist
+
+    from r1v_ray.engines.learner import LearnerEngine
+
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    engine = LearnerEngine(
+        checkpoint, ["projector"], zero_stage=3, use_gpu=False, dtype="float32", device="cpu", world=world
+    )
+    params = list(engine.model.parameters())
+    held = sum(p.numel() for p in params)  # this rank's partitions
+    full = sum(p.ds_numel for p in params)
+    engine.start(torch.optim.AdamW(engine.trainable_parameters(), lr=1e-3))
+    engine.export_hf(out, rank, {"stage": "test"})
+    results[rank] = (held, full)
+    dist.destroy_process_group()
+
+
+def test_zero3_ranks_hold_their_shards_only_and_export_the_whole_model(tiny_checkpoint, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    out = str(tmp_path / "hf")
+    mp.spawn(_rank, args=(2, port, tiny_checkpoint, out, results), nprocs=2, join=True)
+    full = results[0][1]
+    for rank in (0, 1):
+        held, total = results[rank]
+        assert total == full and held <= 0.55 * full, (rank, held, full)  # about half each, never all
+    before = load_file(os.path.join(tiny_checkpoint, "model.safetensors"))
+    after = load_file(os.path.join(out, "model.safetensors"))
+    assert set(before) == set(after) and all(torch.equal(before[k], after[k]) for k in before)
