@@ -15,12 +15,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from transformers import AutoProcessor
 
+from r1v_ray.atomic import write_json_atomic
 from r1v_ray.config import R1VConfig
 from r1v_ray.data.io import ParquetSink, read_parquet
 from r1v_ray.data.schema import REJECTED_SCHEMA, rejected_table
 from r1v_ray.eval.scoring import eval_request
 from r1v_ray.eval.stage import SidePass, run_eval
-from r1v_ray.model.assemble import load_checkpoint, read_meta, save_checkpoint
+from r1v_ray.model.assemble import checkpoint_complete, load_checkpoint, read_meta, save_checkpoint
 from r1v_ray.model.factory import assemble_initial, load_llm, part_paths
 from r1v_ray.rewards import accuracy_reward
 from r1v_ray.runs import StageRun
@@ -30,7 +31,7 @@ from r1v_ray.sft.trainer import SFTJob
 
 
 def _model_done(path: str) -> bool:
-    return os.path.exists(os.path.join(path, "config.json"))
+    return checkpoint_complete(path)  # config.json is written before the weights: not proof enough
 
 
 def train(
@@ -96,8 +97,7 @@ def train(
         "init": init,
         "trainable_prefixes": prefixes,
     }
-    with open(summary_path, "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json_atomic(summary_path, summary, indent=2)
     return summary
 
 
