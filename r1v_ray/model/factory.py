@@ -86,6 +86,7 @@ def write_tiny_parts(t: TinyModelConfig, out_dir: str) -> PartPaths:
     The substitute LLM's tokenizer has the image tokens; the reasoning LLM's
     tokenizer is trained on other text, with another vocabulary and without
     image tokens, as a real reasoning LLM's would be: re-assembly must add them.
+    `out_dir` is the parts' own folder: it is replaced, whole, once all three are written.
     """
     names = ("vision", "substitute_llm", "reasoning_llm")
     with atomic_dir(out_dir) as tmp:  # the parts appear together, each whole, or not at all
