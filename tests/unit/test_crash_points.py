@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from r1v_ray.config import load_config
-from r1v_ray.data.io import read_parquet, write_parquet
+from r1v_ray.data.io import ParquetSink, read_parquet, write_parquet
 from r1v_ray.data.schema import canonical_table
 from r1v_ray.data.synthetic import make_row
 from r1v_ray.runs import StageRun, run_stage
@@ -37,7 +37,11 @@ class Killed(BaseException):
 
 
 class LocalDataset:
-    """The Ray Data calls the distill and score stages make (read_parquet, map_batches, iter_batches)."""
+    """The Ray Data calls the distill and score stages make (read_parquet, map_batches, iter_batches).
+
+    Batches are handed out two rows at a time, and sinks cut a part file every two rows (`local_ray_data`),
+    so each output spans several part files and a crash can land between them.
+    """
 
     def __init__(self, uri: str, steps: tuple = ()):
         self.uri, self.steps = uri, steps
@@ -51,8 +55,8 @@ class LocalDataset:
             call = fn(*args) if isinstance(fn, type) else fn  # one "actor" per step
             parts = [call(table.slice(i, size), **kwargs) for i in range(0, table.num_rows, size)]
             table = pa.concat_tables(parts) if parts else table
-        for i in range(0, table.num_rows, batch_size):
-            yield table.slice(i, batch_size)
+        for i in range(0, table.num_rows, 2):
+            yield table.slice(i, 2)
 
 
 @pytest.fixture
@@ -62,6 +66,7 @@ def local_ray_data(monkeypatch):
     fake = SimpleNamespace(data=SimpleNamespace(read_parquet=LocalDataset, ActorPoolStrategy=lambda size: None))
     monkeypatch.setattr(stage, "ray", fake)
     monkeypatch.setattr(recipes, "ray", fake)
+    monkeypatch.setattr(stage, "ParquetSink", lambda *a, **kw: ParquetSink(*a, **{**kw, "rows_per_file": 2}))
 
 
 class WritePoints:
@@ -168,7 +173,11 @@ def test_distill_and_score_killed_at_each_write_point(
 
     _killed_at_each_point(points, tmp_path / "d", distill, _stage_outputs("distill", ("rejected_assess", "rejected")))
     distilled = _rows(str(tmp_path / "d" / "clean" / "distill" / "data"))
-    assert len(distilled) == 4 and "bounds.json" in str(points.seen)
+    assert (
+        len(distilled) == 4
+        and "distill/bounds.json" in points.seen
+        and "distill/data/part-00001.parquet" in points.seen
+    )
 
     data = str(tmp_path / "d" / "clean" / "distill" / "data")
 
