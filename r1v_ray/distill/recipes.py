@@ -40,7 +40,8 @@ def generation_model(cfg: R1VConfig, reuse_finished: bool = True) -> str:
         run = StageRun(cfg, stage)
         if run.complete:
             return run.manifest["outputs"]["model"]
-    return assemble_initial(cfg.model, cfg.run_dir, os.path.join(cfg.run_dir, "distill", "base_model"), seed=cfg.seed)
+    # Outside distill/: a forced re-run empties that folder after this model was chosen.
+    return assemble_initial(cfg.model, cfg.run_dir, os.path.join(cfg.run_dir, "base_model"), seed=cfg.seed)
 
 
 def distill_stage(cfg: R1VConfig, run: StageRun, model: str, train_uri: str) -> tuple[dict, dict]:

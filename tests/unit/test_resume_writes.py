@@ -178,3 +178,21 @@ def test_assembled_checkpoint_killed_mid_save_is_redone(tiny_parts, tmp_path, mo
     monkeypatch.undo()
     assert assemble_initial(cfg, str(tmp_path), out) == out
     load_checkpoint(out)  # processor and tokenizer are there
+
+
+def test_forced_distill_keeps_the_model_it_chose(tiny_parts, tmp_path):
+    from r1v_ray.distill.recipes import generation_model
+    from r1v_ray.model.assemble import checkpoint_complete
+
+    parts = [f"model.{k}={v}" for k, v in (("vision_path", tiny_parts.vision), ("llm_path", tiny_parts.reasoning_llm))]
+    cfg = load_config(
+        None,
+        [f"run_dir={tmp_path}", "model.source=pretrained", f"model.substitute_llm_path={tiny_parts.substitute_llm}"]
+        + parts
+        + ["model.max_image_tiles=1"],
+    )
+    run_stage(cfg, "distill", lambda run: ({"model": generation_model(cfg)}, {}), {})
+    model = generation_model(cfg, reuse_finished=False)  # what a forced distill (no model stage yet) runs with
+    seen = []
+    run_stage(cfg, "distill", lambda run: (seen.append(checkpoint_complete(model)) or {"model": model}, {}), {}, True)
+    assert seen == [True], "the forced re-run deleted the model it was about to distill with"
