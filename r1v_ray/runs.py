@@ -148,6 +148,8 @@ def run_stage(cfg: R1VConfig, stage: str, body, inputs: dict | None = None, forc
         changes = fingerprint_changes(run.manifest.get("fingerprint"), now)
         if changes:
             raise StageChanged(changed_message(stage, run.path, changes))
+        if "fingerprint" not in run.manifest:
+            print(f"[{stage}] its manifest predates fingerprints: config and inputs not compared")
         print(f"[{stage}] complete, skipping (force to re-run)")
         return run.manifest
     if force and os.path.isdir(run.dir):  # a forced re-run starts from scratch, not from old checkpoints
