@@ -129,6 +129,16 @@ class JudgeConfig:
     cache_dir: str | None = None
     usd_per_1k_input_tokens: float = 0.0025
     usd_per_1k_output_tokens: float = 0.01
+    # A distill / score pass whose rows the judge failed on (retries exhausted, quota, bad key) above this
+    # share fails instead of completing; the stage then resumes, the judge cache keeping what was paid for.
+    max_failure_share: float = 0.05
+
+    def __post_init__(self):
+        if not 0.0 <= self.max_failure_share <= 1.0:
+            raise ConfigError(
+                f"judge.max_failure_share: expected a share in [0, 1], got {self.max_failure_share!r} "
+                "(0.05: fail a stage when more than 5% of its rows were rejected because the judge failed)"
+            )
 
 
 # --------------------------------------------------------------------------- stages

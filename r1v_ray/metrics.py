@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
+
+from r1v_ray.atomic import write_text_atomic
 
 
 class StageMetrics:
@@ -16,6 +19,7 @@ class StageMetrics:
         self._gauges: dict = {}
         if jsonl_path:
             os.makedirs(os.path.dirname(jsonl_path) or ".", exist_ok=True)
+            drop_torn_tail(jsonl_path)  # a resumed stage appends after whole lines only
 
     def _gauge(self, name: str):
         if name not in self._gauges:
@@ -40,14 +44,37 @@ class StageMetrics:
 
 
 def read_jsonl(path: str) -> list[dict]:
+    """The records of a JSONL file. A torn last line (a writer killed mid-append) is skipped with a
+    warning; a corrupt line before it is an error, naming the file and the line."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    records = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if i == len(lines) - 1 and not line.endswith("\n"):
+                warnings.warn(
+                    f"{path}: skipping a torn last line {n} ({exc}): a writer stopped mid-record", stacklevel=2
+                )
+                break
+            raise ValueError(f"{path}: line {n} is not valid JSON ({exc}); only a torn last line is skipped") from None
+    return records
+
+
+def drop_torn_tail(path: str) -> None:
+    """Cut a torn last line (no newline) off a JSONL file, so appending after it keeps every line whole."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def truncate_after(path: str, step: int) -> None:
     """Drop records of steps after `step` (they were computed by a run that is being resumed)."""
     keep = [r for r in read_jsonl(path) if r["step"] <= step]
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in keep)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))

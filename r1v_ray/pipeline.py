@@ -22,7 +22,7 @@ def distill_job(cfg: R1VConfig, force: bool = False) -> dict:
 
     init_ray()
     train_uri, _ = dataset_uris(cfg)
-    model = generation_model(cfg)
+    model = generation_model(cfg, reuse_finished=not force)
     return run_stage(
         cfg,
         "distill",

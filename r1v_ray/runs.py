@@ -1,6 +1,7 @@
 """The run directory: one folder per stage, each with a manifest that says what ran and whether it finished.
 
-A stage whose manifest says `complete` is skipped (unless forced); any other
+A stage whose manifest says `complete` is skipped (unless forced) when its
+fingerprint (relevant config and inputs, `stage_fingerprint`) still matches; any other
 state means the stage starts again and its trainers resume from their own
 checkpoints. Manifests hold the resolved config (which names environment
 variables for secrets, never their values), inputs, version, git commit,
@@ -19,6 +20,7 @@ from typing import Any
 
 import r1v_ray
 from r1v_ray.config import R1VConfig, to_dict
+from r1v_ray.stage_fingerprint import StageChanged, changed_message, fingerprint, fingerprint_changes
 
 MANIFEST = "manifest.json"
 
@@ -54,9 +56,18 @@ def describe_input(value: Any) -> Any:
     try:
         from r1v_ray.data.io import count_rows
 
-        return {"path": value, "rows": count_rows(value)}
+        rows = count_rows(value)
     except Exception:  # not a dataset
         return value
+    digest = hashlib.sha256()  # part files' names and sizes: a dataset rewritten otherwise changes them
+    for name in sorted(os.listdir(value)):
+        if name.endswith(".parquet"):
+            digest.update(f"{name}:{os.path.getsize(os.path.join(value, name))}".encode())
+    return {"path": value, "rows": rows, "fingerprint": digest.hexdigest()[:16]}
+
+
+def describe_inputs(inputs: dict | None) -> dict:
+    return {k: describe_input(v) for k, v in (inputs or {}).items()}
 
 
 class StageRun:
@@ -87,6 +98,7 @@ class StageRun:
 
     def start(self, inputs: dict | None = None) -> None:
         attempts = self.manifest.get("attempts", 0) + 1
+        described = describe_inputs(inputs)
         self.manifest = {
             "stage": self.stage,
             "status": "running",
@@ -95,7 +107,8 @@ class StageRun:
             "version": r1v_ray.__version__,
             "git_commit": git_commit(),
             "config": to_dict(self.cfg),
-            "inputs": {k: describe_input(v) for k, v in (inputs or {}).items()},
+            "inputs": described,
+            "fingerprint": fingerprint(self.cfg, self.stage, described),
             "metrics": self.manifest.get("metrics", {}),
             "outputs": {},
         }
@@ -124,9 +137,19 @@ class StageRun:
 
 
 def run_stage(cfg: R1VConfig, stage: str, body, inputs: dict | None = None, force: bool = False) -> dict:
-    """Run `body(run) -> (outputs, metrics)` as a stage: skip when complete, record failures."""
+    """Run `body(run) -> (outputs, metrics)` as a stage: skip when complete and unchanged, record failures.
+
+    A complete stage whose fingerprint (its config sections, its inputs) differs from now stops with
+    `StageChanged` naming what changed, rather than handing on outputs made with other settings.
+    """
     run = StageRun(cfg, stage)
     if run.complete and not force:
+        now = fingerprint(cfg, stage, describe_inputs(inputs))
+        changes = fingerprint_changes(run.manifest.get("fingerprint"), now)
+        if changes:
+            raise StageChanged(changed_message(stage, run.path, changes))
+        if "fingerprint" not in run.manifest:
+            print(f"[{stage}] its manifest predates fingerprints: config and inputs not compared")
         print(f"[{stage}] complete, skipping (force to re-run)")
         return run.manifest
     if force and os.path.isdir(run.dir):  # a forced re-run starts from scratch, not from old checkpoints

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable
 
 import ray
 
+from r1v_ray.atomic import copy_dir_atomic, copy_file_atomic, write_json_atomic
 from r1v_ray.config import R1VConfig
 from r1v_ray.data.sources import dataset_uris
 from r1v_ray.distill.stage import distill, score
@@ -25,15 +25,23 @@ from r1v_ray.runs import StageRun
 MODEL_STAGES = ("grpo", "sft", "reassemble", "mlp_init")  # newest first
 
 
-def generation_model(cfg: R1VConfig) -> str:
-    """distill.model, else the newest finished stage's model, else the assembled MLP-init starting point."""
+def generation_model(cfg: R1VConfig, reuse_finished: bool = True) -> str:
+    """distill.model, else the newest finished stage's model, else the assembled MLP-init starting point.
+
+    Once distillation has finished, its model is the one it ran with (`reuse_finished`): stages finished
+    later must not make a resubmitted, unchanged pipeline look as if distillation's input had changed.
+    """
     if cfg.distill.model:
         return cfg.distill.model
+    distilled = StageRun(cfg, "distill")
+    if reuse_finished and distilled.complete:
+        return distilled.manifest["outputs"]["model"]
     for stage in MODEL_STAGES:
         run = StageRun(cfg, stage)
         if run.complete:
             return run.manifest["outputs"]["model"]
-    return assemble_initial(cfg.model, cfg.run_dir, os.path.join(cfg.run_dir, "distill", "base_model"), seed=cfg.seed)
+    # Outside distill/: a forced re-run empties that folder after this model was chosen.
+    return assemble_initial(cfg.model, cfg.run_dir, os.path.join(cfg.run_dir, "base_model"), seed=cfg.seed)
 
 
 def distill_stage(cfg: R1VConfig, run: StageRun, model: str, train_uri: str) -> tuple[dict, dict]:
@@ -73,11 +81,7 @@ def redistill_hook(cfg: R1VConfig, run: StageRun) -> Callable[[int, str], str] |
         if os.path.exists(done):
             with open(done) as f:
                 return json.load(f)["data"]
-        os.makedirs(os.path.join(out, "distill"), exist_ok=True)
-        for name in ("bounds.json", "assessed"):  # the model-independent first pass, reused
-            src, dst = distilled.path_for(name), os.path.join(out, "distill", name)
-            if not os.path.exists(dst):
-                (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, dst)
+        reuse_first_pass(distilled.dir, os.path.join(out, "distill"))
         d = distill(
             cfg, ray.data.read_parquet(train_uri), model, os.path.join(out, "distill"), stage=f"sft/M{t}/distill"
         )
@@ -88,8 +92,22 @@ def redistill_hook(cfg: R1VConfig, run: StageRun) -> Callable[[int, str], str] |
             stage=f"sft/M{t}/score",
         )
         summary = {"data": os.path.join(out, "score", "data"), "model": model, "distill": d, "score": s}
-        with open(done, "w") as f:
-            json.dump(summary, f, indent=2)
+        write_json_atomic(done, summary, indent=2)
         return summary["data"]
 
     return before_iteration
+
+
+def reuse_first_pass(src_dir: str, dst_dir: str) -> None:
+    """Copy distillation's model-independent first pass (`assessed/`, `rejected_assess/`, then `bounds.json`).
+
+    `distill` trusts `assessed/` whenever `bounds.json` exists, so `bounds.json` is copied last and
+    `assessed/` appears only complete; a copy that died half-way is redone, never trusted.
+    """
+    bounds = os.path.join(dst_dir, "bounds.json")
+    if os.path.exists(bounds):
+        return
+    os.makedirs(dst_dir, exist_ok=True)
+    for name in ("assessed", "rejected_assess"):
+        copy_dir_atomic(os.path.join(src_dir, name), os.path.join(dst_dir, name))
+    copy_file_atomic(os.path.join(src_dir, "bounds.json"), bounds)

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from r1v_ray.atomic import write_json_atomic
 from r1v_ray.config import R1VConfig
 from r1v_ray.data.io import ParquetSink, remove
 from r1v_ray.data.schema import REJECTED_SCHEMA, rejected_table
@@ -43,6 +44,7 @@ class Tally:
         self.stage, self.metrics, self.usd_in, self.usd_out = stage, metrics, usd_in, usd_out
         self.rows_in = self.rows_out = self.rejected = 0
         self.usage = dict.fromkeys(USAGE_COLUMNS, 0)
+        self.failure_example: str | None = None  # one reason of a row the judge failed on
         self.start = time.time()
 
     @property
@@ -57,6 +59,9 @@ class Tally:
         self.rejected += n_bad
         for name in USAGE_COLUMNS:
             self.usage[name] += int(pc.sum(table.column(name)).as_py() or 0)
+        if self.failure_example is None and self.usage["judge_failures"]:
+            failed = table.filter(pc.greater(table.column("judge_failures"), 0))
+            self.failure_example = failed.column("error")[0].as_py() if failed.num_rows else None
         elapsed = max(1e-9, time.time() - self.start)
         self.metrics.log(
             self.rows_in,
@@ -76,6 +81,24 @@ class Tally:
             "judge_cost_usd": round(self.cost_usd, 6),
             **self.usage,
         }
+
+
+class JudgeOutage(RuntimeError):
+    """Too many rows of a pass were rejected because the judge failed: the stage fails, to be resumed."""
+
+
+def check_judge_failures(cfg: R1VConfig, tally: Tally, rejected_uri: str) -> None:
+    """Fail the pass when the share of rows the judge failed on exceeds `judge.max_failure_share`."""
+    failed, limit = tally.usage["judge_failures"], cfg.judge.max_failure_share
+    if not tally.rows_in or failed / tally.rows_in <= limit:
+        return
+    raise JudgeOutage(
+        f"{tally.stage}: the judge failed on {failed} of {tally.rows_in} rows ({failed / tally.rows_in:.1%}), "
+        f"more than judge.max_failure_share={limit} (for example {tally.failure_example!r}). The stage is not "
+        "marked complete: fix the judge (API key, quota, judge.base_url, judge.max_retries) and run it again. "
+        f"Answers already received are kept in the judge cache ({judge_cache_dir(cfg)}) and are not paid for "
+        f"twice. This attempt's rejected rows: {rejected_uri}"
+    )
 
 
 def _rejected_rows(bad: pa.Table, stage: str) -> list[dict]:
@@ -196,16 +219,11 @@ def distill(cfg: R1VConfig, ds: ray.data.Dataset, model: str, out_dir: str, stag
             pass1 = json.load(f)
     else:
         minmax, tally = MinMax(), _tally(cfg, f"{stage}/assess", metrics_path)
-        drain(
-            judge_stage(ds, Assess, cfg, bs),
-            assessed,
-            os.path.join(out_dir, "rejected_assess"),
-            tally,
-            observe=minmax.observe,
-        )
+        rejected_assess = os.path.join(out_dir, "rejected_assess")
+        drain(judge_stage(ds, Assess, cfg, bs), assessed, rejected_assess, tally, observe=minmax.observe)
+        check_judge_failures(cfg, tally, rejected_assess)  # before bounds.json: a failed pass 1 is redone
         pass1 = {"bounds": minmax.as_dict(), **tally.summary()}
-        with open(bounds_path, "w") as f:
-            json.dump(pass1, f)
+        write_json_atomic(bounds_path, pass1)  # written last, whole: it vouches for assessed/
     if pass1["rows_out"] == 0:
         raise ValueError(f"{stage}: every row was rejected while scoring; see {out_dir}/rejected_assess")
     bounds = {s: tuple(v) for s, v in pass1["bounds"].items()}
@@ -247,6 +265,7 @@ def distill(cfg: R1VConfig, ds: ray.data.Dataset, model: str, out_dir: str, stag
 
     tally = _tally(cfg, f"{stage}/generate", metrics_path)
     drain(generated, os.path.join(out_dir, "data"), os.path.join(out_dir, "rejected"), tally, observe=observe)
+    check_judge_failures(cfg, tally, os.path.join(out_dir, "rejected"))
     if tally.rows_out == 0:
         raise ValueError(f"{stage}: every row was rejected; see {out_dir}/rejected for the reasons")
     n = max(1, tally.rows_out)
@@ -264,6 +283,7 @@ def distill(cfg: R1VConfig, ds: ray.data.Dataset, model: str, out_dir: str, stag
         "judge_calls": pass1["judge_calls"] + tally.usage["judge_calls"],
         "judge_cache_hits": pass1["judge_cache_hits"] + tally.usage["judge_cache_hits"],
         "judge_retries": pass1["judge_retries"] + tally.usage["judge_retries"],
+        "judge_failures": pass1.get("judge_failures", 0) + tally.usage["judge_failures"],
         "judge_cost_usd": round(pass1["judge_cost_usd"] + tally.cost_usd, 6),
     }
 
@@ -277,11 +297,14 @@ def score(cfg: R1VConfig, ds: ray.data.Dataset, out_dir: str, stage: str = "scor
             histogram[int(value)] += 1
 
     tally = _tally(cfg, stage, os.path.join(out_dir, "metrics.jsonl"))
+    rejected = os.path.join(out_dir, "rejected")
     drain(
-        judge_stage(ds, RMScore, cfg, cfg.distill.batch_size),
-        os.path.join(out_dir, "data"),
-        os.path.join(out_dir, "rejected"),
-        tally,
-        observe=observe,
+        judge_stage(ds, RMScore, cfg, cfg.distill.batch_size), os.path.join(out_dir, "data"), rejected, tally, observe
     )
+    check_judge_failures(cfg, tally, rejected)
+    if tally.rows_out == 0:  # an empty score set would silently become the training set
+        raise ValueError(
+            f"{stage}: no rows were scored ({tally.rows_in} in, {tally.rejected} rejected; reasons in {rejected})"
+            + ("; its input has no rows" if not tally.rows_in else "")
+        )
     return {"histogram": {str(k): v for k, v in histogram.items()}, **tally.summary()}

@@ -8,13 +8,15 @@ and tokens without any shared state between actors.
 
 from __future__ import annotations
 
+import copy
 import math
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
 from r1v_ray.config import DistillConfig, JudgeConfig, RolloutConfig
-from r1v_ray.engines.judge import Usage, image_clarity, make_judge, split_think
+from r1v_ray.engines.judge import JudgeError, Usage, image_clarity, make_judge, split_think
+from r1v_ray.engines.judge.base import RevisionImpossible
 from r1v_ray.engines.rollout import GenerationRequest, Sampling, make_engine
 from r1v_ray.rewards import build_question_text
 
@@ -57,6 +59,13 @@ COLUMN_TYPES = {
 }
 
 
+def is_judge_failure(exc: BaseException) -> bool:
+    """The judge itself failed (retries exhausted, quota, bad key, unusable answers), not the row."""
+    if isinstance(exc, RevisionImpossible):
+        return False
+    return isinstance(exc, JudgeError) or type(exc).__module__.split(".")[0] == "openai"
+
+
 def batch_rows(batch: pa.Table) -> list[dict]:
     return batch.to_pylist()
 
@@ -95,7 +104,9 @@ class _JudgePool:
             values, usage = self.judge_row(row)
             return values, usage, None
         except Exception as exc:  # a row the judge cannot handle is rejected with the reason, never dropped
-            return {}, getattr(exc, "usage", Usage()), f"judge: {type(exc).__name__}: {exc}"
+            usage = copy.copy(getattr(exc, "usage", None) or Usage())
+            usage.failures += int(is_judge_failure(exc))
+            return {}, usage, f"judge: {type(exc).__name__}: {exc}"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self._assemble(batch, list(self.pool.map(self._safe, batch_rows(batch))))

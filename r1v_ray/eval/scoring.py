@@ -36,25 +36,40 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _row_scores(row: dict, runs: int) -> list[float]:
+    """One score per run; a rejected row (its `error` set: no completions) is wrong in every run."""
+    if row.get("error") is not None:
+        return [0.0] * runs
+    completions = list(row["completions"])
+    if len(completions) != runs:
+        raise ValueError(f"row {row['id']}: {len(completions)} completions for {runs} runs")
+    choices = _choices(row)
+    return [accuracy_reward(text, row["answer"], choices) for text in completions]
+
+
 def score_rows(rows: list[dict], runs: int) -> dict:
-    """Pass@1 per run, mean ± std over runs, and the same per category and per source."""
+    """Pass@1 per run, mean ± std over runs, and the same per category and per source.
+
+    Rows with an `error` (rejected before or during generation) stay in the denominator as wrong
+    answers, so a failing engine cannot raise Pass@1; each summary says how many there were.
+    """
     per_run = [[] for _ in range(runs)]
+    rejected: dict[tuple[str, str], int] = defaultdict(int)
     groups: dict[str, dict[str, list[list[float]]]] = {
         "category": defaultdict(lambda: [[] for _ in range(runs)]),
         "source": defaultdict(lambda: [[] for _ in range(runs)]),
     }
     for row in rows:
-        choices = _choices(row)
-        completions = list(row["completions"])
-        if len(completions) != runs:
-            raise ValueError(f"row {row['id']}: {len(completions)} completions for {runs} runs")
-        for k, text in enumerate(completions):
-            score = accuracy_reward(text, row["answer"], choices)
+        bad = row.get("error") is not None
+        rejected["overall", ""] += bad
+        for k, score in enumerate(_row_scores(row, runs)):
             per_run[k].append(score)
             for key in groups:
                 groups[key][str(row.get(key) or "unknown")][k].append(score)
+        for key in groups:
+            rejected[key, str(row.get(key) or "unknown")] += bad
 
-    def summary(run_lists: list[list[float]]) -> dict:
+    def summary(run_lists: list[list[float]], n_rejected: int) -> dict:
         accs = [100.0 * statistics.fmean(r) if r else 0.0 for r in run_lists]
         mean, std = _mean_std(accs)
         return {
@@ -62,12 +77,15 @@ def score_rows(rows: list[dict], runs: int) -> dict:
             "pass@1_std": round(std, 3),
             "runs": [round(a, 3) for a in accs],
             "n": len(run_lists[0]) if run_lists else 0,
+            "rejected": n_rejected,
         }
 
     return {
-        "overall": summary(per_run),
-        "by_category": {name: summary(lists) for name, lists in sorted(groups["category"].items())},
-        "by_source": {name: summary(lists) for name, lists in sorted(groups["source"].items())},
+        "overall": summary(per_run, rejected["overall", ""]),
+        **{
+            f"by_{key}": {name: summary(lists, rejected[key, name]) for name, lists in sorted(groups[key].items())}
+            for key in groups
+        },
     }
 
 
@@ -85,6 +103,6 @@ def markdown_table(report: dict, title: str) -> str:
         for name, s in report[key].items():
             lines.append(f"| {name} | {s['n']} | {s['pass@1_mean']:.2f} | {s['pass@1_std']:.2f} |")
         lines.append("")
-    if report.get("rejected"):
-        lines.append(f"Rejected rows (not scored): {report['rejected']}")
+    if report["overall"].get("rejected"):
+        lines.append(f"Rejected rows (no completion; counted as wrong in Pass@1): {report['overall']['rejected']}")
     return "\n".join(lines)

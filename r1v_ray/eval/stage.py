@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 import ray
 
+from r1v_ray.atomic import write_text_atomic
 from r1v_ray.config import R1VConfig
-from r1v_ray.data.io import ParquetSink, makedirs, write_text
+from r1v_ray.data.io import ParquetSink, makedirs, remove
 from r1v_ray.data.schema import REJECTED_SCHEMA, rejected_table
 from r1v_ray.engines.rollout import GenerationRequest
 from r1v_ray.engines.rollout.actor import generate_dataset
@@ -71,11 +72,15 @@ def run_eval(
         row = dict(row)
         if row.pop(PASS) == "side":
             side.consume(row)
-        elif row["error"] is not None:
-            rejected.append({"id": str(row["id"]), "stage": name, "reason": row["error"], "row": None, "image": None})
-        else:
+        else:  # a rejected row is scored too: wrong in every run
             scored.append({k: row[k] for k in ("id", "answer", "choices", "category", "source", "completions")})
-            lengths.extend(row["completion_tokens"])
+            scored[-1]["error"] = row["error"]
+            if row["error"] is not None:
+                rejected.append(
+                    {"id": str(row["id"]), "stage": name, "reason": row["error"], "row": None, "image": None}
+                )
+            else:
+                lengths.extend(row["completion_tokens"])
     report = score_rows(scored, e.runs)
     report.update(
         checkpoint=checkpoint,
@@ -85,16 +90,18 @@ def run_eval(
         temperature=e.temperature,
         top_p=e.top_p,
         rejected=len(rejected),
-        scored=len(scored),
+        scored=len(scored) - len(rejected),
         wall_s=round(time.time() - start, 2),
         mean_completion_tokens=round(sum(lengths) / max(1, len(lengths)), 2),
     )
     makedirs(out_dir)
-    write_text(os.path.join(out_dir, "eval.json"), json.dumps(report, indent=2))
-    write_text(
-        os.path.join(out_dir, "eval.md"), markdown_table(report, f"{name}: {os.path.basename(checkpoint.rstrip('/'))}")
-    )
+    remove(os.path.join(out_dir, "rejected"))  # no part files of an earlier attempt
     with ParquetSink(os.path.join(out_dir, "rejected"), schema=REJECTED_SCHEMA) as sink:
         if rejected:
             sink.write(rejected_table(rejected))
+    write_text_atomic(
+        os.path.join(out_dir, "eval.md"), markdown_table(report, f"{name}: {os.path.basename(checkpoint.rstrip('/'))}")
+    )
+    # Last and whole: its presence means this evaluation is complete (iterative SFT resumes on it).
+    write_text_atomic(os.path.join(out_dir, "eval.json"), json.dumps(report, indent=2))
     return report

@@ -23,6 +23,7 @@ from transformers import (
 from transformers.models.internvl.modeling_internvl import InternVLMultiModalProjector
 from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
 
+from r1v_ray.atomic import atomic_dir
 from r1v_ray.config import ProjectorConfig
 from r1v_ray.model.tokenizer import CHAT_TEMPLATE, has_image_tokens
 
@@ -144,15 +145,49 @@ def build_processor(
 
 
 def save_checkpoint(model: PreTrainedModel, processor: InternVLProcessor, path: str, meta: dict | None = None) -> str:
-    """Weights as safetensors plus processor, tokenizer and chat template: a standard HF checkpoint."""
-    os.makedirs(path, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
-    processor.save_pretrained(path)
-    processor.tokenizer.save_pretrained(path)
-    if meta is not None:
-        with open(os.path.join(path, META_FILE), "w") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
+    """Weights as safetensors plus processor, tokenizer and chat template: a standard HF checkpoint.
+
+    Written into a temporary folder renamed to `path` at the end: a checkpoint folder is always whole.
+    """
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        processor.tokenizer.save_pretrained(tmp)
+        if meta is not None:
+            with open(os.path.join(tmp, META_FILE), "w") as f:
+                json.dump(meta, f, indent=2, sort_keys=True)
     return path
+
+
+def _safetensors_whole(path: str) -> bool:
+    """The file holds its header and every tensor byte the header promises (a truncated copy does not)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                return False
+            header = json.loads(f.read(n))
+    except (OSError, ValueError):
+        return False
+    ends = [t["data_offsets"][1] for name, t in header.items() if name != "__metadata__"]
+    return 8 + n + max(ends, default=0) == size
+
+
+def checkpoint_complete(path: str) -> bool:
+    """An HF checkpoint with its config and all of its safetensors weights, whole (whoever wrote it)."""
+    if not os.path.exists(os.path.join(path, "config.json")):
+        return False
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        try:
+            with open(index) as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError):
+            return False
+    else:
+        files = ["model.safetensors"]
+    return all(_safetensors_whole(os.path.join(path, name)) for name in files)
 
 
 def read_meta(path: str) -> dict:

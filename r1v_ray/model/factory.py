@@ -24,6 +24,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from r1v_ray.atomic import atomic_dir
 from r1v_ray.config import ModelConfig, TinyModelConfig
 from r1v_ray.data.synthetic import corpus
 from r1v_ray.model.tokenizer import train_bpe_tokenizer
@@ -85,28 +86,33 @@ def write_tiny_parts(t: TinyModelConfig, out_dir: str) -> PartPaths:
     The substitute LLM's tokenizer has the image tokens; the reasoning LLM's
     tokenizer is trained on other text, with another vocabulary and without
     image tokens, as a real reasoning LLM's would be: re-assembly must add them.
+    `out_dir` is the parts' own folder: it is replaced, whole, once all three are written.
     """
-    paths = PartPaths(*(os.path.join(out_dir, n) for n in ("vision", "substitute_llm", "reasoning_llm")))
-    torch.manual_seed(t.seed)
-    vision = InternVLVisionModel(tiny_vision_config(t)).eval()
-    vision.save_pretrained(paths.vision, safe_serialization=True)
+    names = ("vision", "substitute_llm", "reasoning_llm")
+    with atomic_dir(out_dir) as tmp:  # the parts appear together, each whole, or not at all
+        staged = PartPaths(*(os.path.join(tmp, n) for n in names))
+        torch.manual_seed(t.seed)
+        vision = InternVLVisionModel(tiny_vision_config(t)).eval()
+        vision.save_pretrained(staged.vision, safe_serialization=True)
 
-    sub_tok = train_bpe_tokenizer(corpus(400, seed=t.seed), t.vocab_size, with_image_tokens=True)
-    _tiny_llm(t, sub_tok, seed=t.seed + 1).save_pretrained(paths.substitute_llm, safe_serialization=True)
-    sub_tok.save_pretrained(paths.substitute_llm)
+        sub_tok = train_bpe_tokenizer(corpus(400, seed=t.seed), t.vocab_size, with_image_tokens=True)
+        _tiny_llm(t, sub_tok, seed=t.seed + 1).save_pretrained(staged.substitute_llm, safe_serialization=True)
+        sub_tok.save_pretrained(staged.substitute_llm)
 
-    reason_tok = train_bpe_tokenizer(corpus(300, seed=t.seed + 7), t.vocab_size - 64, with_image_tokens=False)
-    _tiny_llm(t, reason_tok, seed=t.seed + 2).save_pretrained(paths.reasoning_llm, safe_serialization=True)
-    reason_tok.save_pretrained(paths.reasoning_llm)
-    return paths
+        reason_tok = train_bpe_tokenizer(corpus(300, seed=t.seed + 7), t.vocab_size - 64, with_image_tokens=False)
+        _tiny_llm(t, reason_tok, seed=t.seed + 2).save_pretrained(staged.reasoning_llm, safe_serialization=True)
+        reason_tok.save_pretrained(staged.reasoning_llm)
+    return PartPaths(*(os.path.join(out_dir, n) for n in names))
 
 
 def part_paths(cfg: ModelConfig, work_dir: str) -> PartPaths:
     """Where the parts are: built under `work_dir` for source=tiny (once), else the configured paths."""
+    from r1v_ray.model.assemble import checkpoint_complete
+
     if cfg.source == "tiny":
         out = os.path.join(work_dir, "tiny_parts")
         paths = PartPaths(*(os.path.join(out, n) for n in ("vision", "substitute_llm", "reasoning_llm")))
-        if not all(os.path.exists(os.path.join(p, "config.json")) for p in vars(paths).values()):
+        if not all(checkpoint_complete(p) for p in vars(paths).values()):
             paths = write_tiny_parts(cfg.tiny, out)
         return paths
     missing = [k for k in ("vision_path", "llm_path", "substitute_llm_path") if getattr(cfg, k) is None]
@@ -133,9 +139,9 @@ def load_llm(path: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedM
 
 def assemble_initial(cfg: ModelConfig, work_dir: str, out: str, seed: int = 0) -> str:
     """The MLP-initialization starting point (paper 2.1): vision encoder + fresh projector + substitute LLM."""
-    from r1v_ray.model.assemble import assemble, build_processor, save_checkpoint
+    from r1v_ray.model.assemble import assemble, build_processor, checkpoint_complete, save_checkpoint
 
-    if os.path.exists(os.path.join(out, "config.json")):
+    if checkpoint_complete(out):
         return out
     parts = part_paths(cfg, work_dir)
     llm, tok = load_llm(parts.substitute_llm)

@@ -15,13 +15,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from transformers import AutoProcessor
 
+from r1v_ray.atomic import write_json_atomic
 from r1v_ray.config import R1VConfig
 from r1v_ray.data.io import ParquetSink, count_rows, read_parquet, remove
 from r1v_ray.data.schema import REJECTED_SCHEMA, rejected_table
 from r1v_ray.data.select import Selection, all_rows, d_rm, subset, with_errors
 from r1v_ray.eval.scoring import eval_request
 from r1v_ray.eval.stage import SidePass, run_eval
-from r1v_ray.model.assemble import load_checkpoint, read_meta, save_checkpoint
+from r1v_ray.model.assemble import checkpoint_complete, load_checkpoint, read_meta, save_checkpoint
 from r1v_ray.model.factory import assemble_initial, load_llm, part_paths
 from r1v_ray.rewards import accuracy_reward
 from r1v_ray.runs import StageRun
@@ -31,7 +32,7 @@ from r1v_ray.sft.trainer import SFTJob
 
 
 def _model_done(path: str) -> bool:
-    return os.path.exists(os.path.join(path, "config.json"))
+    return checkpoint_complete(path)  # config.json is written before the weights: not proof enough
 
 
 def train(
@@ -101,8 +102,7 @@ def train(
         "init": init,
         "trainable_prefixes": prefixes,
     }
-    with open(summary_path, "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json_atomic(summary_path, summary, indent=2)
     return summary
 
 

@@ -56,7 +56,9 @@ def test_error_set_rides_along_with_an_evaluation(tiny_checkpoint, tmp_path):
     from r1v_ray.sft.stages import ERROR_IDS, ErrorSetPass, error_set
 
     test, train = str(tmp_path / "test"), str(tmp_path / "train")
-    write_parquet(canonical_table([make_row(0, "test", i) for i in range(6)]), test)
+    test_rows = [make_row(0, "test", i) for i in range(7)]
+    test_rows[6]["image"] = b"not an image"  # rejected by the engine: wrong in Pass@1, not left out
+    write_parquet(canonical_table(test_rows), test)
     rows = [make_row(0, "train", i) for i in range(40)]
     rows[0]["id"] = "synthetic-test-0000000"  # the same id as a test row: the two passes must not mix it up
     write_parquet(canonical_table(rows), train)
@@ -76,7 +78,8 @@ def test_error_set_rides_along_with_an_evaluation(tiny_checkpoint, tmp_path):
         report = run_eval(cfg, tiny_checkpoint, test, str(tmp_path / "eval"), "M", errors.side_pass())
     finally:
         ray.shutdown()
-    assert report["overall"]["n"] == 6 and len(report["overall"]["runs"]) == 2 and report["rejected"] == 0
+    assert report["overall"]["n"] == 7 and len(report["overall"]["runs"]) == 2 and report["rejected"] == 1
+    assert report["overall"]["rejected"] == 1 and report["scored"] == 6
     assert errors.generated == 40 and not errors.rejected
     errors.save(str(tmp_path / "M1"))
     path, stats = error_set(str(tmp_path / "M1"), train)

@@ -62,3 +62,20 @@ def test_eval_request_uses_the_papers_prompts():
     assert mc.sampling.n == 5 and mc.images == [b"x"] and mc.request_id == "1"
     op = eval_request({"id": 2, "question": "Q?", "choices": None, "image": b"x"}, 1, 64, 0.6, 0.95, 0)
     assert op.messages[0]["content"][1]["text"].endswith(OPEN_PROMPT)
+
+
+def test_rejected_rows_count_as_wrong_and_are_reported():
+    right = {"answer": "7", "choices": None, "source": "s", "completions": ["\\boxed{7}", "\\boxed{7}"]}
+    rows = [
+        {"id": "1", "category": "a", **right},
+        {"id": "2", "category": "a", **right},
+        # rejected by the engine (no completions): wrong in every run, not left out of the denominator
+        {"id": "3", "category": "b", "answer": "7", "choices": None, "source": "s", "completions": None, "error": "x"},
+        {"id": "4", "category": "a", **right, "error": None},
+    ]
+    report = score_rows(rows, runs=2)
+    assert report["overall"]["runs"] == [75.0, 75.0] and report["overall"]["n"] == 4
+    assert report["overall"]["rejected"] == 1
+    assert report["by_category"]["b"] == {**report["by_category"]["b"], "n": 1, "rejected": 1, "pass@1_mean": 0.0}
+    assert report["by_category"]["a"]["rejected"] == 0
+    assert "Rejected rows (no completion; counted as wrong in Pass@1): 1" in markdown_table(report, "t")

@@ -22,6 +22,10 @@ class JudgeError(RuntimeError):
     """A judge call that failed for good (retries exhausted, unusable answer); the row is rejected."""
 
 
+class RevisionImpossible(JudgeError):
+    """The judge worked, but this row's answer cannot be reached by a revision: a row outcome, not an outage."""
+
+
 @dataclass
 class Usage:
     calls: int = 0  # requests that reached the judge (each retry is a call)
@@ -29,6 +33,7 @@ class Usage:
     retries: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    failures: int = 0  # rows the judge failed on (counted by the stage's judge pool, not by the judge)
 
     def __iadd__(self, other: Usage) -> Usage:
         for f in fields(self):

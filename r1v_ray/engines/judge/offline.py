@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from r1v_ray.engines.judge.base import Assessment, Judge, JudgeError, Regenerate, Usage, image_clarity
+from r1v_ray.engines.judge.base import Assessment, Judge, Regenerate, RevisionImpossible, Usage, image_clarity
 from r1v_ray.rewards import accuracy_reward, format_reward
 
 _WORD = re.compile(r"[a-z]+")
@@ -160,7 +160,7 @@ class OfflineJudge(Judge):
                 return hinted, usage
         if row.get("rationale"):
             return f"<think>\n{row['rationale']}\n</think>\n\nAnswer: \\boxed{{{answer}}}", usage
-        raise JudgeError(
+        raise RevisionImpossible(
             "offline judge cannot revise: the hinted re-generation missed the answer "
             "and the row has no reference rationale"
         )
