@@ -129,6 +129,27 @@ class JudgeConfig:
     cache_dir: str | None = None
     usd_per_1k_input_tokens: float = 0.0025
     usd_per_1k_output_tokens: float = 0.01
+    # Each answer is capped (an answer cut at the cap is rejected, never parsed); the revision's reasoning
+    # is the longest answer.
+    max_tokens: int = 2048
+    temperature: float = 0.0
+    seed: int = 0
+    # Retries after an unusable answer (not JSON, out of range) change the seed and sample at least at
+    # `retry_temperature`, so they never repeat a deterministic answer; 0: reject at the first one.
+    answer_retries: int = 2
+    retry_temperature: float = 0.7
+    # "vllm": vLLM's structured outputs (a whitespace-free pattern of the answer); "openai": response_format
+    # json_schema; "auto": vllm when the server's /v1/models says owned_by vllm.
+    server: Literal["auto", "openai", "vllm"] = "auto"
+
+    def __post_init__(self):
+        if self.max_tokens < 1:
+            raise ConfigError(f"judge.max_tokens={self.max_tokens}: must be at least 1")
+        if self.answer_retries < 0 or self.max_retries < 0:
+            raise ConfigError("judge.answer_retries and judge.max_retries must be >= 0")
+        for name in ("temperature", "retry_temperature"):
+            if not 0.0 <= getattr(self, name) <= 2.0:
+                raise ConfigError(f"judge.{name}={getattr(self, name)}: must be in [0, 2]")
 
 
 # --------------------------------------------------------------------------- stages
@@ -261,6 +282,20 @@ class ServeConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment tracking of every stage's metrics (the same records as its metrics.jsonl, step-aligned)."""
+
+    tensorboard: bool = True  # event files in <stage dir>/tensorboard/<metrics name> (offline, no server)
+    mlflow: bool = False  # needs the `tracking` extra (pip install 'r1v_ray[tracking]')
+    mlflow_tracking_uri: str | None = None  # None: MLflow's own default (MLFLOW_TRACKING_URI, else local)
+    mlflow_experiment: str = "r1v_ray"
+    wandb: bool = False  # needs the `tracking` extra
+    wandb_project: str = "r1v_ray"
+    wandb_mode: Literal["offline", "online"] = "offline"  # online reads WANDB_API_KEY itself; never logged
+    wandb_dir: str | None = None  # None: <stage dir>/wandb
+
+
+@dataclass
 class R1VConfig:
     run_dir: str = "runs/default"
     seed: int = 0
@@ -273,6 +308,7 @@ class R1VConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 # --------------------------------------------------------------------------- loading

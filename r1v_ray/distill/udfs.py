@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 
 from r1v_ray.config import DistillConfig, JudgeConfig, RolloutConfig
-from r1v_ray.engines.judge import Usage, image_clarity, make_judge, split_think
+from r1v_ray.engines.judge import JudgeError, Usage, image_clarity, make_judge, split_think
 from r1v_ray.engines.rollout import GenerationRequest, Sampling, make_engine
 from r1v_ray.rewards import build_question_text
 
@@ -208,7 +208,11 @@ class SelfDistill(_JudgePool):
         correct, usage = self.judge.verify(row, text)
         final = text
         if not correct:
-            final, more = self.judge.revise(row, text, lambda r: self.hinted.get(str(r["id"]), ""))
+            try:
+                final, more = self.judge.revise(row, text, lambda r: self.hinted.get(str(r["id"]), ""))
+            except JudgeError as exc:  # the rejected row still paid for its verification
+                exc.usage += usage
+                raise
             usage += more
         think, response = split_think(final)
         return {
