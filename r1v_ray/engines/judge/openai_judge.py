@@ -88,17 +88,18 @@ def json_schema(kind: str) -> dict:
 
 
 _CHAR = r'([^"\\\x00-\x1f]|\\[nt"\\/])'  # a JSON string's character: plain or a simple escape
-_STRING, _SHORT_STRING = f'"{_CHAR}*"', f'"{_CHAR}{{0,300}}"'
+_MAX_CHARS = {"think": None, "reason": 300}  # others (answers) 100; the reasoning as long as max_tokens allows
 _PATTERNS = {"boolean": "(true|false)", "integer": "[0-5]", "number": r"(10|[0-9](\.[0-9]{1,2})?)"}
 
 
 def answer_pattern(kind: str) -> str:
     """The answer of `kind` as a regular expression for vLLM's structured outputs: the schema's fields in
-    order, no whitespace, numbers in range; only the revision's reasoning is an unbounded string."""
+    order, no whitespace, numbers in range, strings of bounded length but the revision's reasoning."""
     props = json_schema(kind)["json_schema"]["schema"]["properties"]
     parts = []
     for name, prop in props.items():
-        value = _PATTERNS.get(prop["type"]) or (_STRING if name == "think" else _SHORT_STRING)
+        limit = _MAX_CHARS.get(name, 100)
+        value = _PATTERNS.get(prop["type"]) or f'"{_CHAR}{"*" if limit is None else f"{{0,{limit}}}"}"'
         parts.append(f'"{name}":{value}')
     return r"\{" + ",".join(parts) + r"\}"
 
