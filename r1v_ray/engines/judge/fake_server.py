@@ -112,7 +112,10 @@ class FakeJudgeServer:
                     return self._send(
                         401, json.dumps({"error": {"message": message, "code": "invalid_api_key"}}).encode()
                     )
-                digest = int(hashlib.sha256(raw).hexdigest()[:12], 16)
+                # One request across its resamples (the judge changes seed and temperature after a bad
+                # answer): its later attempts still succeed.
+                same = {k: v for k, v in request.items() if k not in ("seed", "temperature")}
+                digest = int(hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()[:12], 16)
                 with server.lock:
                     attempt = server.attempts[digest]
                     server.attempts[digest] += 1
