@@ -203,10 +203,14 @@ def test_distill_and_score_with_vllms_server_as_the_judge(
         reasons = _accounted(ids, f"{out}/assessed", f"{out}/rejected_assess")
         reasons += _accounted(_ids(f"{out}/assessed"), f"{out}/data", f"{out}/rejected")
         scored = score(cfg, ray_local.data.read_parquet(data), str(tmp_path / "score"))
-        reasons += _accounted(ids, str(tmp_path / "score" / "data"), str(tmp_path / "score" / "rejected"))
+        score_reasons = _accounted(ids, str(tmp_path / "score" / "data"), str(tmp_path / "score" / "rejected"))
     finally:
         proxy.close()
     assert scored["rows_in"] == ROWS and scored["rows_out"] + scored["rejected"] == ROWS
+    # A row rejected for an answer cut at the cap still paid for max_tokens of output: it is counted.
+    cut = sum("cut at judge.max_tokens" in r for r in score_reasons)
+    assert scored["judge_output_tokens"] >= cut * MAX_TOKENS and scored["judge_calls"] >= ROWS
+    reasons += score_reasons
     # Per row: assess, verify, revise, rm: 4 requests, each at most 1 + ANSWER_RETRIES times.
     _check_requests(proxy.bodies, vllm=True, n_requests_max=4 * ROWS * (1 + ANSWER_RETRIES))
     # Structured outputs make even a random model's numeric answers parse; its strings run to the cap,
