@@ -133,7 +133,9 @@ def test_a_stages_metrics_reach_tensorboard_mlflow_and_wandb(mlflow_server, tmp_
     assert json.loads(manifest_text)["stage"] == "score" and "[redacted]@127.0.0.1:9" in manifest_text
 
     (wandb_run,) = glob.glob(str(run_dir / "score" / "wandb" / "wandb" / "offline-run-*"))
-    assert glob.glob(f"{wandb_run}/run-*.wandb") and os.path.exists(f"{wandb_run}/files/r1v_config.yaml")
+    (wandb_log,) = glob.glob(f"{wandb_run}/run-*.wandb")  # W&B's own record log (read by `wandb sync`)
+    assert os.path.exists(f"{wandb_run}/files/r1v_config.yaml")
+    assert all(name.encode() in open(wandb_log, "rb").read() for name in expected)
 
     # The secret reaches no tracker: not params, artifacts, event files, W&B files.
     assert all(SECRET not in v for v in params.values())
