@@ -132,6 +132,18 @@ class JudgeConfig:
     # A distill / score pass whose rows the judge failed on (retries exhausted, quota, bad key) above this
     # share fails instead of completing; the stage then resumes, the judge cache keeping what was paid for.
     max_failure_share: float = 0.05
+    # Each answer is capped (an answer cut at the cap is rejected, never parsed); the revision's reasoning
+    # is the longest answer.
+    max_tokens: int = 2048
+    temperature: float = 0.0
+    seed: int = 0
+    # Retries after an unusable answer (not JSON, out of range) change the seed and sample at least at
+    # `retry_temperature`, so they never repeat a deterministic answer; 0: reject at the first one.
+    answer_retries: int = 2
+    retry_temperature: float = 0.7
+    # "vllm": vLLM's structured outputs (a whitespace-free pattern of the answer); "openai": response_format
+    # json_schema; "auto": vllm when the server's /v1/models says owned_by vllm.
+    server: Literal["auto", "openai", "vllm"] = "auto"
 
     def __post_init__(self):
         if not 0.0 <= self.max_failure_share <= 1.0:
@@ -139,6 +151,13 @@ class JudgeConfig:
                 f"judge.max_failure_share: expected a share in [0, 1], got {self.max_failure_share!r} "
                 "(0.05: fail a stage when more than 5% of its rows were rejected because the judge failed)"
             )
+        if self.max_tokens < 1:
+            raise ConfigError(f"judge.max_tokens={self.max_tokens}: must be at least 1")
+        if self.answer_retries < 0 or self.max_retries < 0:
+            raise ConfigError("judge.answer_retries and judge.max_retries must be >= 0")
+        for name in ("temperature", "retry_temperature"):
+            if not 0.0 <= getattr(self, name) <= 2.0:
+                raise ConfigError(f"judge.{name}={getattr(self, name)}: must be in [0, 2]")
 
 
 # --------------------------------------------------------------------------- stages
@@ -271,6 +290,20 @@ class ServeConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment tracking of every stage's metrics (the same records as its metrics.jsonl, step-aligned)."""
+
+    tensorboard: bool = True  # event files in <stage dir>/tensorboard/<metrics name> (offline, no server)
+    mlflow: bool = False  # needs the `tracking` extra (pip install 'r1v_ray[tracking]')
+    mlflow_tracking_uri: str | None = None  # None: MLflow's own default (MLFLOW_TRACKING_URI, else local)
+    mlflow_experiment: str = "r1v_ray"
+    wandb: bool = False  # needs the `tracking` extra
+    wandb_project: str = "r1v_ray"
+    wandb_mode: Literal["offline", "online"] = "offline"  # online reads WANDB_API_KEY itself; never logged
+    wandb_dir: str | None = None  # None: <stage dir>/wandb
+
+
+@dataclass
 class R1VConfig:
     run_dir: str = "runs/default"
     seed: int = 0
@@ -283,6 +316,7 @@ class R1VConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 # --------------------------------------------------------------------------- loading

@@ -1,8 +1,10 @@
-"""One metrics API for every stage: Ray dashboard gauges (ray.util.metrics) plus a JSONL file."""
+"""One metrics API for every stage: Ray dashboard gauges (ray.util.metrics), a JSONL file, and the
+experiment trackers of `r1v_ray.tracking` (TensorBoard by default; MLflow, W&B by config)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
@@ -11,15 +13,24 @@ from r1v_ray.atomic import write_text_atomic
 
 
 class StageMetrics:
-    """`log(step, loss=..., lr=...)` sets one gauge per name (tagged by stage) and appends a JSONL record."""
+    """`log(step, loss=..., lr=...)` sets one gauge per name (tagged by stage), appends a JSONL record and
+    hands its numbers to the trackers at the same step.
 
-    def __init__(self, stage: str, jsonl_path: str | None):
+    Trackers come with a JSONL path (rank 0 of a trainer has one, other ranks none); their settings are
+    `tracking`, else the `tracking` section of the stage's manifest (see r1v_ray.tracking).
+    """
+
+    def __init__(self, stage: str, jsonl_path: str | None, tracking=None):
         self.stage = stage
         self.path = jsonl_path
         self._gauges: dict = {}
+        self.trackers: list = []
         if jsonl_path:
+            from r1v_ray.tracking import open_trackers
+
             os.makedirs(os.path.dirname(jsonl_path) or ".", exist_ok=True)
             drop_torn_tail(jsonl_path)  # a resumed stage appends after whole lines only
+            self.trackers = open_trackers(stage, jsonl_path, tracking)
 
     def _gauge(self, name: str):
         if name not in self._gauges:
@@ -40,7 +51,16 @@ class StageMetrics:
         if self.path:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+        numbers = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        for tracker in self.trackers:
+            tracker.log(step, numbers)
         return record
+
+    def close(self) -> None:
+        from r1v_ray.tracking import close_trackers
+
+        close_trackers(self.trackers)
+        self.trackers = []
 
 
 def read_jsonl(path: str) -> list[dict]:

@@ -219,7 +219,11 @@ class SelfDistill(_JudgePool):
         correct, usage = self.judge.verify(row, text)
         final = text
         if not correct:
-            final, more = self.judge.revise(row, text, lambda r: self.hinted.get(str(r["id"]), ""))
+            try:
+                final, more = self.judge.revise(row, text, lambda r: self.hinted.get(str(r["id"]), ""))
+            except JudgeError as exc:  # the rejected row still paid for its verification
+                exc.usage += usage
+                raise
             usage += more
         think, response = split_think(final)
         return {

@@ -19,7 +19,14 @@ from PIL import Image
 
 
 class JudgeError(RuntimeError):
-    """A judge call that failed for good (retries exhausted, unusable answer); the row is rejected."""
+    """A judge call that failed for good (retries exhausted, unusable answer); the row is rejected.
+
+    `usage` is what the failed call still cost (calls, retries, tokens): a rejected row is paid for too.
+    """
+
+    def __init__(self, message: str, usage: Usage | None = None):
+        super().__init__(message)
+        self.usage = usage if usage is not None else Usage()
 
 
 class RevisionImpossible(JudgeError):

@@ -5,7 +5,10 @@ schemas with a deterministic, schema-valid answer, after `latency_s`, and
 injects faults: the first attempts of a request (identified by a hash of its
 body) get 429, 500, a response slower than the client's timeout, or malformed
 JSON, by a fixed schedule; a later attempt always succeeds. Counters say what
-was served.
+was served. `answers` other than "valid" make every answer fail one way ("junk":
+not JSON, "length": cut at the token cap, "unauthorized": HTTP 401 echoing a
+masked key, as OpenAI's does), and `owned_by` is what `/v1/models` reports
+("vllm" to pass for vLLM's server). Every request body is kept in `requests`.
 
     python -m r1v_ray.engines.judge.fake_server --port 8011 [--latency 0.2] [--faults]
 """
@@ -21,6 +24,7 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from r1v_ray.engines.judge.openai_judge import SCHEMAS
 from r1v_ray.rewards import extract_answer
 
 FAULT_SCHEDULE = ["429", "ok", "500", "timeout", "badjson", "ok", "429", "500"]
@@ -45,9 +49,28 @@ def _answer(kind: str, text: str, digest: int) -> dict:
     return {"score": digest % 6, "reason": "deterministic test score"}
 
 
+def _kind(request: dict) -> str:
+    """Which judge call this is: the response_format's name, else the fields of the structured-output pattern."""
+    name = request.get("response_format", {}).get("json_schema", {}).get("name")
+    if name:
+        return name
+    pattern = request.get("structured_outputs", {}).get("regex", "")
+    return next((k for k, fields in SCHEMAS.items() if all(f'"{f}"' in pattern for f in fields)), "rm")
+
+
 class FakeJudgeServer:
-    def __init__(self, port: int = 0, latency_s: float = 0.0, faults: bool = False, timeout_sleep_s: float = 3.0):
+    def __init__(
+        self,
+        port: int = 0,
+        latency_s: float = 0.0,
+        faults: bool = False,
+        timeout_sleep_s: float = 3.0,
+        answers: str = "valid",
+        owned_by: str = "fake",
+    ):
         self.latency_s, self.faults, self.timeout_sleep_s = latency_s, faults, timeout_sleep_s
+        self.answers, self.owned_by = answers, owned_by
+        self.requests: list[dict] = []
         self.served: Counter = Counter()  # outcome -> count ("ok", "429", "500", "timeout", "badjson")
         self.attempts: Counter = Counter()  # request hash -> attempts seen
         self.lock = threading.Lock()
@@ -72,10 +95,27 @@ class FakeJudgeServer:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def do_GET(self):
+                if not self.path.rstrip("/").endswith("/models"):
+                    return self._send(404, b'{"error": {"message": "not found"}}')
+                body = {"object": "list", "data": [{"id": "fake", "object": "model", "owned_by": server.owned_by}]}
+                self._send(200, json.dumps(body).encode())
+
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 request = json.loads(raw)
-                digest = int(hashlib.sha256(raw).hexdigest()[:12], 16)
+                with server.lock:
+                    server.requests.append(request)
+                if server.answers == "unauthorized":
+                    key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                    message = f"Incorrect API key provided: {key[:3]}{'*' * 20}{key[-4:]}. You can find your API key."
+                    return self._send(
+                        401, json.dumps({"error": {"message": message, "code": "invalid_api_key"}}).encode()
+                    )
+                # One request across its resamples (the judge changes seed and temperature after a bad
+                # answer): its later attempts still succeed.
+                same = {k: v for k, v in request.items() if k not in ("seed", "temperature")}
+                digest = int(hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()[:12], 16)
                 with server.lock:
                     attempt = server.attempts[digest]
                     server.attempts[digest] += 1
@@ -91,7 +131,7 @@ class FakeJudgeServer:
                     return self._send(500, b'{"error": {"message": "internal error", "type": "server_error"}}')
                 if outcome == "timeout":
                     time.sleep(server.timeout_sleep_s)
-                kind = request.get("response_format", {}).get("json_schema", {}).get("name", "rm")
+                kind = _kind(request)
                 text = "\n".join(
                     p.get("text", "")
                     for m in request["messages"]
@@ -99,14 +139,19 @@ class FakeJudgeServer:
                     for p in m["content"]
                     if p.get("type") == "text"
                 )
-                content = "{not json" if outcome == "badjson" else json.dumps(_answer(kind, text, digest))
+                content = json.dumps(_answer(kind, text, digest))
+                finish = "stop"
+                if outcome == "badjson" or server.answers == "junk":
+                    content = "{not json"
+                elif server.answers == "length":
+                    content, finish = content[: len(content) // 2], "length"
                 body = {
                     "id": f"fake-{digest:x}",
                     "object": "chat.completion",
                     "created": int(time.time()),
                     "model": request.get("model", "fake"),
                     "choices": [
-                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+                        {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": content}}
                     ],
                     "usage": {
                         "prompt_tokens": len(raw) // 4,

@@ -1,12 +1,17 @@
 """The judge on any OpenAI-compatible endpoint (GPT-4o, a vLLM server, this project's Serve app).
 
-Calls ask for JSON matching a schema (`response_format` json_schema) and the
-answer is validated here too: servers that ignore the schema still cannot pass
-a malformed answer downstream. Each call goes through, in order: the on-disk
-cache (a re-run pays for no call twice), the concurrency limit, the token
-bucket, and retries with exponential backoff and jitter on 429 / 5xx /
-timeouts / connection errors / invalid JSON. The API key comes from the
-environment variable named in the config and is never logged or cached.
+Calls ask for JSON matching a schema: `response_format` json_schema, or on vLLM's
+server its `structured_outputs` with a whitespace-free pattern of the answer (its
+JSON-schema grammar lets a weak model run on in whitespace to the token cap). The
+answer is validated here too: servers that ignore the request's format still cannot
+pass a malformed answer downstream. Each call goes through, in order: the on-disk
+cache (a re-run pays for no call twice), the concurrency limit, the token bucket,
+and retries with exponential backoff and jitter on 429 / 5xx / timeouts /
+connection errors. An unusable answer is retried only with a new seed at a
+sampling temperature (never unchanged); an answer cut at `judge.max_tokens` is
+rejected at once. The API key comes from the environment variable named in the
+config and is never logged or cached, and error text from the server is scrubbed
+of key fragments before it becomes a rejected row's reason.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import threading
 import time
 
@@ -79,6 +85,34 @@ def json_schema(kind: str) -> dict:
             "schema": {"type": "object", "properties": props, "required": list(props), "additionalProperties": False},
         },
     }
+
+
+_CHAR = r'([^"\\\x00-\x1f]|\\[nt"\\/])'  # a JSON string's character: plain or a simple escape
+_MAX_CHARS = {"think": None, "reason": 300}  # others (answers) 100; the reasoning as long as max_tokens allows
+_PATTERNS = {"boolean": "(true|false)", "integer": "[0-5]", "number": r"(10|[0-9](\.[0-9]{1,2})?)"}
+
+
+def answer_pattern(kind: str) -> str:
+    """The answer of `kind` as a regular expression for vLLM's structured outputs: the schema's fields in
+    order, no whitespace, numbers in range, strings of bounded length but the revision's reasoning."""
+    props = json_schema(kind)["json_schema"]["schema"]["properties"]
+    parts = []
+    for name, prop in props.items():
+        limit = _MAX_CHARS.get(name, 100)
+        value = _PATTERNS.get(prop["type"]) or f'"{_CHAR}{"*" if limit is None else f"{{0,{limit}}}"}"'
+        parts.append(f'"{name}":{value}')
+    return r"\{" + ",".join(parts) + r"\}"
+
+
+def scrub_secrets(text: str, key: str | None) -> str:
+    """`text` without the key, key-like tokens (sk-...) and masked fragments (sk-ab***...wxyz) of it."""
+    if key:
+        text = text.replace(key, "[redacted]")
+    text = re.sub(r"\bsk-[\w\-*.]+", "[redacted]", text)
+    text = re.sub(r"\S*\*{3,}\S*", "[redacted]", text)
+    if key and len(key) >= 8:  # a fragment the server echoed, e.g. the key's last characters
+        text = re.sub(r"[\w\-]{4,}", lambda m: "[redacted]" if m.group(0) in key else m.group(0), text)
+    return text
 
 
 def parse_answer(kind: str, content: str | None) -> dict:
@@ -174,6 +208,20 @@ def _image_url(image: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(bytes(image)).decode()
 
 
+class UnusableAnswer(ValueError):
+    """An answer that arrived but cannot be used (not JSON, fields missing or out of range)."""
+
+
+def detect_server(client, base_url: str | None) -> str:
+    """'vllm' when the endpoint is vLLM's OpenAI server (its models are owned_by 'vllm'), else 'openai'."""
+    if base_url is None:
+        return "openai"
+    try:
+        return "vllm" if any(getattr(m, "owned_by", None) == "vllm" for m in client.models.list()) else "openai"
+    except Exception:  # no /v1/models (or it refused): the portable response_format it is
+        return "openai"
+
+
 class OpenAIJudge(Judge):
     name = "openai"
 
@@ -182,55 +230,113 @@ class OpenAIJudge(Judge):
     ):
         import openai
 
-        key = api_key or api_key_from_env(cfg)
+        self.key = api_key or api_key_from_env(cfg)
         self.cfg = cfg
-        # Retries are ours (counted, with jitter, also on invalid JSON), so the client's are off.
-        self.client = openai.OpenAI(api_key=key, base_url=cfg.base_url, timeout=cfg.timeout_s, max_retries=0)
-        self.retryable = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError, ValueError)
+        # Retries are ours (counted, with jitter), so the client's are off.
+        self.client = openai.OpenAI(api_key=self.key, base_url=cfg.base_url, timeout=cfg.timeout_s, max_retries=0)
+        self.transient = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)
         self.cache = JudgeCache(cache_dir)
         self.slots = threading.BoundedSemaphore(max(1, int(cfg.max_concurrency * concurrency_share)))
         self.bucket = TokenBucket(cfg.requests_per_second * concurrency_share)
+        self._server = None if cfg.server == "auto" else cfg.server
+        self._server_lock = threading.Lock()
 
-    def _call(self, kind: str, content: list[dict]) -> tuple[dict, Usage]:
-        import openai
+    @property
+    def server(self) -> str:
+        with self._server_lock:
+            if self._server is None:
+                self._server = detect_server(self.client, self.cfg.base_url)
+        return self._server
 
+    def request(self, kind: str, content: list[dict]) -> dict:
+        """The request body (also the cache key): capped, seeded, with the answer's format for this server."""
         request = {
             "model": self.cfg.model,
-            "temperature": 0.0,
-            "response_format": json_schema(kind),
+            "temperature": self.cfg.temperature,
+            "max_tokens": self.cfg.max_tokens,
+            "seed": self.cfg.seed,
             "messages": [{"role": "system", "content": INSTRUCTIONS[kind]}, {"role": "user", "content": content}],
         }
+        if self.server == "vllm":
+            request["extra_body"] = {"structured_outputs": {"regex": answer_pattern(kind)}}
+        else:
+            request["response_format"] = json_schema(kind)
+        return request
+
+    def _answer(self, kind: str, reply, usage: Usage) -> dict:
+        if reply.usage is not None:
+            usage.input_tokens += reply.usage.prompt_tokens or 0
+            usage.output_tokens += reply.usage.completion_tokens or 0
+        choice = reply.choices[0] if reply.choices else None
+        finish = getattr(choice, "finish_reason", None)
+        if finish == "length":
+            raise JudgeError(
+                f"judge {kind} answer was cut at judge.max_tokens={self.cfg.max_tokens} (finish_reason length); "
+                "raise judge.max_tokens",
+                usage,
+            )
+        if finish == "content_filter":
+            raise JudgeError(f"judge {kind} answer was withheld by the server's content filter", usage)
+        try:
+            return parse_answer(kind, choice.message.content if choice is not None else None)
+        except ValueError as exc:
+            raise UnusableAnswer(str(exc)) from None
+
+    def _call(self, kind: str, content: list[dict]) -> tuple[dict, Usage]:
+        request = self.request(kind, content)
         key = JudgeCache.key(request)
         cached = self.cache.get(key)
         if cached is not None:
             return cached["answer"], Usage(cache_hits=1)
-        usage, last_error = Usage(), None
+        usage, last_error, attempt_request, resamples = Usage(), None, request, 0
         for attempt in range(self.cfg.max_retries + 1):
             if attempt:
                 usage.retries += 1
-                time.sleep(self._backoff(attempt, last_error))
+                if not isinstance(last_error, UnusableAnswer):  # a resample has nothing to wait for
+                    time.sleep(self._backoff(attempt, last_error))
             self.bucket.acquire()
             with self.slots:
                 usage.calls += 1
                 try:
-                    reply = self.client.chat.completions.create(**request)
-                    if reply.usage is not None:
-                        usage.input_tokens += reply.usage.prompt_tokens or 0
-                        usage.output_tokens += reply.usage.completion_tokens or 0
-                    answer = parse_answer(kind, reply.choices[0].message.content if reply.choices else None)
-                except self.retryable as exc:
+                    answer = self._answer(kind, self.client.chat.completions.create(**attempt_request), usage)
+                except UnusableAnswer as exc:
+                    last_error = exc
+                    if resamples >= self.cfg.answer_retries:
+                        break
+                    resamples += 1  # never the same request again: a new seed, and room to sample
+                    attempt_request = {
+                        **request,
+                        "seed": self.cfg.seed + resamples,
+                        "temperature": max(self.cfg.temperature, self.cfg.retry_temperature),
+                    }
+                    continue
+                except self.transient as exc:
                     last_error = exc
                     continue
-                except openai.APIStatusError as exc:  # 4xx other than 429: the request itself is wrong
-                    raise JudgeError(
-                        f"judge refused the {kind} request: HTTP {exc.status_code}: {exc.message}"
-                    ) from None
+                except JudgeError:
+                    raise
+                except Exception as exc:  # 4xx other than 429, or anything else: the request itself is wrong
+                    raise JudgeError(self._refusal(kind, exc), usage) from None
             self.cache.put(key, {"answer": answer, "kind": kind})
             return answer, usage
         raise JudgeError(
             f"judge {kind} call failed after {usage.calls} attempts: {type(last_error).__name__}: "
-            f"{str(last_error)[:200]}"
+            f"{scrub_secrets(str(last_error), self.key)[:200]}",
+            usage,
         )
+
+    def _refusal(self, kind: str, exc: Exception) -> str:
+        import openai
+
+        if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
+            # The server's text can echo a masked part of the key: none of it goes into a reason.
+            return (
+                f"judge refused the {kind} request: HTTP {exc.status_code} ({type(exc).__name__}): check the key "
+                f"in the environment variable {self.cfg.api_key_env} (judge.api_key_env)"
+            )
+        status = f"HTTP {exc.status_code}: " if isinstance(exc, openai.APIStatusError) else f"{type(exc).__name__}: "
+        text = exc.message if isinstance(exc, openai.APIStatusError) else str(exc)
+        return f"judge refused the {kind} request: {status}{scrub_secrets(text, self.key)[:300]}"
 
     def _backoff(self, attempt: int, error: Exception | None) -> float:
         retry_after = getattr(getattr(error, "response", None), "headers", {}).get("retry-after") if error else None
