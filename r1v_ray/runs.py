@@ -21,6 +21,7 @@ from typing import Any
 import r1v_ray
 from r1v_ray.config import R1VConfig, to_dict
 from r1v_ray.stage_fingerprint import StageChanged, changed_message, fingerprint, fingerprint_changes
+from r1v_ray.tracking import close_all, scrub
 
 MANIFEST = "manifest.json"
 
@@ -106,7 +107,7 @@ class StageRun:
             "started": time.time(),
             "version": r1v_ray.__version__,
             "git_commit": git_commit(),
-            "config": to_dict(self.cfg),
+            "config": scrub(to_dict(self.cfg)),  # no credentials (a password in a URL) in the run directory
             "inputs": described,
             "fingerprint": fingerprint(self.cfg, self.stage, described),
             "metrics": self.manifest.get("metrics", {}),
@@ -161,4 +162,6 @@ def run_stage(cfg: R1VConfig, stage: str, body, inputs: dict | None = None, forc
     except BaseException as exc:
         run.fail(exc)
         raise
+    finally:
+        close_all()  # the stage's MLflow / W&B runs end with it, not at process exit
     return run.finish(outputs, **metrics)

@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from r1v_ray.config import R1VConfig, to_dict
+from r1v_ray.tracking import scrub
 
 # Config keys (dotted; a section covers its keys) that never change a stage's results.
 IGNORED = (
@@ -99,7 +100,7 @@ def stage_config(cfg: R1VConfig, stage: str) -> dict[str, Any]:
     reads, skips = STAGE_CONFIG.get(stage, ((), ()))
     return {
         k: _norm_path(v, cfg.run_dir) if k in PATH_KEYS and isinstance(v, str) else v
-        for k, v in _flat(to_dict(cfg)).items()
+        for k, v in _flat(scrub(to_dict(cfg))).items()  # kept in the manifest: no credentials
         if (not reads or _covered(k, reads)) and not _covered(k, skips + IGNORED)
     }
 

@@ -61,3 +61,14 @@ def test_what_does_not_change_results_does_not_stop_a_skip(tmp_path):
     assert calls == ["score"]
     with pytest.raises(RuntimeError, match=r"judge\.model: \"gpt-4o\" -> \"gpt-4.1\""):
         run_stage(_cfg(run_dir, "judge.model=gpt-4.1"), "score", _body(calls), {"data": data})
+
+
+def test_a_password_in_a_config_url_never_reaches_the_manifest(tmp_path):
+    from r1v_ray.config import load_config
+    from r1v_ray.runs import StageRun
+
+    cfg = load_config(None, [f"run_dir={tmp_path}", "judge.base_url=https://user:s3cret@judge.example/v1"])
+    run = StageRun(cfg, "score")
+    run.start({})
+    text = open(run.path).read()
+    assert "s3cret" not in text and "[redacted]@judge.example" in text
