@@ -35,6 +35,13 @@ def test_gpu_node_types_autoscale_from_zero_and_dashboard_stays_local(cluster):
     assert any("setup.sh gpu" in c for c in cluster["setup_commands"])
 
 
+def test_every_node_starts_ray_with_token_authentication(cluster):
+    """Regression: GCS, the Ray client and each node's job agent listened on the node IP unauthenticated."""
+    starts = [c for c in cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in starts)
+    assert cluster["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"  # one token on every node
+
+
 def test_paper_config_lands_on_the_cluster_node_types(cluster):
     cfg = load_config(os.path.join(ROOT, "configs", "paper", "r1v-38b.yaml"))
     types = cluster["available_node_types"]
