@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-from PIL import Image
 
+from r1v_ray.data.images import ImageError, decode_rgb
 from r1v_ray.rewards import OPTION_LETTERS, normalize_text
 
 
@@ -38,14 +37,9 @@ def check_image(data, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise RowError(f"image too large: {len(data)} bytes > {max_bytes}")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # decodes the pixels, catching truncated files that verify() passes
-            if img.width < 1 or img.height < 1:
-                raise RowError("image has no pixels")
-    except RowError:
-        raise
-    except Exception as exc:
-        raise RowError(f"undecodable image: {type(exc).__name__}: {exc}") from None
+        decode_rgb(bytes(data))  # the pixels every stage will see: decodable, within the pixel cap
+    except ImageError as exc:
+        raise RowError(str(exc)) from None
     return bytes(data)
 
 
