@@ -1,6 +1,7 @@
 """Cost of the answer-check deadline: math-verify in a reused worker process against math-verify in-process.
 
-Scores the same normal (wrong and right) answers both ways, several runs each, and prints the
+Scores the same normal answers both ways (plain numbers, the common case in GRPO, then a mix with
+fractions, roots and polynomials), several runs each, and prints the
 median per-check time of each with its range, and the ratio and the difference (the per-call
 overhead of the pipe round trip).
 
@@ -52,17 +53,17 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     logging.disable(logging.WARNING)
-    cases = pairs(args.checks)
-    in_process(*cases[0]), answer_check.math_equal(*cases[0])  # warm both: imports, worker start
-    assert [in_process(*c) for c in cases[:40]] == [answer_check.math_equal(*c) for c in cases[:40]]
-    base, pooled = [], []
-    for _ in range(args.runs):  # interleaved, so load from elsewhere hits both alike
-        base.append(per_check_us(in_process, cases))
-        pooled.append(per_check_us(answer_check.math_equal, cases))
-    b, p = statistics.median(base), statistics.median(pooled)
-    print(f"in-process math-verify: {b:8.1f} us/check (range {min(base):.1f}-{max(base):.1f})")
-    print(f"worker with deadline:   {p:8.1f} us/check (range {min(pooled):.1f}-{max(pooled):.1f})")
-    print(f"ratio {p / b:.2f}x, overhead {p - b:+.1f} us/check ({args.runs} runs of {args.checks} checks)")
+    for name, cases in (("numbers", [(str(i), str(i + 1)) for i in range(args.checks)]), ("mixed", pairs(args.checks))):
+        in_process(*cases[0]), answer_check.math_equal(*cases[0])  # warm both: imports, worker start
+        assert [in_process(*c) for c in cases[:40]] == [answer_check.math_equal(*c) for c in cases[:40]]
+        base, pooled = [], []
+        for _ in range(args.runs):  # interleaved, so load from elsewhere hits both alike
+            base.append(per_check_us(in_process, cases))
+            pooled.append(per_check_us(answer_check.math_equal, cases))
+        b, p = statistics.median(base), statistics.median(pooled)
+        print(f"{name}: in-process math-verify {b:8.1f} us/check (range {min(base):.1f}-{max(base):.1f})")
+        print(f"{name}: worker with deadline   {p:8.1f} us/check (range {min(pooled):.1f}-{max(pooled):.1f})")
+        print(f"{name}: ratio {p / b:.2f}x, overhead {p - b:+.1f} us/check ({args.runs} runs of {args.checks} checks)")
 
 
 if __name__ == "__main__":
