@@ -178,15 +178,26 @@ _pool: CheckerPool | None = None
 _pool_lock = threading.Lock()
 
 
+def _env(name: str, default: str, kind: type):
+    raw = os.environ.get(name, default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value <= 0:
+        raise ValueError(f"{name}={raw!r}: expected a positive {'integer' if kind is int else 'number'}")
+    return value
+
+
 def pool() -> CheckerPool:
     """This process's pool, built from the environment on first use (and again in a forked child)."""
     global _pool
     with _pool_lock:
         if _pool is None:
             _pool = CheckerPool(
-                size=int(os.environ.get("R1V_ANSWER_CHECK_WORKERS", "2")),
-                timeout_s=float(os.environ.get("R1V_ANSWER_CHECK_TIMEOUT_S", "5")),
-                memory_mb=int(os.environ.get("R1V_ANSWER_CHECK_MEMORY_MB", "2048")),
+                size=_env("R1V_ANSWER_CHECK_WORKERS", "2", int),
+                timeout_s=_env("R1V_ANSWER_CHECK_TIMEOUT_S", "5", float),
+                memory_mb=_env("R1V_ANSWER_CHECK_MEMORY_MB", "2048", int),
             )
         return _pool
 
