@@ -61,7 +61,7 @@ def _round_trips(cfg) -> None:
         assert dump_config(load_config(path)) == dump_config(cfg)
 
 
-@examples(250)
+@examples(500)
 @given(st.lists(overrides, max_size=4))
 def test_overrides_load_or_fail_naming_the_key(items):
     try:
@@ -82,7 +82,7 @@ yaml_texts = st.one_of(
 )
 
 
-@examples(100)
+@examples(200)
 @given(yaml_texts)
 def test_any_yaml_file_loads_or_fails_with_a_config_error(text):
     with tempfile.TemporaryDirectory() as tmp:

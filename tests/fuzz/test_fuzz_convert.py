@@ -54,7 +54,7 @@ lines = st.one_of(
 )
 
 
-@examples(40)
+@examples(80)
 @given(st.lists(lines, max_size=10))
 def test_every_line_ends_in_the_output_or_rejected(chunks):
     data = b"\n".join(chunks) + b"\n"

@@ -46,13 +46,13 @@ def test_the_last_closed_box_wins(text, boxed):
     assert extract_answer(text + "\\boxed{" + boxed + "}") == boxed.strip()
 
 
-@examples(60, deadline_s=30)
+@examples(150, deadline_s=30)
 @given(st.one_of(latexish, latexish.map(lambda s: "\\boxed{" + s + "}")), latexish, choices)
 def test_accuracy_reward_is_zero_or_one_within_its_deadline(completion, answer, options):
     assert accuracy_reward(completion, answer, options) in (0.0, 1.0)
 
 
-@examples(60, deadline_s=30)
+@examples(150, deadline_s=30)
 @given(brace_free)
 def test_an_answer_matches_itself(answer):
     assert accuracy_reward("<think>t</think> Answer: \\boxed{" + answer + "}", answer) == 1.0

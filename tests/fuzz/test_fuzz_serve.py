@@ -125,7 +125,7 @@ def _request_or_4xx(raw: bytes):
     return out
 
 
-@examples(300)
+@examples(600)
 @given(valid_bodies | mutated_bodies() | mutated_bodies() | bodies | json_values)
 def test_any_json_body_is_a_request_or_a_4xx(body):
     out = _request_or_4xx(json.dumps(body).encode())
