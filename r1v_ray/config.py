@@ -207,8 +207,8 @@ class SFTConfig:
     mlp_init_stages: list[SFTStageConfig] = field(
         default_factory=lambda: [
             SFTStageConfig(name="full", learning_rate=2e-4),
-            SFTStageConfig(name="curated", learning_rate=4e-5, score_column="rm_score", min_score=4),
-            SFTStageConfig(name="cot", learning_rate=4e-5, score_column="rm_score", min_score=5),
+            SFTStageConfig(name="curated", learning_rate=4e-5, score_column="rm_score", min_score=4.0),
+            SFTStageConfig(name="cot", learning_rate=4e-5, score_column="rm_score", min_score=5.0),
         ]
     )
     # Paper 2.2: T = 4 iterations, tau_t = 2, 3, 4, 5; lr 1e-4 at t = 1, 2e-5 after.
@@ -375,7 +375,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{key}: the number is too large") from None
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
@@ -431,19 +434,32 @@ def _set_path(tree: dict, dotted: str, value: Any, cls: type) -> None:
         node_cls = child_cls
 
 
+def _yaml(text: str, where: str) -> Any:
+    """yaml.safe_load, with its errors (syntax, an unknown tag, a 5,000-digit number, deep nesting) as ConfigError."""
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        problem = "nested too deeply" if isinstance(exc, RecursionError) else " ".join(str(exc).split())[:200]
+        raise ConfigError(f"{where}: not valid YAML ({problem})") from None
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like key.path=value")
     key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    key = key.strip()
+    return key, _yaml(raw, f"--set {key}") if raw.strip() else ""
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (), cls: type = R1VConfig) -> Any:
     """Load YAML (or only defaults when `path` is None), apply `key=value` overrides, validate."""
     tree: dict = {}
     if path is not None:
-        text = Path(path).read_text()
-        tree = yaml.safe_load(text) or {}
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the config file ({type(exc).__name__}: {exc})") from None
+        tree = _yaml(text, str(path)) or {}
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
     for item in overrides:

@@ -41,20 +41,27 @@ def build_question_text(question: str, choices: list[str] | None) -> str:
 
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_ANSWER_LINE = re.compile(r"^\s*\**\s*(?:final\s+)?answer\s*\**\s*[:：]\s*(.+?)\s*$", re.IGNORECASE)
+_BRACES = re.compile(r"[{}]")
+# Matched against a stripped line; one quantifier per gap keeps long runs of spaces or stars linear.
+_ANSWER_LINE = re.compile(r"^[\s*]*(?:final\s+)?answer[\s*]*[:：]\s*(.+)$", re.IGNORECASE)
 
 
 def _last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...}, honouring nested braces; None if unbalanced."""
-    for match in reversed(list(_BOXED.finditer(text))):
-        depth, start = 1, match.end()
-        for i in range(start, len(text)):
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start:i].strip()
+    """Content of the last \\boxed{...}, honouring nested braces; None if unbalanced.
+
+    One pass pairs every brace (a stack), so the cost is linear however many boxes are left open."""
+    opens = [m.end() - 1 for m in _BOXED.finditer(text)]
+    if not opens:
+        return None
+    closing, stack = {}, []
+    for m in _BRACES.finditer(text, opens[0]):
+        if m.group() == "{":
+            stack.append(m.start())
+        elif stack:
+            closing[stack.pop()] = m.start()
+    for brace in reversed(opens):
+        if brace in closing:
+            return text[brace + 1 : closing[brace]].strip()
     return None
 
 
@@ -68,7 +75,7 @@ def extract_answer(text: str) -> str | None:
     for line in reversed(text.strip().splitlines()):
         if not line.strip():
             continue
-        match = _ANSWER_LINE.match(line)
+        match = _ANSWER_LINE.match(line.strip())
         if match:
             value = match.group(1).strip().strip("*").strip()
             return value.rstrip(".").strip() or None
@@ -76,14 +83,25 @@ def extract_answer(text: str) -> str | None:
     return None
 
 
-_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|textit|operatorname)\s*\{([^{}]*)\}")
+_WRAPPER_TOKENS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|textit|operatorname)\s*\{|[{}]")
 
 
 def _strip_latex_wrappers(s: str) -> str:
-    prev = None
-    while prev != s:
-        prev, s = s, _WRAPPERS.sub(r"\1", s)
-    return s
+    """\\text{B} -> B (nested too), in one pass; an unclosed wrapper is kept as written."""
+    out, stack, pos = [], [], 0  # stack: index in `out` of each open wrapper, None for a plain brace
+    for m in _WRAPPER_TOKENS.finditer(s):
+        out.append(s[pos : m.start()])
+        pos, token = m.end(), m.group()
+        if token == "}" and stack:
+            opened = stack.pop()
+            if opened is not None:
+                out[opened] = ""  # a closed wrapper: drop its opening and this brace
+                continue
+        elif token != "}":
+            stack.append(len(out) if token != "{" else None)
+        out.append(token)
+    out.append(s[pos:])
+    return "".join(out)
 
 
 def normalize_text(s: str) -> str:
@@ -116,17 +134,10 @@ def _option_letter(pred: str, choices: list[str] | None) -> str | None:
 
 
 def _math_equal(pred: str, gold: str) -> bool:
-    from math_verify import parse, verify
+    """math-verify's equivalence, in a worker process with a hard deadline (r1v_ray.answer_check)."""
+    from r1v_ray.answer_check import math_equal
 
-    try:
-        # Timeouts are disabled: math-verify's signal-based timer breaks in worker threads.
-        gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=None)
-        pred_parsed = parse(f"\\boxed{{{pred}}}", parsing_timeout=None)
-        if not gold_parsed or not pred_parsed:
-            return False
-        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
-    except Exception:  # math-verify raises on exotic input; an unparsable answer is wrong
-        return False
+    return math_equal(pred, gold)
 
 
 def _is_letter_answer(answer: str, choices: list[str] | None) -> bool:

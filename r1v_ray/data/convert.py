@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from r1v_ray.data.io import ParquetSink
+from r1v_ray.data.io import ParquetSink, remove, resolve_fs
 from r1v_ray.data.schema import CANONICAL_SCHEMA, REJECTED_SCHEMA, canonical_table, rejected_table
 from r1v_ray.data.validate import RowError, RowValidator
 
@@ -46,7 +46,10 @@ def write_validated(
     report = ConversionReport()
     good: list[dict] = []
     bad: list[dict] = []
-    with ParquetSink(out_uri, schema=CANONICAL_SCHEMA) as out, ParquetSink(rejected_uri, schema=REJECTED_SCHEMA) as rej:
+    # Written beside the targets, then swapped in: the targets end up holding exactly this conversion
+    # (no part files left from an earlier, larger one), and a conversion that dies leaves them as they were.
+    tmp_out, tmp_rej = _staging(out_uri), _staging(rejected_uri)
+    with ParquetSink(tmp_out, schema=CANONICAL_SCHEMA) as out, ParquetSink(tmp_rej, schema=REJECTED_SCHEMA) as rej:
         for item in rows:
             report.input_rows += 1
             raw, error = item if isinstance(item, tuple) else (item, None)
@@ -66,11 +69,26 @@ def write_validated(
             out.write(canonical_table(good))
         if bad:
             rej.write(rejected_table(bad))
+    _replace(tmp_out, out_uri)
+    _replace(tmp_rej, rejected_uri)
     report.output_rows, report.rejected_rows = out.rows_written, rej.rows_written
     report.reasons = {
         k.removeprefix("rejected: "): v for k, v in validator.counts.items() if k.startswith("rejected: ")
     }
     return report
+
+
+def _staging(uri: str) -> str:
+    """A fresh sibling of `uri` to write into (a leftover from a conversion that died is cleared)."""
+    staging = uri.rstrip("/") + ".converting"
+    remove(staging)
+    return staging
+
+
+def _replace(staging: str, uri: str) -> None:
+    fs, path = resolve_fs(uri)
+    remove(uri)
+    fs.move(resolve_fs(staging)[1], path)
 
 
 # --------------------------------------------------------------------------- JSONL
@@ -88,19 +106,19 @@ def _read_image_file(root: str, rel: str) -> bytes:
 
 def iter_jsonl(jsonl_path: str, image_root: str, source: str | None = None) -> Iterator[dict | tuple]:
     """Rows of a JSONL file whose `image` (or `image_path`) names a file under `image_root`."""
-    with open(jsonl_path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    with open(jsonl_path, "rb") as f:  # bytes: one undecodable line is rejected, not the whole file
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(raw.decode("utf-8"))
                 if not isinstance(record, dict):
-                    raise RowError(f"line {lineno}: expected a JSON object")
-            except (json.JSONDecodeError, RowError) as exc:
-                yield (
-                    {"id": None, "line": lineno, "text": line[:500]},
-                    RowError(f"invalid JSON on line {lineno}: {exc}"),
-                )
+                    raise RowError("expected a JSON object")
+            except (ValueError, RowError, RecursionError) as exc:  # bad UTF-8 / JSON, or nesting too deep
+                kind = "invalid UTF-8" if isinstance(exc, UnicodeDecodeError) else "invalid JSON"
+                reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+                text = raw[:500].decode("utf-8", errors="replace")
+                yield ({"id": None, "line": lineno, "text": text}, RowError(f"{kind}: line {lineno}: {reason}"))
                 continue
             row = {k: record.get(k) for k in CANONICAL_KEYS}
             row["id"] = record.get("id", f"{source or 'jsonl'}-{lineno}")
@@ -163,7 +181,7 @@ def _parse_options(value):
     if isinstance(value, str):
         try:
             value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             raise RowError(f"unparsable options: {value[:80]!r}") from None
     return value
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 
-from PIL import Image
+import pyarrow as pa
 
+from r1v_ray.data.images import ImageError, decode_rgb
 from r1v_ray.rewards import OPTION_LETTERS, normalize_text
 
 
@@ -37,14 +37,9 @@ def check_image(data, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise RowError(f"image too large: {len(data)} bytes > {max_bytes}")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # decodes the pixels, catching truncated files that verify() passes
-            if img.width < 1 or img.height < 1:
-                raise RowError("image has no pixels")
-    except RowError:
-        raise
-    except Exception as exc:
-        raise RowError(f"undecodable image: {type(exc).__name__}: {exc}") from None
+        decode_rgb(bytes(data))  # the pixels every stage will see: decodable, within the pixel cap
+    except ImageError as exc:
+        raise RowError(str(exc)) from None
     return bytes(data)
 
 
@@ -93,6 +88,36 @@ def _summary(row: dict) -> str:
     return json.dumps(enc(row), ensure_ascii=False)
 
 
+class UniqueIds:
+    """Streaming duplicate-id check: the first row with an id passes, later ones are rejected with the reason.
+
+    Ids are request ids and join keys downstream, so two rows sharing one would swap or lose results.
+    Holds one set of the ids seen (the only state), so it works batch by batch over any size of input.
+    """
+
+    def __init__(self, seen: set[str] | None = None):
+        self.seen: set[str] = set() if seen is None else seen
+
+    def reason(self, rid) -> str | None:
+        """Why a row with this id is a duplicate, or None when it is the first (the id is not recorded)."""
+        if str(rid) in self.seen:
+            return f"duplicate id: {str(rid)!r} is already used by an earlier row (ids must be unique; give merged sources distinct ids)"
+        return None
+
+    def add(self, rid) -> None:
+        self.seen.add(str(rid))
+
+    def mark(self, table: pa.Table, error_column: str = "error") -> pa.Table:
+        """`table` with `error_column` set to the reason for duplicates; rows already in error are left as they are."""
+        errors = table.column(error_column).to_pylist()
+        for i, rid in enumerate(table.column("id").to_pylist()):
+            if errors[i] is None:
+                errors[i] = self.reason(rid)
+                self.add(rid)
+        index = table.schema.get_field_index(error_column)
+        return table.set_column(index, error_column, pa.array(errors, type=pa.string()))
+
+
 @dataclass
 class RowValidator:
     """Stateful validator for one dataset (it remembers ids to reject duplicates)."""
@@ -102,11 +127,15 @@ class RowValidator:
     seen_ids: set = field(default_factory=set)
     counts: Counter = field(default_factory=Counter)
 
+    def __post_init__(self):
+        self.ids = UniqueIds(self.seen_ids)
+
     def check(self, row: dict) -> dict:
         """The canonical row, or RowError with the reason."""
         rid = _text(row, "id")
-        if rid in self.seen_ids:
-            raise RowError(f"duplicate id {rid!r}")
+        duplicate = self.ids.reason(rid)
+        if duplicate:
+            raise RowError(duplicate)
         question = _text(row, "question")
         answer = _text(row, "answer")
         choices = _choices(row.get("choices"))
@@ -124,7 +153,7 @@ class RowValidator:
             category=_text(row, "category", required=False),
             rationale=_text(row, "rationale", required=False),
         )
-        self.seen_ids.add(rid)
+        self.ids.add(rid)
         return clean
 
     def split(self, rows: list[dict]) -> tuple[list[dict], list[dict]]:

@@ -24,6 +24,7 @@ from r1v_ray.atomic import write_json_atomic
 from r1v_ray.config import R1VConfig
 from r1v_ray.data.io import ParquetSink, remove
 from r1v_ray.data.schema import REJECTED_SCHEMA, rejected_table
+from r1v_ray.data.validate import UniqueIds
 from r1v_ray.distill.drlc import repetition_penalty
 from r1v_ray.distill.udfs import USAGE_COLUMNS, Assess, RMScore, SelfDistill
 from r1v_ray.engines.judge import judge_api_key
@@ -123,11 +124,14 @@ def drain(
     """Stream `ds` into `out_uri` (rows whose `error` is null) and `rejected_uri` (the others, with reasons).
 
     Both are rewritten from scratch: a pass that died half-way leaves no stale part files behind.
+    A row whose id an earlier row already has is rejected: ids are request ids and join keys downstream.
     """
     remove(out_uri)
     remove(rejected_uri)
+    ids = UniqueIds()
     with ParquetSink(out_uri, max_bytes=16 << 20) as out, ParquetSink(rejected_uri, schema=REJECTED_SCHEMA) as rejected:
         for table in ds.iter_batches(batch_format="pyarrow", batch_size=batch_size):
+            table = ids.mark(table)
             ok = pc.is_null(table.column("error"))
             good = table.filter(ok).drop_columns(["error", *USAGE_COLUMNS])
             bad = table.filter(pc.invert(ok))

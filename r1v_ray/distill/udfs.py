@@ -189,38 +189,30 @@ class SelfDistill(_JudgePool):
         super().__init__(judge_cfg, cache_dir, num_actors, api_key)
         self.engine = make_engine(checkpoint, rollout, dtype)
         self.cfg, self.seed = distill, seed
-        self.generated: dict[str, tuple[str | None, int, str | None]] = {}
-        self.hinted: dict[str, str] = {}
 
-    def _generate(self, rows: list[dict], hint: bool) -> dict[str, tuple[str | None, int, str | None]]:
-        """Batched generation: id -> (text, tokens, error)."""
-        out, requests = {}, []
-        for row in rows:
+    def _generate(self, rows: list[dict], hint: bool) -> list[tuple[str | None, int, str | None]]:
+        """Batched generation: (text, tokens, error) for each row, in row order (never joined by id)."""
+        out: list = [None] * len(rows)
+        requests, where = [], []
+        for i, row in enumerate(rows):
             try:
-                requests.append(
-                    distill_request(
-                        row, self.cfg, self.seed, hint=f"the correct answer is {row['answer']}." if hint else None
-                    )
-                )
+                answer_hint = f"the correct answer is {row['answer']}." if hint else None
+                requests.append(distill_request(row, self.cfg, self.seed, hint=answer_hint))
+                where.append(i)
             except Exception as exc:
-                out[str(row["id"])] = (None, 0, f"bad request: {exc}")
-        for req, res in zip(requests, self.engine.generate(requests)):
-            rid = req.request_id.removesuffix("/hint")
-            out[rid] = (
-                (None, 0, res.error)
-                if not res.ok
-                else (res.completions[0].text, len(res.completions[0].token_ids), None)
-            )
+                out[i] = (None, 0, f"bad request: {exc}")
+        for i, res in zip(where, self.engine.generate(requests)):
+            c = res.completions[0] if res.ok else None
+            out[i] = (None, 0, res.error) if c is None else (c.text, len(c.token_ids), None)
         return out
 
-    def judge_row(self, row: dict) -> tuple[dict, Usage]:
-        rid = str(row["id"])
-        text, n_tokens, _ = self.generated[rid]
+    def judge_row(self, item: tuple) -> tuple[dict, Usage]:
+        row, (text, n_tokens, _), hinted = item
         correct, usage = self.judge.verify(row, text)
         final = text
         if not correct:
             try:
-                final, more = self.judge.revise(row, text, lambda r: self.hinted.get(str(r["id"]), ""))
+                final, more = self.judge.revise(row, text, lambda r: hinted or "")
             except JudgeError as exc:  # the rejected row still paid for its verification
                 exc.usage += usage
                 raise
@@ -239,17 +231,16 @@ class SelfDistill(_JudgePool):
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch_rows(batch)
-        self.generated = self._generate(rows, hint=False)
-        failed = {rid: err for rid, (_, _, err) in self.generated.items() if err}
+        generated = self._generate(rows, hint=False)
+        hinted: list[str | None] = [None] * len(rows)
         if self.judge.uses_regeneration:  # one batched hinted pass for the wrong rows
             wrong = [
-                r
-                for r in rows
-                if str(r["id"]) not in failed and not self.judge.verify(r, self.generated[str(r["id"])][0])[0]
+                i for i, (r, g) in enumerate(zip(rows, generated)) if not g[2] and not self.judge.verify(r, g[0])[0]
             ]
-            self.hinted = {rid: t for rid, (t, _, e) in self._generate(wrong, hint=True).items() if not e}
-        ok_rows = [r for r in rows if str(r["id"]) not in failed]
-        judged = dict(zip([str(r["id"]) for r in ok_rows], self.pool.map(self._safe, ok_rows)))
+            for i, (text, _, err) in zip(wrong, self._generate([rows[i] for i in wrong], hint=True)):
+                hinted[i] = None if err else text
+        ok = [i for i, g in enumerate(generated) if not g[2]]
+        judged = dict(zip(ok, self.pool.map(self._safe, [(rows[i], generated[i], hinted[i]) for i in ok])))
         return self._assemble(
-            batch, [judged.get(str(r["id"]), ({}, Usage(), f"generation: {failed.get(str(r['id']))}")) for r in rows]
+            batch, [judged.get(i) or ({}, Usage(), f"generation: {generated[i][2]}") for i in range(len(rows))]
         )

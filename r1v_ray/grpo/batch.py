@@ -40,10 +40,13 @@ class PromptGroup:
 
 
 def encode(trajectories: list[Trajectory], processor, builder: PromptBuilder) -> list[PromptGroup]:
-    """Trajectories grouped by prompt (request id), in first-seen order; each prompt rendered and processed once."""
-    groups: dict[str, PromptGroup] = {}
+    """Trajectories grouped by prompt, in first-seen order; each prompt rendered and processed once.
+
+    A group is the trajectories holding one request object (a step's completions of a prompt share it, also
+    after Ray pickles them together): request ids are row ids, and two rows may share one."""
+    groups: dict[tuple[str, int], PromptGroup] = {}
     for i, traj in enumerate(trajectories):
-        key = traj.request.request_id
+        key = (traj.request.request_id, id(traj.request))
         if key not in groups:
             text, images, _ = builder.render(traj.request)
             kwargs = {"text": [text], "return_tensors": "np"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import math
 
+from r1v_ray import answer_check
 from r1v_ray.rewards import accuracy_reward, format_reward
 
 
@@ -20,7 +21,10 @@ def load_function(spec: str):
 
 
 class RewardWorker:
-    """score(items) with items = (completion, answer, choices); returns one dict per item."""
+    """score(items) with items = (completion, answer, choices); returns one dict per item.
+
+    `accuracy_timeout` is 1 for an item whose answer check ran past its deadline (scored 0);
+    `timeouts()` is this worker's running total, for the step metrics."""
 
     def __init__(self, accuracy_weight: float, format_weight: float, functions: list[str]):
         self.accuracy_weight, self.format_weight = accuracy_weight, format_weight
@@ -29,7 +33,9 @@ class RewardWorker:
     def score(self, items: list[tuple[str, str, list[str] | None]]) -> list[dict]:
         out = []
         for completion, answer, choices in items:
+            before = answer_check.stats()["timeouts"]
             acc, fmt = accuracy_reward(completion, answer, choices), format_reward(completion)
+            timed_out = answer_check.stats()["timeouts"] - before
             reward = self.accuracy_weight * acc + self.format_weight * fmt
             extra = {}
             for spec, fn in self.functions:
@@ -37,5 +43,8 @@ class RewardWorker:
                 reward += extra[spec]
             if not math.isfinite(reward):
                 raise FloatingPointError(f"reward is {reward} for a completion (user functions: {list(extra)})")
-            out.append({"reward": reward, "accuracy": acc, "format": fmt, **extra})
+            out.append({"reward": reward, "accuracy": acc, "format": fmt, "accuracy_timeout": timed_out, **extra})
         return out
+
+    def timeouts(self) -> int:
+        return answer_check.stats()["timeouts"]

@@ -359,6 +359,7 @@ class GRPORun:
             "reward_std": statistics.pstdev(batch.rewards) if len(batch.rewards) > 1 else 0.0,
             "accuracy": statistics.fmean(s["accuracy"] for s in scores) if scores else 0.0,
             "format_rate": statistics.fmean(s["format"] for s in scores) if scores else 0.0,
+            "accuracy_timeouts": sum(s.get("accuracy_timeout", 0) for s in scores),  # answer checks past deadline
             "response_length": statistics.fmean(lengths) if lengths else 0.0,
             "groups_dropped": batch.groups_dropped,
             "prompts_rejected": batch.rejected,

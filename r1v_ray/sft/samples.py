@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from r1v_ray.data.images import decode_rgb
 from r1v_ray.data.validate import RowError
 from r1v_ray.model.tokenizer import assistant_text
 from r1v_ray.rewards import build_question_text
@@ -42,7 +43,7 @@ def sft_messages(row: dict) -> list[dict]:
 def encode_sample(row: dict, processor, max_length: int) -> dict:
     """input_ids, labels (assistant tokens only), pixel_values and id; RowError if longer than max_length."""
     messages = sft_messages(row)
-    image = Image.open(io.BytesIO(row["image"])).convert("RGB")
+    image = decode_rgb(row["image"])
     full_text = processor.apply_chat_template(messages, tokenize=False)
     prompt_text = processor.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
     if not full_text.startswith(prompt_text):

@@ -137,3 +137,15 @@ def test_batch_decoded_texts_equal_vllms_own_detokenizer(vllm_worker):
     pairs = [(x, y) for ra, rb in zip(a, b) for x, y in zip(ra.completions, rb.completions)]
     assert len(pairs) == 64 and all(x.token_ids == y.token_ids and x.logprobs == y.logprobs for x, y in pairs)
     assert [x.text for x, _ in pairs] == [y.text for _, y in pairs]
+
+
+def test_requests_sharing_an_id_get_their_own_completions(vllm_worker, hf_engine):
+    """Row ids repeat across merged sources; the engines match results to requests by position, not by id."""
+    alike = [image_request(i, temperature=0.0, max_tokens=12) for i in (0, 3)]
+    alone = [hf_engine.generate([r])[0].completions[0].token_ids for r in alike]
+    assert alone[0] != alone[1]  # two different questions, two different answers
+    for r in alike:
+        r.request_id = "1"
+    for results in (hf_engine.generate(alike), ray.get(vllm_worker.generate.remote(alike))):
+        assert [r.request_id for r in results] == ["1", "1"]
+        assert [r.completions[0].token_ids for r in results] == alone

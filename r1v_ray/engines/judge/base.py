@@ -8,14 +8,14 @@ retries, tokens and cost per row however many threads share one judge.
 
 from __future__ import annotations
 
-import io
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
-from PIL import Image
+
+from r1v_ray.data.images import decode_rgb
 
 
 class JudgeError(RuntimeError):
@@ -108,8 +108,7 @@ def image_clarity(image_bytes: bytes) -> float:
     images), on a log scale saturating at 1000; resolution saturates at 448 px,
     the vision encoder's tile size. Clarity is their mean.
     """
-    with Image.open(io.BytesIO(image_bytes)) as img:
-        grey = np.asarray(img.convert("L"), dtype=np.float64)
+    grey = np.asarray(decode_rgb(image_bytes).convert("L"), dtype=np.float64)
     if grey.shape[0] < 3 or grey.shape[1] < 3:
         return 0.0
     lap = grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4.0 * grey[1:-1, 1:-1]

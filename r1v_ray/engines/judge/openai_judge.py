@@ -26,6 +26,7 @@ import threading
 import time
 
 from r1v_ray.config import JudgeConfig
+from r1v_ray.data.images import api_image
 from r1v_ray.data.io import exists, read_text, write_text
 from r1v_ray.engines.judge.base import Assessment, Judge, JudgeError, Regenerate, Usage, split_think
 from r1v_ray.rewards import build_question_text
@@ -205,7 +206,8 @@ def api_key_from_env(cfg: JudgeConfig) -> str:
 
 
 def _image_url(image: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(bytes(image)).decode()
+    mime, data = api_image(bytes(image))  # the real type (or a PNG re-encoding), not always "image/png"
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
 
 
 class UnusableAnswer(ValueError):

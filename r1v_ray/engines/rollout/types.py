@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from PIL import Image
+
+from r1v_ray.data.images import ImageError, check_size, decode_rgb, to_rgb
 
 
 @dataclass
@@ -72,7 +73,11 @@ class RequestRejected(ValueError):
 
 def decode_image(value) -> Image.Image:
     if isinstance(value, Image.Image):
-        return value.convert("RGB")
+        try:
+            check_size(value)
+        except ImageError as exc:
+            raise RequestRejected(str(exc)) from None
+        return to_rgb(value)
     if isinstance(value, str):
         if not value.startswith("data:"):
             raise RequestRejected("remote image URLs are not fetched; send images as base64 data URLs")
@@ -84,10 +89,9 @@ def decode_image(value) -> Image.Image:
     if not isinstance(value, (bytes, bytearray)):
         raise RequestRejected(f"unsupported image type {type(value).__name__}")
     try:
-        with Image.open(io.BytesIO(value)) as img:
-            return img.convert("RGB")
-    except Exception as exc:
-        raise RequestRejected(f"undecodable image: {exc}") from None
+        return decode_rgb(bytes(value))
+    except ImageError as exc:
+        raise RequestRejected(str(exc)) from None
 
 
 def split_images(messages: list[dict], images: list) -> tuple[list[dict], list[Image.Image]]:

@@ -114,23 +114,25 @@ class VLLMEngine(RolloutEngine):
         )
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        results = {r.request_id: GenerationResult(r.request_id) for r in requests}
-        prompts, params, ids = [], [], []
-        for req in requests:
+        # Results are matched to requests by position: request ids are the callers' row ids, which may repeat
+        # (vLLM gives each prompt of one `generate` call its own internal id and returns them in order).
+        results = [GenerationResult(r.request_id) for r in requests]
+        prompts, params, where = [], [], []
+        for i, req in enumerate(requests):
             try:
                 text, images, n_tokens = self.prompts.render(req)
             except RequestRejected as exc:
-                results[req.request_id].error = str(exc)
+                results[i].error = str(exc)
                 continue
-            results[req.request_id].prompt_tokens = n_tokens
+            results[i].prompt_tokens = n_tokens
             prompts.append(_with_images({"prompt": text}, images))
             params.append(self._params(req.sampling))
-            ids.append(req.request_id)
+            where.append(i)
         if prompts:
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
             texts = iter(self._texts([c for out, p in zip(outputs, params) if not p.detokenize for c in out.outputs]))
-            for rid, out, p in zip(ids, outputs, params):
-                results[rid].completions = [
+            for i, out, p in zip(where, outputs, params):
+                results[i].completions = [
                     Completion(
                         text=c.text if p.detokenize else next(texts),
                         token_ids=list(c.token_ids),
@@ -139,7 +141,7 @@ class VLLMEngine(RolloutEngine):
                     )
                     for c in out.outputs
                 ]
-        return [results[r.request_id] for r in requests]
+        return results
 
     def _texts(self, completions: list) -> list[str]:
         """Batch decode as vLLM's detokenizer would: special tokens skipped, and the bytes of an unfinished
