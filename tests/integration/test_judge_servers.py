@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow.parquet as pq
 import pytest
+from _procs import stop_group
 
 from r1v_ray.config import load_config
 from r1v_ray.data.io import write_parquet
@@ -116,12 +116,7 @@ def vllm_server(tiny_checkpoint, tmp_path_factory):
         _wait_healthy(f"http://127.0.0.1:{port}/health", proc, log, 300)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_group(proc, 30)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import time
 import urllib.request
 
 import pytest
+from _procs import stop_group
 
 from r1v_ray.config import load_config
 from r1v_ray.data.io import write_parquet
@@ -53,12 +53,7 @@ def mlflow_server(tmp_path_factory):
                 time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_group(proc, 20)
         log.close()
 
 
