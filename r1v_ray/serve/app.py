@@ -112,6 +112,7 @@ def process_tree_rss_mib() -> float:
 class ModelServer:
     def __init__(self, models: dict[str, str], cfg: R1VConfig):
         self.models = models
+        self.stream_interval_s = cfg.serve.stream_interval_s
         cap_decoded_pixels(cfg.serve.max_image_pixels)
         self.loaded = weakref.WeakValueDictionary()  # model id -> engine, while Serve holds it
         self.loads: list[dict] = []  # what each load found: which engines were still loaded, and the memory
@@ -137,6 +138,9 @@ class ModelServer:
         engine = await self.get_engine(model_id)
         async for item in engine.stream(request):
             yield item
+            # Every item is a Ray object on its way to the ingress. Pausing before pulling the next lets
+            # the tokens generated meanwhile merge into one item (vLLM's output collector merges deltas).
+            await asyncio.sleep(self.stream_interval_s)
 
     def _live(self) -> list[str]:
         return sorted(m for m, e in self.loaded.items() if not e.closed)
@@ -252,11 +256,9 @@ class OpenAIIngress:
         finished = False
         try:
             async for deltas in items:
-                for event in stream.events(deltas):
-                    yield event
+                yield "".join(stream.events(deltas))  # one HTTP write per item, however many chunks it holds
             finished = True
-            for event in stream.end():
-                yield event
+            yield "".join(stream.end())
         except Exception as exc:  # the engine failed mid-stream: an error event, then the end
             finished = True
             yield f"data: {json.dumps(_api_error(exc).body())}\n\n"
@@ -276,6 +278,8 @@ def build_app(models: dict[str, str], cfg: R1VConfig, token_sha256: str):
         serve.deployment(ModelServer, name="ModelServer")
         .options(
             num_replicas=cfg.rollout.num_workers,
+            # Serve's default (5) would queue requests in front of an engine that batches hundreds.
+            max_ongoing_requests=cfg.serve.max_ongoing_requests,
             ray_actor_options={
                 "num_cpus": bundle["CPU"],
                 "num_gpus": bundle.get("GPU", 0),
@@ -297,5 +301,8 @@ def build_app(models: dict[str, str], cfg: R1VConfig, token_sha256: str):
         max_stop=serve_cfg.max_stop,
         max_body_bytes=serve_cfg.max_body_bytes,
     )
-    ingress = serve.deployment(OpenAIIngress, name="OpenAIIngress").options(ray_actor_options={"num_cpus": 0.1})
+    ingress = serve.deployment(OpenAIIngress, name="OpenAIIngress").options(
+        ray_actor_options={"num_cpus": 0.1},
+        max_ongoing_requests=cfg.serve.max_ongoing_requests * cfg.rollout.num_workers,
+    )
     return ingress.bind(server, sorted(models), token_sha256, limits)
