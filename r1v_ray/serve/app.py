@@ -10,6 +10,11 @@ Two deployments:
   event loop (4xx with OpenAI-style errors; the app keeps serving), and routes each request to a
   replica holding that model (`handle.options(multiplexed_model_id=...)`).
 
+With one engine replica (rollout.num_workers=1) the two share one deployment (the ingress holds
+the ModelServer in-process): each request and each streamed piece then crosses one Ray hop (proxy
+to replica) instead of two, which on a small CPU host is most of what Serve adds to vLLM's own
+server (benchmarks/serve.py).
+
 Multiplexing rather than `ray.serve.llm`: a run directory holds many checkpoints of one
 architecture (mlp_init, sft-t1..T, grpo-step-N); loading them on demand into a bounded number of
 engines per replica serves all of them from the same resources.
@@ -138,9 +143,10 @@ class ModelServer:
         engine = await self.get_engine(model_id)
         async for item in engine.stream(request):
             yield item
-            # Every item is a Ray object on its way to the ingress. Pausing before pulling the next lets
-            # the tokens generated meanwhile merge into one item (vLLM's output collector merges deltas).
-            await asyncio.sleep(self.stream_interval_s)
+            if not isinstance(item, GenerationResult):  # the header and the first tokens go out at once
+                # Every item is a message on its way to the client (a Ray object between processes). Pausing
+                # lets the tokens generated meanwhile merge into one (vLLM's output collector merges deltas).
+                await asyncio.sleep(self.stream_interval_s)
 
     def _live(self) -> list[str]:
         return sorted(m for m, e in self.loaded.items() if not e.closed)
@@ -209,8 +215,10 @@ def _error_response(exc: Exception) -> JSONResponse:
 
 @serve.ingress(api)
 class OpenAIIngress:
-    def __init__(self, server, model_ids: list[str], token_sha256: str, limits: Limits):
+    def __init__(self, server, model_ids: list[str], token_sha256: str, limits: Limits, local: tuple | None = None):
+        # `server`: the ModelServer deployment's handle; or None with `local` = (models, cfg) for one in-process.
         self.server = server
+        self.local = ModelServer(*local) if local is not None else None
         self.model_ids = model_ids
         self.token_sha256 = token_sha256
         self.limits = limits
@@ -238,18 +246,30 @@ class OpenAIIngress:
             # JSON parsing and image decoding off the event loop that serves every other request.
             chat = await asyncio.to_thread(parse_chat_body, raw, self.model_ids, self.limits)
             if not chat.stream:
-                handle = self.server.options(multiplexed_model_id=chat.model)
-                result = await handle.generate.remote(chat.model, chat.request)
+                result = await self._generate(chat)
                 check_result(result)
                 return chat_response(chat.model, result)
-            items = self.server.options(multiplexed_model_id=chat.model, stream=True).stream.remote(
-                chat.model, chat.request
-            )
+            items = self._stream(chat)
             header = await anext(items)  # the engine's verdict, before a byte of the stream is sent
             check_result(header)
         except Exception as exc:
             return _error_response(exc)
         return StreamingResponse(self._events(chat, header, items), media_type="text/event-stream")
+
+    async def _generate(self, chat: ChatRequest) -> GenerationResult:
+        if self.local is not None:
+            return await self.local.generate(chat.model, chat.request)
+        return await self.server.options(multiplexed_model_id=chat.model).generate.remote(chat.model, chat.request)
+
+    def _stream(self, chat: ChatRequest):
+        if self.local is not None:
+            return self.local.stream(chat.model, chat.request)
+        handle = self.server.options(multiplexed_model_id=chat.model, stream=True)
+        return handle.stream.remote(chat.model, chat.request)
+
+    async def stats(self) -> dict:
+        """The engine replica's stats (ModelServer.stats; one replica's when there are several)."""
+        return self.local.stats() if self.local is not None else await self.server.stats.remote()
 
     async def _events(self, chat: ChatRequest, header: GenerationResult, items):
         stream = ChatStream(chat.model, header.request_id, header.prompt_tokens, chat.include_usage)
@@ -265,7 +285,10 @@ class OpenAIIngress:
             yield "data: [DONE]\n\n"
         finally:
             if not finished:  # the client went away: abort the request in its engine
-                items.cancel()
+                if self.local is not None:
+                    await items.aclose()
+                else:
+                    items.cancel()
 
 
 def build_app(models: dict[str, str], cfg: R1VConfig, token_sha256: str):
@@ -274,20 +297,15 @@ def build_app(models: dict[str, str], cfg: R1VConfig, token_sha256: str):
         raise ValueError("no checkpoints to serve: set serve.models or point run_dir at a run with checkpoints")
     gpu_memory_fraction(cfg)  # a bad split fails here, not in a replica
     bundle = worker_resources(cfg.rollout)
-    server = (
-        serve.deployment(ModelServer, name="ModelServer")
-        .options(
-            num_replicas=cfg.rollout.num_workers,
-            # Serve's default (5) would queue requests in front of an engine that batches hundreds.
-            max_ongoing_requests=cfg.serve.max_ongoing_requests,
-            ray_actor_options={
-                "num_cpus": bundle["CPU"],
-                "num_gpus": bundle.get("GPU", 0),
-                "resources": {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")},
-                "runtime_env": worker_runtime_env(cfg.rollout),
-            },
-        )
-        .bind(models, cfg)
+    engine_options = dict(
+        # Serve's default (5) would queue requests in front of an engine that batches hundreds.
+        max_ongoing_requests=cfg.serve.max_ongoing_requests,
+        ray_actor_options={
+            "num_cpus": bundle["CPU"],
+            "num_gpus": bundle.get("GPU", 0),
+            "resources": {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")},
+            "runtime_env": worker_runtime_env(cfg.rollout),
+        },
     )
     serve_cfg = cfg.serve
     limits = Limits(
@@ -301,8 +319,17 @@ def build_app(models: dict[str, str], cfg: R1VConfig, token_sha256: str):
         max_stop=serve_cfg.max_stop,
         max_body_bytes=serve_cfg.max_body_bytes,
     )
-    ingress = serve.deployment(OpenAIIngress, name="OpenAIIngress").options(
-        ray_actor_options={"num_cpus": 0.1},
-        max_ongoing_requests=cfg.serve.max_ongoing_requests * cfg.rollout.num_workers,
+    ingress = serve.deployment(OpenAIIngress, name="OpenAIIngress")
+    if cfg.rollout.num_workers == 1:  # one replica: ingress and engines in one process
+        return ingress.options(num_replicas=1, **engine_options).bind(
+            None, sorted(models), token_sha256, limits, local=(models, cfg)
+        )
+    server = (
+        serve.deployment(ModelServer, name="ModelServer")
+        .options(num_replicas=cfg.rollout.num_workers, **engine_options)
+        .bind(models, cfg)
     )
-    return ingress.bind(server, sorted(models), token_sha256, limits)
+    max_ongoing = cfg.serve.max_ongoing_requests * cfg.rollout.num_workers
+    return ingress.options(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=max_ongoing).bind(
+        server, sorted(models), token_sha256, limits
+    )

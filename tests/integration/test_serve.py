@@ -116,7 +116,7 @@ def test_openai_client_models_chat_and_routing(base_url, two_checkpoints):
 def _stats() -> dict:
     from ray import serve
 
-    return serve.get_deployment_handle("ModelServer", app_name="r1v").stats.remote().result()
+    return serve.get_deployment_handle("OpenAIIngress", app_name="r1v").stats.remote().result()
 
 
 def test_streaming_as_generated_with_usage(base_url):
@@ -277,3 +277,29 @@ def test_eviction_shuts_the_engine_down_and_frees_its_memory(base_url):
     # Measured when the new engine starts loading: the evicted one's memory is already given back.
     assert before["rss_mib"] - load["rss_mib"] > 400, (before["rss_mib"], load["rss_mib"])
     assert sorted(after["engines"]) == ["sft/t1", "sft/t2"]
+
+
+def test_several_engine_replicas_route_through_the_model_server(base_url, two_checkpoints):
+    """rollout.num_workers > 1: a separate ModelServer deployment behind the ingress (HF engines: cheap to load)."""
+    import openai
+    from ray import serve
+
+    from r1v_ray.serve.app import build_app, token_digest
+
+    cfg = R1VConfig()
+    cfg.model.dtype = "float32"
+    cfg.rollout = RolloutConfig(backend="hf", device="cpu", num_workers=2, max_model_len=512)
+    app = build_app({"mlp_init": two_checkpoints["mlp_init"]}, cfg, token_digest(TOKEN))
+    serve.run(app, name="r1v-hf", route_prefix="/hf")
+    try:
+        client = openai.OpenAI(base_url=base_url.removesuffix("/v1") + "/hf/v1", api_key=TOKEN, max_retries=0)
+        kwargs = dict(model="mlp_init", messages=_messages(0), temperature=0.0, max_tokens=12)
+        full = client.chat.completions.create(**kwargs)
+        assert full.choices[0].message.content == _hf_greedy(two_checkpoints["mlp_init"], 0, 12)
+        chunks = list(client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == full.choices[0].message.content
+        assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+        stats = serve.get_deployment_handle("OpenAIIngress", app_name="r1v-hf").stats.remote().result()
+        assert list(stats["engines"]) == ["mlp_init"]
+    finally:
+        serve.delete("r1v-hf")
