@@ -249,9 +249,9 @@ def main() -> None:
             if args.ray_serve_llm:
                 start_ray_serve_llm(ckpt, args.max_model_len)
                 servers["ray.serve.llm"] = servers["r1v_ray-serve"].removesuffix("/v1") + "/rsl/v1"
+            logging.getLogger("httpx").setLevel(logging.WARNING)  # ray.serve.llm turns on INFO logs
             for url in servers.values():
                 wait_ready(url, proc)
-            logging.getLogger("httpx").setLevel(logging.WARNING)  # ray.serve.llm turns on INFO logs
             run_rounds(args, servers)
         finally:
             proc.terminate()

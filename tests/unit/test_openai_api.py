@@ -214,3 +214,36 @@ def test_discover_checkpoints(tiny_checkpoint, tmp_path):
     (tmp_path / "notes").mkdir()
     found = discover_checkpoints(str(tmp_path))
     assert list(found) == ["grpo/step-20", "mlp_init"]
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("serve.max_image_pixels=0", "serve.max_image_pixels must be at least 1"),
+        ("serve.gpu_memory_per_model=1.5", "serve.gpu_memory_per_model must be in (0, 0.95]"),
+        ("serve.stream_interval_s=5", "serve.stream_interval_s must be in [0, 1]"),
+    ],
+)
+def test_serve_caps_are_checked_when_loaded(override, needle):
+    from r1v_ray.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_config(None, [override])
+
+
+def test_engines_share_a_gpu_by_explicit_fractions():
+    from r1v_ray.config import R1VConfig
+    from r1v_ray.engines.rollout.vllm_engine import engine_kwargs
+    from r1v_ray.serve.app import gpu_memory_fraction
+
+    cfg = R1VConfig()
+    cfg.rollout.device, cfg.rollout.gpu_memory_utilization, cfg.serve.max_models_per_replica = "cuda", 0.8, 2
+    assert gpu_memory_fraction(cfg) == 0.4  # split evenly: two engines fit on one GPU
+    cfg.serve.gpu_memory_per_model = 0.3
+    assert gpu_memory_fraction(cfg) == 0.3
+    assert engine_kwargs("ckpt", cfg.rollout, "bfloat16", 0.3)["gpu_memory_utilization"] == 0.3
+    cfg.serve.gpu_memory_per_model = 0.6
+    with pytest.raises(ValueError, match="serve.max_models_per_replica=2"):
+        gpu_memory_fraction(cfg)  # 2 x 0.6 of one GPU cannot coexist
+    cfg.rollout.device = "cpu"
+    assert gpu_memory_fraction(cfg) is None
