@@ -262,7 +262,7 @@ class ServeConfig:
     max_ongoing_requests: int = 256  # per engine replica: requests running at once (vLLM batches them)
     # Streams: at most one message per request per interval from an engine replica to the ingress
     # (tokens generated meanwhile travel together); the first token is never held back.
-    stream_interval_s: float = 0.05
+    stream_interval_s: float = 0.02
     max_batch_size: int = 16  # rollout.backend=hf only: requests per engine call (vLLM batches continuously)
     max_n: int = 16
     # Caps on what one request may hold (413 or 400 above them).

@@ -141,9 +141,13 @@ class ModelServer:
     async def stream(self, model_id: str, request: GenerationRequest):
         """A GenerationResult header (prompt_tokens, or the rejection), then lists of CompletionDelta."""
         engine = await self.get_engine(model_id)
+        finished: set[int] = set()
         async for item in engine.stream(request):
             yield item
-            if not isinstance(item, GenerationResult):  # the header and the first tokens go out at once
+            if isinstance(item, GenerationResult):  # the header and the first tokens go out at once
+                continue
+            finished.update(d.index for d in item if d.finish_reason is not None)
+            if len(finished) < request.sampling.n:  # and the last ones as soon as they come
                 # Every item is a message on its way to the client (a Ray object between processes). Pausing
                 # lets the tokens generated meanwhile merge into one (vLLM's output collector merges deltas).
                 await asyncio.sleep(self.stream_interval_s)
