@@ -213,7 +213,10 @@ def engine_rounds(ckpt: str, args) -> None:
     med = statistics.median(r["tok_s"] for r in results["batch"]) / statistics.median(
         r["tok_s"] for r in results["async"]
     )
-    print(f"    batch / async: {med:.2f}x (per round {min(per_round):.2f} - {max(per_round):.2f})")
+    print(
+        f"    batch / async: {med:.2f}x; per round median {statistics.median(per_round):.2f}x "
+        f"(range {min(per_round):.2f} - {max(per_round):.2f})"
+    )
 
 
 def summarize(name: str, runs: list[dict], key: str, unit: str) -> tuple[float, str]:
