@@ -295,14 +295,6 @@ class OpenAIIngress:
                     items.cancel()
 
 
-def _replica_runtime_env(cfg: R1VConfig) -> dict:
-    env = worker_runtime_env(cfg.rollout)
-    # Serve runs replica code on a second event loop thread by default; every request and every streamed
-    # piece then crosses threads. The engines' code never blocks its loop (loads and decoding run in threads).
-    env["env_vars"] = {**env["env_vars"], "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
-    return env
-
-
 def build_app(models: dict[str, str], cfg: R1VConfig, token_sha256: str):
     """The Serve application for `models` ({model id: checkpoint path})."""
     if not models:
@@ -316,7 +308,7 @@ def build_app(models: dict[str, str], cfg: R1VConfig, token_sha256: str):
             "num_cpus": bundle["CPU"],
             "num_gpus": bundle.get("GPU", 0),
             "resources": {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")},
-            "runtime_env": _replica_runtime_env(cfg),
+            "runtime_env": worker_runtime_env(cfg.rollout),
         },
     )
     serve_cfg = cfg.serve
