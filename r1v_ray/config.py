@@ -285,8 +285,38 @@ class ServeConfig:
     # Model id -> checkpoint path; empty: every checkpoint found under run_dir.
     models: dict[str, str] = field(default_factory=dict)
     max_models_per_replica: int = 2  # engines kept loaded per replica (LRU, Serve multiplexing)
-    max_batch_size: int = 16
+    # Each engine's share of its GPU's memory (vLLM's gpu_memory_utilization, per engine); null:
+    # rollout.gpu_memory_utilization split evenly among max_models_per_replica engines.
+    gpu_memory_per_model: float | None = None
+    max_ongoing_requests: int = 256  # per engine replica: requests running at once (vLLM batches them)
+    # Streams: at most one message per request per interval from an engine replica to the ingress
+    # (tokens generated meanwhile travel together); the first token is never held back.
+    stream_interval_s: float = 0.02
+    max_batch_size: int = 16  # rollout.backend=hf only: requests per engine call (vLLM batches continuously)
     max_n: int = 16
+    # Caps on what one request may hold (413 or 400 above them).
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_messages: int = 256
+    max_images_per_request: int = 4  # also never more than rollout.max_images_per_prompt
+    max_image_pixels: int = 16_000_000  # decoded width x height per image; PIL's own limit is lowered to it
+    max_stop: int = 4
+
+    def __post_init__(self):
+        for name in (
+            "max_ongoing_requests",
+            "max_body_bytes",
+            "max_messages",
+            "max_images_per_request",
+            "max_image_pixels",
+            "max_stop",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"serve.{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.stream_interval_s <= 1.0:
+            raise ConfigError(f"serve.stream_interval_s must be in [0, 1] seconds, got {self.stream_interval_s}")
+        share = self.gpu_memory_per_model
+        if share is not None and not 0.0 < share <= 0.95:
+            raise ConfigError(f"serve.gpu_memory_per_model must be in (0, 0.95], got {share}")
 
 
 @dataclass

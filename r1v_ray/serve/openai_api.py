@@ -1,6 +1,9 @@
 """OpenAI chat-completions schema: request validation into GenerationRequest, response bodies, errors.
 
-Pure functions (no Ray, no HTTP server), so every 4xx rule is unit-tested.
+Pure functions (no Ray, no HTTP server), so every 4xx rule is unit-tested. The rules on sampling
+values that vLLM itself enforces (n with greedy sampling, top_p > 0, no empty stop string) are
+checked by vLLM's own `SamplingParams` in the engine replica, before the request reaches an engine
+(`r1v_ray.engines.rollout.vllm_async.sampling_params`).
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ import base64
 import binascii
 import io
 import json
-import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,7 +19,8 @@ from dataclasses import dataclass
 from PIL import Image
 
 from r1v_ray.engines.rollout.types import Completion, GenerationRequest, GenerationResult, Sampling
-from r1v_ray.model.tokenizer import THINK_CLOSE, THINK_OPEN
+from r1v_ray.serve.remote_images import RemoteImageError, fetch_image
+from r1v_ray.serve.streaming import split_reasoning
 
 
 class APIError(Exception):
@@ -40,6 +43,25 @@ class Limits:
     allow_remote_images: bool
     max_n: int
     max_tokens: int  # the context: no request may ask for more
+    max_images: int = 4  # per request (the engines' limit per prompt, or serve's cap when lower)
+    max_image_pixels: int = 16_000_000  # decoded width x height, per image
+    max_messages: int = 256
+    max_stop: int = 4
+    max_body_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    request: GenerationRequest
+    stream: bool
+    include_usage: bool  # stream_options.include_usage: a last chunk with the usage
+
+
+def cap_decoded_pixels(max_pixels: int) -> None:
+    """PIL's own decompression-bomb guard lowered to serve's cap (PIL warns above it and refuses twice
+    it), for every decode in this process; requests above the cap are refused before decoding."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def parse_json(raw: bytes) -> dict:
@@ -73,30 +95,40 @@ def _image_from_url(url, limits: Limits, param: str) -> bytes:
                 "remote_images_disabled",
                 param,
             )
-        data = _fetch(url, limits.max_image_bytes, param)
+        try:
+            data = fetch_image(url, limits.max_image_bytes)
+        except RemoteImageError as exc:
+            status, code = (413, "image_too_large") if exc.too_large else (400, "invalid_image")
+            raise APIError(status, str(exc), code, param) from None
     else:
         raise APIError(400, "image_url.url must be a data URL (or http(s) when enabled)", "invalid_image", param)
     if len(data) > limits.max_image_bytes:
         raise APIError(413, f"image larger than {limits.max_image_bytes} bytes", "image_too_large", param)
+    _check_decodes(data, limits.max_image_pixels, param)
+    return data
+
+
+def _check_decodes(data: bytes, max_pixels: int, param: str) -> None:
     try:
         with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size  # from the header: nothing decoded yet
+            if width * height > max_pixels:
+                raise APIError(
+                    413,
+                    f"image decodes to {width}x{height} = {width * height} pixels; the limit is {max_pixels} "
+                    "(serve.max_image_pixels): send it downscaled",
+                    "image_too_large",
+                    param,
+                )
             img.load()
+    except APIError:
+        raise
+    except Image.DecompressionBombError:  # PIL's own guard (twice the cap) fired while reading the header
+        raise APIError(
+            413, f"image decodes to more than {max_pixels} pixels (serve.max_image_pixels)", "image_too_large", param
+        ) from None
     except Exception:
         raise APIError(400, "image could not be decoded", "invalid_image", param) from None
-    return data
-
-
-def _fetch(url: str, max_bytes: int, param: str) -> bytes:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (opt-in by config)
-            data = resp.read(max_bytes + 1)
-    except Exception as exc:
-        raise APIError(400, f"could not fetch image: {exc}", "invalid_image", param) from None
-    if len(data) > max_bytes:
-        raise APIError(413, f"image larger than {max_bytes} bytes", "image_too_large", param)
-    return data
 
 
 def _number(body: dict, key: str, default, lo, hi, kind=float):
@@ -110,18 +142,32 @@ def _number(body: dict, key: str, default, lo, hi, kind=float):
     return kind(value)
 
 
-def parse_chat_request(body: dict, known_models: list[str], limits: Limits) -> tuple[str, GenerationRequest, bool]:
-    """(model id, engine request, stream) from an OpenAI chat-completions body, or APIError."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise APIError(400, "'model' is required", "missing_model", "model")
-    if model not in known_models:
-        raise APIError(
-            404, f"model '{model}' does not exist; available: {sorted(known_models)}", "model_not_found", "model"
-        )
+def _content(i: int, content, limits: Limits, images: list) -> list[dict]:
+    parts = []
+    for j, part in enumerate(content):
+        param = f"messages[{i}].content[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "image_url":
+            if len(images) >= limits.max_images:
+                raise APIError(400, f"more than {limits.max_images} images in one request", "too_many_images", param)
+            url = part.get("image_url")
+            images.append(_image_from_url(url.get("url") if isinstance(url, dict) else url, limits, param))
+            parts.append({"type": "image"})
+        else:
+            raise APIError(400, f"{param}: unsupported content part (use text or image_url)", "invalid_messages", param)
+    return parts
+
+
+def _messages(body: dict, limits: Limits) -> tuple[list[dict], list[bytes]]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty list", "invalid_messages", "messages")
+    if len(messages) > limits.max_messages:
+        raise APIError(
+            400, f"{len(messages)} messages; the limit is {limits.max_messages}", "too_many_messages", "messages"
+        )
     out_messages, images = [], []
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict) or msg.get("role") not in ("system", "user", "assistant"):
@@ -131,31 +177,52 @@ def parse_chat_request(body: dict, known_models: list[str], limits: Limits) -> t
         content = msg.get("content")
         if isinstance(content, str):
             out_messages.append({"role": msg["role"], "content": content})
-            continue
-        if not isinstance(content, list):
+        elif isinstance(content, list):
+            out_messages.append({"role": msg["role"], "content": _content(i, content, limits, images)})
+        else:
             raise APIError(
                 400, f"messages[{i}].content must be a string or a list of parts", "invalid_messages", f"messages[{i}]"
             )
-        parts = []
-        for j, part in enumerate(content):
-            param = f"messages[{i}].content[{j}]"
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "text" and isinstance(part.get("text"), str):
-                parts.append({"type": "text", "text": part["text"]})
-            elif kind == "image_url":
-                url = part.get("image_url")
-                images.append(_image_from_url(url.get("url") if isinstance(url, dict) else url, limits, param))
-                parts.append({"type": "image"})
-            else:
-                raise APIError(
-                    400, f"{param}: unsupported content part (use text or image_url)", "invalid_messages", param
-                )
-        out_messages.append({"role": msg["role"], "content": parts})
+    return out_messages, images
+
+
+def _stop(body: dict, limits: Limits) -> list[str] | None:
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
     if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
         raise APIError(400, "'stop' must be a string or a list of strings", "invalid_value", "stop")
+    if stop and len(stop) > limits.max_stop:
+        raise APIError(400, f"{len(stop)} stop strings; the limit is {limits.max_stop}", "invalid_value", "stop")
+    return stop or None
+
+
+def _flags(body: dict) -> tuple[bool, bool]:
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise APIError(400, "'stream' must be true or false", "invalid_value", "stream")
+    options = body.get("stream_options")
+    if options is None:
+        return stream, False
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise APIError(
+            400, "'stream_options' must be an object like {\"include_usage\": true}", "invalid_value", "stream_options"
+        )
+    if not stream:
+        raise APIError(400, "'stream_options' is only allowed with stream: true", "invalid_value", "stream_options")
+    return stream, options.get("include_usage", False)
+
+
+def parse_chat_request(body: dict, known_models: list[str], limits: Limits) -> ChatRequest:
+    """The engine request for an OpenAI chat-completions body, or APIError."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise APIError(400, "'model' is required", "missing_model", "model")
+    if model not in known_models:
+        raise APIError(
+            404, f"model '{model}' does not exist; available: {sorted(known_models)}", "model_not_found", "model"
+        )
+    messages, images = _messages(body, limits)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     sampling = Sampling(
         n=_number(body, "n", 1, 1, limits.max_n, int),
@@ -163,22 +230,19 @@ def parse_chat_request(body: dict, known_models: list[str], limits: Limits) -> t
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
         max_tokens=_number({"max_tokens": max_tokens}, "max_tokens", 512, 1, limits.max_tokens, int),
         repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.01, 10.0),
-        stop=stop,
+        stop=_stop(body, limits),
         seed=_number(body, "seed", None, 0, 2**63 - 1, int),
     )
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise APIError(400, "'stream' must be true or false", "invalid_value", "stream")
-    request = GenerationRequest(out_messages, images, sampling, request_id=f"chatcmpl-{uuid.uuid4().hex}")
-    return model, request, stream
+    stream, include_usage = _flags(body)
+    request = GenerationRequest(messages, images, sampling, request_id=f"chatcmpl-{uuid.uuid4().hex}")
+    return ChatRequest(model, request, stream, include_usage)
 
 
-def split_reasoning(text: str) -> tuple[str | None, str]:
-    """R1-style output: (reasoning inside <think>...</think>, the answer after it)."""
-    if THINK_CLOSE not in text:
-        return None, text
-    head, _, tail = text.partition(THINK_CLOSE)
-    return head.replace(THINK_OPEN, "", 1).strip(), tail.lstrip()
+def parse_chat_body(raw: bytes, known_models: list[str], limits: Limits) -> ChatRequest:
+    """Body bytes to an engine request (JSON parsing and image decoding: run it off the event loop)."""
+    if len(raw) > limits.max_body_bytes:
+        raise APIError(413, f"request body larger than {limits.max_body_bytes} bytes", "request_too_large")
+    return parse_chat_request(parse_json(raw), known_models, limits)
 
 
 def _message(c: Completion) -> dict:
@@ -192,11 +256,18 @@ def _message(c: Completion) -> dict:
 def check_result(result: GenerationResult) -> None:
     if result.error is not None:
         code = "context_length_exceeded" if "too long" in result.error else "invalid_request"
-        raise APIError(400, result.error, code, "messages")
+        raise APIError(400, result.error, code, "messages" if code == "context_length_exceeded" else None)
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def chat_response(model: str, result: GenerationResult) -> dict:
-    completion_tokens = sum(len(c.token_ids) for c in result.completions)
     return {
         "id": result.request_id,
         "object": "chat.completion",
@@ -206,38 +277,8 @@ def chat_response(model: str, result: GenerationResult) -> dict:
             {"index": i, "message": _message(c), "finish_reason": c.finish_reason, "logprobs": None}
             for i, c in enumerate(result.completions)
         ],
-        "usage": {
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": result.prompt_tokens + completion_tokens,
-        },
+        "usage": usage(result.prompt_tokens, sum(len(c.token_ids) for c in result.completions)),
     }
-
-
-def stream_events(model: str, result: GenerationResult) -> list[str]:
-    """Server-sent events of a finished result: a role chunk, content pieces, a finish chunk per choice."""
-    created = int(time.time())
-
-    def event(index: int, delta: dict, finish: str | None) -> str:
-        chunk = {
-            "id": result.request_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}],
-        }
-        return f"data: {json.dumps(chunk)}\n\n"
-
-    events = []
-    for i, c in enumerate(result.completions):
-        events.append(event(i, {"role": "assistant", "content": ""}, None))
-        reasoning, content = split_reasoning(c.text)
-        for field, text in (("reasoning_content", reasoning or ""), ("content", content)):
-            for piece in re.findall(r"\s*\S+|\s+$", text):  # word pieces; they concatenate to the text exactly
-                events.append(event(i, {field: piece}, None))
-        events.append(event(i, {}, c.finish_reason))
-    events.append("data: [DONE]\n\n")
-    return events
 
 
 def models_response(model_ids: list[str]) -> dict:

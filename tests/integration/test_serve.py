@@ -1,9 +1,13 @@
-"""The Serve app answers the stock `openai` client, routes by model id, and turns bad input into 4xx."""
+"""The Serve app answers the stock `openai` client, routes by model id, streams as it generates, and
+turns bad input into 4xx without touching other requests."""
 
 import base64
 import io
 import random
+import shutil
 import socket
+import threading
+import time
 
 import pytest
 import ray
@@ -56,7 +60,14 @@ def two_checkpoints(tiny_checkpoint, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def base_url(two_checkpoints):
+def served(two_checkpoints, tmp_path_factory):
+    """Three ids; the replica holds two engines at most, so the third evicts one."""
+    third = shutil.copytree(two_checkpoints["mlp_init"], tmp_path_factory.mktemp("third") / "model")
+    return {**two_checkpoints, "sft/t2": str(third)}
+
+
+@pytest.fixture(scope="module")
+def base_url(served):
     from ray import serve
 
     from r1v_ray.serve.app import build_app, token_digest
@@ -66,9 +77,10 @@ def base_url(two_checkpoints):
     cfg.model.dtype = "float32"
     cfg.rollout = RolloutConfig(backend="vllm", device="cpu", num_workers=1, max_model_len=512, cpu_kvcache_gib=1)
     cfg.serve.max_image_bytes = 50_000
+    cfg.serve.max_body_bytes = 500_000
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(two_checkpoints, cfg, token_digest(TOKEN)), name="r1v", route_prefix="/")
+    serve.run(build_app(served, cfg, token_digest(TOKEN)), name="r1v", route_prefix="/")
     yield f"http://127.0.0.1:{port}/v1"
     serve.shutdown()
     ray.shutdown()
@@ -86,7 +98,7 @@ def test_openai_client_models_chat_and_routing(base_url, two_checkpoints):
     import openai
 
     client = openai.OpenAI(base_url=base_url, api_key=TOKEN, max_retries=0, timeout=300)
-    assert sorted(m.id for m in client.models.list()) == ["mlp_init", "sft/t1"]
+    assert sorted(m.id for m in client.models.list()) == ["mlp_init", "sft/t1", "sft/t2"]
     answers = {}
     for model_id, path in two_checkpoints.items():
         resp = client.chat.completions.create(model=model_id, messages=_messages(0), temperature=0.0, max_tokens=12)
@@ -101,25 +113,72 @@ def test_openai_client_models_chat_and_routing(base_url, two_checkpoints):
     assert len(several.choices) == 3 and [c.index for c in several.choices] == [0, 1, 2]
 
 
-def test_streaming_matches_non_streaming(base_url):
+def _stats() -> dict:
+    from ray import serve
+
+    return serve.get_deployment_handle("OpenAIIngress", app_name="r1v").stats.remote().result()
+
+
+def test_streaming_as_generated_with_usage(base_url):
     import openai
 
     client = openai.OpenAI(base_url=base_url, api_key=TOKEN, max_retries=0, timeout=300)
-    full = client.chat.completions.create(model="mlp_init", messages=_messages(2), temperature=0.0, max_tokens=16)
-    chunks = list(
+    kwargs = dict(model="mlp_init", messages=_messages(2), temperature=0.0, max_tokens=300)
+    full = client.chat.completions.create(**kwargs)
+    assert full.choices[0].finish_reason == "length"  # greedy runs to max_tokens: the stream below is long
+    stream = client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})
+    chunks, seen_running = [], None
+    for chunk in stream:
+        chunks.append(chunk)
+        content_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
+        if len(content_chunks) == 2 and seen_running is None:
+            seen_running = _stats()["engines"]["mlp_init"]["inflight"]  # two pieces arrived: still generating?
+    assert seen_running == 1, (seen_running, len(chunks))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == full.usage.completion_tokens == 300
+    assert chunks[-1].usage.prompt_tokens == full.usage.prompt_tokens
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks[:-1]) == full.choices[0].message.content
+    several = list(
         client.chat.completions.create(
-            model="mlp_init", messages=_messages(2), temperature=0.0, max_tokens=16, stream=True
+            model="mlp_init", messages=_messages(1), n=2, temperature=1.0, max_tokens=8, seed=3, stream=True
         )
     )
-    assert len(chunks) > 2 and chunks[-1].choices[0].finish_reason == full.choices[0].finish_reason
-    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
-    assert streamed == full.choices[0].message.content
+    assert {c.choices[0].index for c in several if c.choices} == {0, 1}
 
 
-def test_bad_requests_get_4xx_and_the_app_keeps_serving(base_url):
+def test_client_disconnect_aborts_its_request(base_url):
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key=TOKEN, max_retries=0, timeout=300)
+    aborted = _stats()["engines"]["mlp_init"]["aborted"]
+    stream = client.chat.completions.create(
+        model="mlp_init", messages=_messages(2), temperature=0.0, max_tokens=400, stream=True
+    )
+    for i, _ in enumerate(stream):
+        if i == 2:
+            break
+    stream.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _stats()["engines"]["mlp_init"]["aborted"] == aborted:
+        time.sleep(0.2)
+    engine = _stats()["engines"]["mlp_init"]
+    assert engine["aborted"] == aborted + 1 and engine["inflight"] == 0
+
+
+def test_bad_requests_get_4xx_while_a_good_one_streams(base_url):
+    import openai
+
     url = f"{base_url}/chat/completions"
     auth = {"Authorization": f"Bearer {TOKEN}"}
     good = {"model": "mlp_init", "messages": _messages(0), "max_tokens": 4}
+    client = openai.OpenAI(base_url=base_url, api_key=TOKEN, max_retries=0, timeout=300)
+    kwargs = dict(model="mlp_init", messages=_messages(3), temperature=0.0, max_tokens=40)
+    expected = client.chat.completions.create(**kwargs).choices[0].message.content
+    streamed = []
+    concurrent = threading.Thread(
+        target=lambda: streamed.extend(client.chat.completions.create(**kwargs, stream=True)), daemon=True
+    )
+    concurrent.start()
     big = io.BytesIO()
     Image.frombytes("RGB", (300, 300), random.Random(0).randbytes(300 * 300 * 3)).save(
         big, format="PNG"
@@ -179,6 +238,17 @@ def test_bad_requests_get_4xx_and_the_app_keeps_serving(base_url):
         (auth, {**good, "messages": [{"role": "user", "content": "count " * 600}]}, 400, "context_length_exceeded"),
         (auth, {**good, "max_tokens": 100000}, 400, "invalid_value"),
         (auth, {**good, "n": 0}, 400, "invalid_value"),
+        # vLLM's own rules, checked before the engine (the old app answered the first with 500)
+        (auth, {**good, "n": 2, "temperature": 0}, 400, "invalid_request"),
+        (auth, {**good, "top_p": 0}, 400, "invalid_request"),
+        (auth, {**good, "stop": [""]}, 400, "invalid_request"),
+        (
+            auth,
+            {**good, "messages": [{"role": "user", "content": _messages(0)[0]["content"][:1] * 5}]},
+            400,
+            "too_many_images",
+        ),
+        (auth, {**good, "messages": [{"role": "user", "content": "x" * 600_000}]}, 413, "request_too_large"),
     ]
     for headers, body, status, code in cases:
         kwargs = {"data": body} if isinstance(body, str) else {"json": body}
@@ -187,3 +257,50 @@ def test_bad_requests_get_4xx_and_the_app_keeps_serving(base_url):
         assert r.json()["error"]["code"] == code
     r = requests.post(url, headers=auth, json=good, timeout=300)
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["role"] == "assistant"
+    concurrent.join(timeout=300)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == expected
+    assert requests.get(base_url.removesuffix("/v1") + "/openapi.json", timeout=30).status_code == 404
+
+
+def test_eviction_shuts_the_engine_down_and_frees_its_memory(base_url):
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key=TOKEN, max_retries=0, timeout=300)
+    for model in ("mlp_init", "sft/t1"):
+        client.chat.completions.create(model=model, messages=_messages(0), max_tokens=2)
+    before = _stats()
+    assert sorted(before["engines"]) == ["mlp_init", "sft/t1"]
+    client.chat.completions.create(model="sft/t2", messages=_messages(0), max_tokens=2)  # evicts mlp_init (LRU)
+    after = _stats()
+    load = after["loads"][-1]
+    assert load["model"] == "sft/t2" and load["loaded"] == ["sft/t1"]
+    # Measured when the new engine starts loading: the evicted one's memory is already given back.
+    assert before["rss_mib"] - load["rss_mib"] > 400, (before["rss_mib"], load["rss_mib"])
+    assert sorted(after["engines"]) == ["sft/t1", "sft/t2"]
+
+
+def test_several_engine_replicas_route_through_the_model_server(base_url, two_checkpoints):
+    """rollout.num_workers > 1: a separate ModelServer deployment behind the ingress (HF engines: cheap to load)."""
+    import openai
+    from ray import serve
+
+    from r1v_ray.serve.app import build_app, token_digest
+
+    cfg = R1VConfig()
+    cfg.model.dtype = "float32"
+    cfg.rollout = RolloutConfig(backend="hf", device="cpu", num_workers=2, max_model_len=512)
+    app = build_app({"mlp_init": two_checkpoints["mlp_init"]}, cfg, token_digest(TOKEN))
+    serve.run(app, name="r1v-hf", route_prefix="/hf")
+    try:
+        client = openai.OpenAI(base_url=base_url.removesuffix("/v1") + "/hf/v1", api_key=TOKEN, max_retries=0)
+        kwargs = dict(model="mlp_init", messages=_messages(0), temperature=0.0, max_tokens=12)
+        full = client.chat.completions.create(**kwargs)
+        assert full.choices[0].message.content == _hf_greedy(two_checkpoints["mlp_init"], 0, 12)
+        chunks = list(client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == full.choices[0].message.content
+        assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+        deployments = serve.status().applications["r1v-hf"].deployments
+        assert sorted(deployments) == ["ModelServer", "OpenAIIngress"]
+        assert sum(deployments["ModelServer"].replica_states.values()) == 2
+    finally:
+        serve.delete("r1v-hf")

@@ -47,6 +47,16 @@ class Completion:
 
 
 @dataclass
+class CompletionDelta:
+    """New output of one choice of a streamed request: text and token ids since the last delta."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+
+
+@dataclass
 class GenerationResult:
     request_id: str
     prompt_tokens: int = 0

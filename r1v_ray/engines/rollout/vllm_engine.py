@@ -61,6 +61,29 @@ def vllm_env(cfg: RolloutConfig) -> dict[str, str]:
     return env
 
 
+def engine_kwargs(checkpoint: str, cfg: RolloutConfig, dtype: str, gpu_memory_utilization: float | None = None) -> dict:
+    """vLLM engine arguments shared by the batch (`LLM`) and the async (`AsyncLLM`) engines."""
+    kwargs = dict(
+        model=checkpoint,
+        dtype=dtype,
+        max_model_len=cfg.max_model_len,
+        seed=cfg.seed,
+        limit_mm_per_prompt={"image": cfg.max_images_per_prompt, "video": 0},
+        tensor_parallel_size=cfg.tensor_parallel_size,
+    )
+    if resolve_device(cfg.device) == "cpu":
+        kwargs["enforce_eager"] = True  # compiling brings no speed on CPU, only start-up time
+        # A chunked prefill discards a sampled token and rewinds the request's seeded
+        # generator, which CPU generators cannot do ("CPU Generator does not use offset").
+        kwargs["enable_chunked_prefill"] = False
+        kwargs["max_num_batched_tokens"] = max(cfg.max_model_len, 8192)
+    else:
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization or cfg.gpu_memory_utilization
+    # Loaded by name inside vLLM's workers (importing it here would import vLLM with this module).
+    kwargs["logits_processors"] = ["r1v_ray.engines.rollout.vllm_logits:BanImagePlaceholders"]
+    return kwargs
+
+
 class VLLMEngine(RolloutEngine):
     def __init__(self, checkpoint: str, cfg: RolloutConfig, dtype: str = "bfloat16"):
         for key, value in vllm_env(cfg).items():
@@ -70,26 +93,10 @@ class VLLMEngine(RolloutEngine):
 
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        kwargs = dict(
-            model=checkpoint,
-            dtype=dtype,
-            max_model_len=cfg.max_model_len,
-            seed=cfg.seed,
-            limit_mm_per_prompt={"image": cfg.max_images_per_prompt, "video": 0},
-            tensor_parallel_size=cfg.tensor_parallel_size,
-        )
-        if self.device == "cpu":
-            kwargs["enforce_eager"] = True  # compiling brings no speed on CPU, only start-up time
-            # A chunked prefill discards a sampled token and rewinds the request's seeded
-            # generator, which CPU generators cannot do ("CPU Generator does not use offset").
-            kwargs["enable_chunked_prefill"] = False
-            kwargs["max_num_batched_tokens"] = max(cfg.max_model_len, 8192)
-        else:
-            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        kwargs = engine_kwargs(checkpoint, cfg, dtype)
+        if self.device != "cpu":
             # Methods for the NCCL weight-sync transport, mixed into vLLM's GPU workers.
             kwargs["worker_extension_cls"] = "r1v_ray.engines.rollout.weight_ext.WeightSyncExtension"
-        # Loaded by name inside vLLM's workers (importing it here would import vLLM with this module).
-        kwargs["logits_processors"] = ["r1v_ray.engines.rollout.vllm_logits:BanImagePlaceholders"]
         quiet_expected_vllm_warnings()
         self.llm = LLM(**kwargs)
         self.processor = AutoProcessor.from_pretrained(checkpoint)
