@@ -69,6 +69,8 @@ def parse_json(raw: bytes) -> dict:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise APIError(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
+    except RecursionError:  # json.loads recurses once per nesting level
+        raise APIError(400, "request body is nested too deeply", "invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(400, "request body must be a JSON object", "invalid_json")
     return body
