@@ -144,8 +144,25 @@ def _cfg(tmp_path, base_url: str, monkeypatch):
             "judge.num_workers=1",
             "rollout.backend=hf",
             "distill.max_tokens=16",
+            # A random tiny model as the judge fails most rows: these tests check that each is accounted
+            # for, not the failure-share gate (tests/unit/test_crash_points.py checks that).
+            "judge.max_failure_share=1.0",
         ],
     )
+
+
+def _score(cfg, ds, out: str) -> dict:
+    """score's metrics. When a junk judge rejected every row the stage fails, saying so; the metrics then
+    come from its metrics.jsonl."""
+    from r1v_ray.distill.stage import score
+    from r1v_ray.metrics import read_jsonl
+
+    try:
+        return score(cfg, ds, out)
+    except ValueError as exc:
+        assert "no rows were scored" in str(exc)
+        last = read_jsonl(os.path.join(out, "metrics.jsonl"))[-1]
+        return {**last, "rows_in": last["rows"], "rows_out": last["rows"] - last["rejected"]}
 
 
 def _ids(uri: str) -> list[str]:
@@ -181,7 +198,7 @@ def _check_requests(bodies: list[dict], vllm: bool, n_requests_max: int) -> None
 def test_distill_and_score_with_vllms_server_as_the_judge(
     vllm_server, ray_local, tiny_checkpoint, tmp_path, monkeypatch
 ):
-    from r1v_ray.distill.stage import distill, score
+    from r1v_ray.distill.stage import distill
 
     rows = [make_row(0, "train", i) for i in range(ROWS)]
     data = str(tmp_path / "train")
@@ -197,7 +214,7 @@ def test_distill_and_score_with_vllms_server_as_the_judge(
             assert "every row was rejected" in str(exc)
         reasons = _accounted(ids, f"{out}/assessed", f"{out}/rejected_assess")
         reasons += _accounted(_ids(f"{out}/assessed"), f"{out}/data", f"{out}/rejected")
-        scored = score(cfg, ray_local.data.read_parquet(data), str(tmp_path / "score"))
+        scored = _score(cfg, ray_local.data.read_parquet(data), str(tmp_path / "score"))
         score_reasons = _accounted(ids, str(tmp_path / "score" / "data"), str(tmp_path / "score" / "rejected"))
     finally:
         proxy.close()
@@ -217,7 +234,6 @@ def test_distill_and_score_with_vllms_server_as_the_judge(
 def test_score_with_this_projects_serve_app_as_the_judge(ray_local, tiny_checkpoint, tmp_path, monkeypatch):
     from ray import serve
 
-    from r1v_ray.distill.stage import score
     from r1v_ray.serve.app import build_app, token_digest
 
     serve_cfg = load_config(CONFIG, ["rollout.backend=hf", "rollout.max_model_len=1024"])
@@ -230,7 +246,7 @@ def test_score_with_this_projects_serve_app_as_the_judge(ray_local, tiny_checkpo
     proxy = RecordingProxy(f"http://127.0.0.1:{port}/v1")
     try:
         cfg = _cfg(tmp_path, proxy.base_url, monkeypatch)
-        scored = score(cfg, ray_local.data.read_parquet(data), str(tmp_path / "score"))
+        scored = _score(cfg, ray_local.data.read_parquet(data), str(tmp_path / "score"))
     finally:
         proxy.close()
         serve.shutdown()
