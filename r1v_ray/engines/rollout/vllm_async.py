@@ -31,28 +31,25 @@ from r1v_ray.engines.rollout.types import (
     RequestRejected,
     Sampling,
 )
-from r1v_ray.engines.rollout.vllm_engine import _with_images, engine_kwargs, quiet_expected_vllm_warnings, vllm_env
+from r1v_ray.engines.rollout.vllm_engine import (
+    _with_images,
+    engine_kwargs,
+    quiet_expected_vllm_warnings,
+    vllm_env,
+)
+from r1v_ray.engines.rollout.vllm_engine import (
+    sampling_params as vllm_sampling_params,
+)
 
 
 def sampling_params(s: Sampling):
     """vLLM's SamplingParams for a request, streaming deltas; vLLM's own validation errors become
     RequestRejected (n > 1 with greedy sampling, top_p = 0, an empty stop string, ...)."""
-    from vllm import SamplingParams
     from vllm.exceptions import VLLMClientError
     from vllm.sampling_params import RequestOutputKind
 
     try:
-        return SamplingParams(
-            n=s.n,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            max_tokens=s.max_tokens,
-            repetition_penalty=s.repetition_penalty,
-            stop=s.stop,
-            seed=s.seed,
-            logprobs=0 if s.logprobs else None,
-            output_kind=RequestOutputKind.DELTA,
-        )
+        return vllm_sampling_params(s, output_kind=RequestOutputKind.DELTA)
     except (VLLMClientError, ValueError, TypeError) as exc:
         raise RequestRejected(str(exc)) from None
 

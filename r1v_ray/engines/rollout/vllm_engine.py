@@ -84,6 +84,23 @@ def engine_kwargs(checkpoint: str, cfg: RolloutConfig, dtype: str, gpu_memory_ut
     return kwargs
 
 
+def sampling_params(s, **extra):
+    """vLLM's SamplingParams for a request's `Sampling`; `extra`: the engine path's own options."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=s.n,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        max_tokens=s.max_tokens,
+        repetition_penalty=s.repetition_penalty,
+        stop=s.stop,
+        seed=s.seed,
+        logprobs=0 if s.logprobs else None,
+        **extra,
+    )
+
+
 class VLLMEngine(RolloutEngine):
     def __init__(self, checkpoint: str, cfg: RolloutConfig, dtype: str = "bfloat16"):
         for key, value in vllm_env(cfg).items():
@@ -103,22 +120,9 @@ class VLLMEngine(RolloutEngine):
         self.prompts = PromptBuilder(self.processor, cfg.max_model_len)
 
     def _params(self, s, **extra):
-        from vllm import SamplingParams
-
         # Stop strings need vLLM's incremental detokenizer; without them, texts are decoded in one batch
         # afterwards, which also spares decoding every sampled token's log-prob entry (~20% of a rollout on CPU).
-        return SamplingParams(
-            n=s.n,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            max_tokens=s.max_tokens,
-            repetition_penalty=s.repetition_penalty,
-            stop=s.stop,
-            seed=s.seed,
-            detokenize=bool(s.stop),
-            logprobs=0 if s.logprobs else None,
-            **extra,
-        )
+        return sampling_params(s, detokenize=bool(s.stop), **extra)
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         # Results are matched to requests by position: request ids are the callers' row ids, which may repeat
