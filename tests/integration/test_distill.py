@@ -17,6 +17,7 @@ from r1v_ray.data.io import read_parquet, write_parquet
 from r1v_ray.data.schema import canonical_table
 from r1v_ray.data.synthetic import make_row
 from r1v_ray.engines.judge.fake_server import FakeJudgeServer
+from r1v_ray.rewards import accuracy_reward
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -89,7 +90,12 @@ def test_distill_then_score_jobs(tmp_path, tiny_checkpoint):
     assert all(1.0 <= p <= 2.0 for p in out.column("rep_penalty").to_pylist())
     assert len(set(out.column("rep_penalty").to_pylist())) > 1  # the five tasks get different penalties
     assert "penalty_length_correlation" in m and m["judge_calls"] > 0
-    assert m["correct_before_revision"] + m["revised"] == 22
+    # Revision turns every wrong chain into a right one: each row's final response is correct, and a revised
+    # row's own generation was not (choices as stored; the offline judge checks like accuracy_reward).
+    final = out.select(["response", "generated_text", "answer", "choices", "revised"]).to_pylist()
+    assert all(accuracy_reward(r["response"], r["answer"], r["choices"]) == 1.0 for r in final)
+    assert all(accuracy_reward(r["generated_text"], r["answer"], r["choices"]) == 0.0 for r in final if r["revised"])
+    assert m["revised"] == sum(r["revised"] for r in final) > 0
     score = json.loads((run_dir / "score" / "manifest.json").read_text())["metrics"]
     assert sum(score["histogram"].values()) == score["rows_out"] == 22
     scored = pq.read_table(run_dir / "score" / "data")
