@@ -42,8 +42,13 @@ def test_checkpoint_is_standard_hf(tiny_checkpoint):
     n_img = (inputs["input_ids"] == model.config.image_token_id).sum().item()
     assert n_img == model.config.image_seq_length == 4
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    assert out.shape[1] == inputs["input_ids"].shape[1] + 8 or processor.tokenizer.eos_token_id in out[0].tolist()
+        new = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)[0, -8:]
+        # generate (KV cache, image features computed once) picks what full forward passes pick
+        ids = inputs["input_ids"]
+        for token in new:
+            step = dict(inputs, input_ids=ids, attention_mask=torch.ones_like(ids))
+            assert model(**step).logits[0, -1].argmax().item() == token.item()
+            ids = torch.cat([ids, token.view(1, 1)], dim=1)
     assert read_meta(tiny_checkpoint)["stage"] == "test"
 
 
