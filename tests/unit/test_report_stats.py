@@ -143,3 +143,27 @@ def test_report_sections(tmp_path):
     assert "| 1 | 2 | 9 | 5 | 0.583 | 11 |" in md  # t, tau_t, |D_rm(tau_t)|, |E_0|, M0's accuracy, rows trained
     assert "10 steps; Pearson r(step, response length) = +1.000, slope +2.000 tokens per step" in md
     assert "| 1 – 2 | 23.0 |" in md and "| 9 – 10 | 39.0 |" in md
+
+
+def test_iterative_sft_table_entries_carry_std_and_ci(tmp_path, monkeypatch):
+    """The SFT manifest's table (built while the stage runs) gains std, runs and the CI to the model before."""
+    from r1v_ray.config import load_config
+    from r1v_ray.runs import StageRun
+    from r1v_ray.sft import stages
+
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "sft.iterations=0"])
+    monkeypatch.setattr(
+        stages, "run_eval", lambda cfg, model, data, out_dir, name, side: _eval_dir(out_dir, CORRECT[name])
+    )
+    (tmp_path / "m0").mkdir()
+    monkeypatch.setattr(stages, "train", lambda *args, **kw: {"model": str(tmp_path / "m0")})
+    _, metrics = stages.iterative_sft(cfg, StageRun(cfg, "sft"), "base", "train-uri", "test-uri")
+    first, m0 = metrics["table"]
+    assert (first["model"], first["pass@1"], first["pass@1_std"], first["vs_previous"]) == (
+        "reassembled",
+        0.0,
+        0.0,
+        None,
+    )
+    assert (m0["model"], m0["pass@1"], m0["pass@1_std"], m0["runs"]) == ("M0", 50.0, 70.711, [100.0, 0.0])
+    assert (m0["vs_previous"]["model"], m0["vs_previous"]["lo"], m0["vs_previous"]["hi"]) == ("reassembled", 50.0, 50.0)
