@@ -96,6 +96,9 @@ def format_stats_table(run_dir: str) -> str:
         n = "" if r.get("n") is None else str(r["n"])
         name = NAMES.get(r["model"], r["model"])
         lines.append(f"{name:<16}{value:>18}{runs:>6}{n:>6}   {_ci_text(r.get('vs_previous'))}".rstrip())
+    sizes = sorted({r["n"] for r in rows if r.get("n")})
+    if sizes:  # the resolution of the table: what one row right or wrong moves Pass@1 by
+        lines.append(f"(one test row = {100 / sizes[0]:.2f} points of Pass@1 at {sizes[0]} rows)")
     return "\n".join(lines)
 
 

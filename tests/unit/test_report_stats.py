@@ -100,6 +100,7 @@ def test_stage_table_mean_std_and_paired_ci(tmp_path):
     # r2..r4 gain: 50 - 12.5 K with K copies of r1; 2.5% at K = 3 (P(K >= 3) = 0.051), 97.5% at K = 0
     assert lines[4].startswith("GRPO") and "100.00 ± 0.00" in lines[4]
     assert lines[4].endswith("+37.50 [+12.50, +50.00] vs M1")
+    assert lines[5] == "(one test row = 25.00 points of Pass@1 at 4 rows)"
 
 
 def test_chance_table(tmp_path):
