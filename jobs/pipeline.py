@@ -34,10 +34,11 @@ if __name__ == "__main__":
     if url:
         print(f"[pipeline] Ray dashboard (while this runs): http://{url}")
     run_pipeline(cfg, force=STAGES if args.force else args.force_stage, only=args.only)
-    from r1v_ray.report import build_report, format_stage_table
+    from r1v_ray.report import build_report
+    from r1v_ray.report_stats import format_chance_table, format_stats_table
 
     written = build_report(cfg.run_dir)
-    print(f"\n{format_stage_table(cfg.run_dir)}\n")
+    print(f"\n{format_stats_table(cfg.run_dir)}\n\n{format_chance_table(cfg.run_dir)}\n")
     print(f"pipeline finished in {(time.time() - start) / 60:.1f} min; run directory {cfg.run_dir}")
     print(f"report: {written.get('markdown', os.path.join(cfg.run_dir, 'report', 'report.md'))}")
     print(

@@ -118,6 +118,16 @@ def _grpo(cfg: Any) -> list[str]:
     return out
 
 
+def _eval(cfg: Any) -> list[str]:
+    e = cfg.eval
+    if e.runs > 1 and e.temperature == 0:  # greedy runs repeat each other: a std of 0 that means nothing
+        return [
+            f"eval.runs={e.runs} at eval.temperature=0 gives {e.runs} identical greedy runs: set eval.temperature > 0 "
+            "(the paper samples at 0.6) or eval.runs=1"
+        ]
+    return []
+
+
 def problems(cfg: Any) -> list[str]:
     """Every rule the config breaks, as messages naming the keys; empty when it is usable."""
-    return _ranges(cfg) + _lengths(cfg) + _sft(cfg) + _grpo(cfg)
+    return _ranges(cfg) + _lengths(cfg) + _sft(cfg) + _grpo(cfg) + _eval(cfg)

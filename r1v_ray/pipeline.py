@@ -79,6 +79,7 @@ def grpo_job(cfg: R1VConfig, force: bool = False) -> dict:
     from r1v_ray.data.select import d_rm
     from r1v_ray.distill.recipes import training_data
     from r1v_ray.eval.stage import run_eval
+    from r1v_ray.eval.table import stage_entry
     from r1v_ray.grpo.trainer import GRPORun
 
     init_ray()
@@ -106,11 +107,13 @@ def grpo_job(cfg: R1VConfig, force: bool = False) -> dict:
             trainer.shutdown()
         # The same Pass@1 evaluation as every SFT model, so GRPO gets its row in the stage table.
         report = run_eval(cfg, result["model"], test_uri, run.path_for("eval"), "GRPO")
+        last_sft = (StageRun(cfg, "sft").manifest.get("metrics", {}).get("table") or [None])[-1]
         return {"model": result["model"]}, {
             "heldout": result["heldout"],
             "d_rm": selection.description,
             "rows": rows,
             "eval_pass1": report["overall"]["pass@1_mean"],
+            "eval": stage_entry("GRPO", run.path_for("eval"), last_sft),  # mean ± std, CI against M_T
         }
 
     return run_stage(cfg, "grpo", body, {"sft": base, "train": train_uri, "test": test_uri}, force)

@@ -15,6 +15,7 @@ import os
 import re
 
 from r1v_ray.metrics import read_jsonl
+from r1v_ray.report_stats import plot_stage_stats, stats_markdown
 
 STAGES = ("distill", "score", "mlp_init", "reassemble", "sft", "grpo")
 
@@ -147,23 +148,6 @@ def plot_sft_loss(run_dir: str, path: str) -> bool:
     return True
 
 
-def plot_stages(run_dir: str, path: str) -> bool:
-    rows = [r for r in stage_rows(run_dir) if r["pass1"] is not None]
-    if not rows:
-        return False
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows) + 2), 4))
-    bars = ax.bar([r["stage"] for r in rows], [r["pass1"] for r in rows], color="tab:blue")
-    ax.bar_label(bars, fmt="%.1f")
-    ax.set_ylim(0, max(r["pass1"] for r in rows) * 1.15 + 1)
-    ax.set(title="Pass@1 on the test split per stage", ylabel="Pass@1 (%)")
-    ax.tick_params(axis="x", rotation=20)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
-
-
 def _distill_lines(d: dict) -> list[str]:
     p = d.get("penalty") or {}
     pen = (
@@ -218,17 +202,7 @@ def _markdown(run_dir: str, plots: dict[str, bool]) -> str:
             if man
             else f"| {stage} | not run | | |"
         )
-    lines += [
-        "",
-        "## Score per stage (the shape of the paper's Table 2)",
-        "",
-        "Pass@1 in %.",
-        "",
-        "```",
-        format_stage_table(run_dir),
-        "```",
-        "",
-    ]
+    lines += ["", *stats_markdown(run_dir)]  # stage table with error bars and CIs, chance, DRLC, RM, E_t, lengths
     lines += (
         ["## GRPO", ""]
         + (_grpo_lines(run_dir, m["grpo"].get("metrics", {})) if "grpo" in m else ["(no GRPO stage in this run)"])
@@ -241,17 +215,6 @@ def _markdown(run_dir: str, plots: dict[str, bool]) -> str:
             rd = json.load(f).get("distill") or {}
         lines += [f"Re-distillation before {os.path.basename(os.path.dirname(os.path.dirname(done)))}:", ""]
         lines += _distill_lines(rd) + [""]
-    hist = m.get("score", {}).get("metrics", {}).get("histogram")
-    lines += ["## RM scores", ""]
-    if hist:
-        total = sum(hist.values())
-        lines += ["| RM score | rows | share |", "|---:|---:|---:|"]
-        lines += [
-            f"| {k} | {v} | {100 * v / total if total else 0:.1f}% |"
-            for k, v in sorted(hist.items(), key=lambda kv: int(kv[0]))
-        ] + [f"| total | {total} | |", ""]
-    else:
-        lines += ["(no score stage in this run)", ""]
     titles = {"stages": "Pass@1 per stage", "sft_loss": "SFT loss", "grpo": "GRPO curves"}
     for name, ok in plots.items():
         lines += [f"## {titles[name]}", "", f"![{titles[name]}]({name}.png)" if ok else "(no data in this run)", ""]
@@ -262,7 +225,7 @@ def build_report(run_dir: str, out_dir: str | None = None) -> dict:
     """Write stages.png, sft_loss.png, grpo.png (when their data exist) and report.md; return the paths."""
     out_dir = out_dir or os.path.join(run_dir, "report")
     os.makedirs(out_dir, exist_ok=True)
-    makers = {"stages": plot_stages, "sft_loss": plot_sft_loss, "grpo": plot_grpo}
+    makers = {"stages": plot_stage_stats, "sft_loss": plot_sft_loss, "grpo": plot_grpo}
     plots = {}
     for name, fn in makers.items():
         path = os.path.join(out_dir, f"{name}.png")

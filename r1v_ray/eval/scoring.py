@@ -10,6 +10,7 @@ import statistics
 from collections import defaultdict
 
 from r1v_ray.engines.rollout.types import GenerationRequest, Sampling
+from r1v_ray.eval.stats import chance_level
 from r1v_ray.rewards import accuracy_reward, build_question_text
 
 
@@ -52,8 +53,10 @@ def score_rows(rows: list[dict], runs: int) -> dict:
 
     Rows with an `error` (rejected before or during generation) stay in the denominator as wrong
     answers, so a failing engine cannot raise Pass@1; each summary says how many there were.
+    `per_row` keeps each row's score in every run, for statistics across stages (paired by row id).
     """
     per_run = [[] for _ in range(runs)]
+    per_row = []
     rejected: dict[tuple[str, str], int] = defaultdict(int)
     groups: dict[str, dict[str, list[list[float]]]] = {
         "category": defaultdict(lambda: [[] for _ in range(runs)]),
@@ -62,7 +65,16 @@ def score_rows(rows: list[dict], runs: int) -> dict:
     for row in rows:
         bad = row.get("error") is not None
         rejected["overall", ""] += bad
-        for k, score in enumerate(_row_scores(row, runs)):
+        scores = _row_scores(row, runs)
+        per_row.append(
+            {
+                "id": str(row["id"]),
+                "category": str(row.get("category") or "unknown"),
+                "answer": None if row.get("answer") is None else str(row["answer"]),
+                "correct": scores,
+            }
+        )
+        for k, score in enumerate(scores):
             per_run[k].append(score)
             for key in groups:
                 groups[key][str(row.get(key) or "unknown")][k].append(score)
@@ -86,6 +98,7 @@ def score_rows(rows: list[dict], runs: int) -> dict:
             f"by_{key}": {name: summary(lists, rejected[key, name]) for name, lists in sorted(groups[key].items())}
             for key in groups
         },
+        "per_row": per_row,
     }
 
 
@@ -99,9 +112,13 @@ def markdown_table(report: dict, title: str) -> str:
         "",
     ]
     for key in ("by_category", "by_source"):
-        lines += [f"| {key.split('_')[1]} | n | Pass@1 mean | std |", "|---|---:|---:|---:|"]
+        lines += [f"| {key.split('_')[1]} | n | Pass@1 mean | std | chance |", "|---|---:|---:|---:|---:|"]
         for name, s in report[key].items():
-            lines.append(f"| {name} | {s['n']} | {s['pass@1_mean']:.2f} | {s['pass@1_std']:.2f} |")
+            chance = chance_level(name.removeprefix("synthetic/"))  # a uniform guess; blank off the synthetic set
+            lines.append(
+                f"| {name} | {s['n']} | {s['pass@1_mean']:.2f} | {s['pass@1_std']:.2f} | "
+                f"{'' if chance is None else f'{chance:.2f}'} |"
+            )
         lines.append("")
     if report["overall"].get("rejected"):
         lines.append(f"Rejected rows (no completion; counted as wrong in Pass@1): {report['overall']['rejected']}")

@@ -18,6 +18,7 @@ from r1v_ray.data.schema import REJECTED_SCHEMA, rejected_table
 from r1v_ray.engines.rollout import GenerationRequest
 from r1v_ray.engines.rollout.actor import generate_dataset
 from r1v_ray.eval.scoring import eval_request, markdown_table, score_rows
+from r1v_ray.eval.table import EVAL_JSON, PER_ROW, per_row_text
 
 EVAL_COLUMNS = ["id", "image", "question", "choices", "answer", "source", "category"]
 PASS = "_pass"  # which pass a row belongs to when an evaluation carries a side pass
@@ -46,7 +47,10 @@ def _tagged(uri: str, tag: str) -> ray.data.Dataset:
 def run_eval(
     cfg: R1VConfig, checkpoint: str, data_uri: str, out_dir: str, name: str = "eval", side: SidePass | None = None
 ) -> dict:
-    """Generate k runs per row, score Pass@1, write eval.json, eval.md and rejected rows to `out_dir`."""
+    """Generate k runs per row, score Pass@1, write eval.json, eval.md, per_row.jsonl and rejected rows to `out_dir`.
+
+    Returns eval.json's report with `per_row` (each row's score in every run; in per_row.jsonl on disk).
+    """
     e = cfg.eval
     start = time.time()
 
@@ -82,6 +86,7 @@ def run_eval(
             else:
                 lengths.extend(row["completion_tokens"])
     report = score_rows(scored, e.runs)
+    per_row = report.pop("per_row")  # its own file: eval.json stays a short summary
     report.update(
         checkpoint=checkpoint,
         data=data_uri,
@@ -102,6 +107,7 @@ def run_eval(
     write_text_atomic(
         os.path.join(out_dir, "eval.md"), markdown_table(report, f"{name}: {os.path.basename(checkpoint.rstrip('/'))}")
     )
+    write_text_atomic(os.path.join(out_dir, PER_ROW), per_row_text(per_row))
     # Last and whole: its presence means this evaluation is complete (iterative SFT resumes on it).
-    write_text_atomic(os.path.join(out_dir, "eval.json"), json.dumps(report, indent=2))
-    return report
+    write_text_atomic(os.path.join(out_dir, EVAL_JSON), json.dumps(report, indent=2))
+    return {**report, "per_row": per_row}

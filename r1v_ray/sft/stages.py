@@ -22,6 +22,7 @@ from r1v_ray.data.schema import REJECTED_SCHEMA, rejected_table
 from r1v_ray.data.select import Selection, all_rows, d_rm, subset, with_errors
 from r1v_ray.eval.scoring import eval_request
 from r1v_ray.eval.stage import SidePass, run_eval
+from r1v_ray.eval.table import stage_entry
 from r1v_ray.model.assemble import checkpoint_complete, load_checkpoint, read_meta, save_checkpoint
 from r1v_ray.model.factory import assemble_initial, load_llm, part_paths
 from r1v_ray.rewards import accuracy_reward
@@ -228,8 +229,7 @@ def iterative_sft(
             run_eval(cfg, model, test_uri, os.path.dirname(path), name, errors.side_pass() if errors else None)
             if errors:
                 errors.save(run.path_for(errors_for))
-        with open(path) as f:
-            table_rows.append({"model": name, "pass@1": json.load(f)["overall"]["pass@1_mean"]})
+        table_rows.append(stage_entry(name, os.path.dirname(path), table_rows[-1] if table_rows else None))
         run.record(table=table_rows)
 
     evaluate("reassembled", base_model, train_uri)

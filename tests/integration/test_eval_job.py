@@ -40,6 +40,11 @@ def test_eval_job_writes_report(tiny_checkpoint, tmp_path):
     assert "pass@1_mean" in report["overall"] and report["rejected"] == 0
     assert set(report["by_category"]) == {"shape_kind", "count_color", "tallest_bar", "missing_angle", "sum_digits"}
     assert (run_dir / "eval" / "tiny" / "eval.md").read_text().startswith("# tiny")
+    per_row = [json.loads(line) for line in (run_dir / "eval" / "tiny" / "per_row.jsonl").read_text().splitlines()]
+    assert len(per_row) == 15 and all(len(r["correct"]) == 3 for r in per_row)  # each row's score in each run
+    assert [100 * sum(r["correct"][k] for r in per_row) / 15 for k in range(3)] == pytest.approx(
+        report["overall"]["runs"], abs=1e-3
+    )
     assert "Pass@1" in proc.stdout
 
 

@@ -138,3 +138,10 @@ def test_every_problem_is_reported_at_once():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["grpo.group_size=1", "eval.runs=0", "sft.max_length=0"])
     assert all(k in str(err.value) for k in ("grpo.group_size", "eval.runs", "sft.max_length"))
+
+
+def test_several_evaluation_runs_need_sampling():
+    """k greedy runs repeat one another: their std of 0 would pass for a measured spread."""
+    with pytest.raises(ConfigError, match=r"eval\.runs=5 at eval\.temperature=0 gives 5 identical greedy runs"):
+        load_config(None, ["eval.temperature=0"])
+    assert load_config(None, ["eval.temperature=0", "eval.runs=1"]).eval.runs == 1

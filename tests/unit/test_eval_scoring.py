@@ -79,3 +79,27 @@ def test_rejected_rows_count_as_wrong_and_are_reported():
     assert report["by_category"]["b"] == {**report["by_category"]["b"], "n": 1, "rejected": 1, "pass@1_mean": 0.0}
     assert report["by_category"]["a"]["rejected"] == 0
     assert "Rejected rows (no completion; counted as wrong in Pass@1): 1" in markdown_table(report, "t")
+
+
+def test_per_row_scores_for_every_run_and_chance_in_the_table():
+    rows = [
+        {
+            "id": 1,
+            "answer": "B",
+            "choices": ["x", "y", "z"],
+            "category": "shape_kind",
+            "source": "synthetic/shape_kind",
+        },
+        {"id": 2, "answer": "3", "choices": None, "category": "count_color", "source": "synthetic/count_color"},
+    ]
+    rows[0]["completions"] = ["\\boxed{B}", "\\boxed{A}"]
+    rows[1]["completions"], rows[1]["error"] = None, "engine failed"  # wrong in every run, kept as a row
+    report = score_rows(rows, runs=2)
+    assert report["per_row"] == [
+        {"id": "1", "category": "shape_kind", "answer": "B", "correct": [1.0, 0.0]},
+        {"id": "2", "category": "count_color", "answer": "3", "correct": [0.0, 0.0]},
+    ]
+    md = markdown_table({k: v for k, v in report.items() if k != "per_row"}, "t")
+    assert "| category | n | Pass@1 mean | std | chance |" in md
+    assert "| shape_kind | 1 | 50.00 | 70.71 | 33.33 |" in md and "| count_color | 1 | 0.00 | 0.00 | 14.29 |" in md
+    assert "| synthetic/shape_kind | 1 | 50.00 | 70.71 | 33.33 |" in md
