@@ -3,14 +3,16 @@
 Both servers are up at once; each round sends the same load to each in turn (non-streaming, then
 streaming with usage), so drift on a shared machine hits both alike. Prints medians over the
 rounds with their range, and the ratios r1v_ray / vLLM (targets: throughput >= 0.9x, first
-streamed token <= 1.5x). Optionally `ray.serve.llm` as a third server (--ray-serve-llm).
+streamed token <= 1.5x). Clients reach r1v_ray's app on its ingress replica's own port (Ray
+Serve's direct ingress, `r1v_ray.serve.endpoint`); --via-proxy also measures the same app through
+Serve's HTTP proxy, and --ray-serve-llm `ray.serve.llm` (also with direct ingress).
 
 --engines instead compares the two vLLM engine paths in-process on one batch of requests known up
 front (a GRPO rollout, a Ray Data block): the batch engine (`LLM.generate` over the list) against
 the async engine (every request submitted at once): the batch path stays where it is faster.
 
     .venv/bin/python benchmarks/serve.py [--checkpoint runs/demo/sft/model] [--requests 64] [--concurrency 16]
-        [--max-tokens 64] [--rounds 3] [--ray-serve-llm] [--engines]
+        [--max-tokens 64] [--rounds 3] [--via-proxy] [--ray-serve-llm] [--engines]
 """
 
 from __future__ import annotations
@@ -137,28 +139,31 @@ def start_vllm_server(ckpt: str, max_model_len: int, log_path: str) -> tuple[str
     return f"http://127.0.0.1:{port}/v1", proc
 
 
-def start_r1v_serve(ckpt: str, max_model_len: int) -> str:
+def start_r1v_serve(ckpt: str, max_model_len: int, cfg) -> str:
     from ray import serve
 
-    from r1v_ray.config import R1VConfig, RolloutConfig
+    from r1v_ray.config import RolloutConfig
     from r1v_ray.serve.app import build_app, token_digest
+    from r1v_ray.serve.endpoint import app_url, free_base_port, start_serve
 
-    cfg = R1VConfig()
     cfg.model.dtype = "float32"
     cfg.rollout = RolloutConfig(
         backend="vllm", device="cpu", num_workers=1, max_model_len=max_model_len, cpu_kvcache_gib=1
     )
     cfg.rollout.max_images_per_prompt = 1  # as the vLLM server's --limit-mm-per-prompt
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    cfg.serve.port = free_base_port()
+    start_serve(cfg.serve)
     serve.run(build_app({MODEL: ckpt}, cfg, token_digest(TOKEN)), name="r1v", route_prefix="/")
-    return f"http://127.0.0.1:{port}/v1"
+    return app_url("r1v", "/", cfg.serve) + "/v1"
 
 
-def start_ray_serve_llm(ckpt: str, max_model_len: int) -> None:
-    """ray.serve.llm's OpenAI app on CPU (platform notes: accelerator kind cpu, CPU bundles)."""
+def start_ray_serve_llm(ckpt: str, max_model_len: int, cfg) -> str:
+    """ray.serve.llm's OpenAI app on CPU (platform notes: accelerator kind cpu, CPU bundles), in the
+    same Serve instance as r1v_ray's app (so with direct ingress too), under /rsl."""
     from ray import serve
     from ray.serve.llm import LLMConfig, build_openai_app
+
+    from r1v_ray.serve.endpoint import app_url, serve_env
 
     config = LLMConfig(
         model_loading_config={"model_id": MODEL, "model_source": ckpt},
@@ -171,10 +176,10 @@ def start_ray_serve_llm(ckpt: str, max_model_len: int) -> None:
             "limit_mm_per_prompt": {"image": 1, "video": 0},
         },
         placement_group_config={"bundles": [{"CPU": 1}]},
-        runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
+        runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1", **serve_env(cfg.serve)}},
     )
-    # Served by the same Serve proxy as r1v_ray's app (serve.start was called for it), under /rsl.
     serve.run(build_openai_app({"llm_configs": [config]}), name="ray-serve-llm", route_prefix="/rsl")
+    return app_url("ray-serve-llm", "/rsl", cfg.serve) + "/v1"
 
 
 def engine_rounds(ckpt: str, args) -> None:
@@ -235,9 +240,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--ray-serve-llm", action="store_true", help="also ray.serve.llm (a third server)")
+    ap.add_argument("--via-proxy", action="store_true", help="also r1v_ray's app through Serve's HTTP proxy")
     ap.add_argument("--engines", action="store_true", help="only the batch vs async engine comparison")
     args = ap.parse_args()
     import ray
+
+    from r1v_ray.config import R1VConfig
+    from r1v_ray.serve.endpoint import proxy_port
 
     with tempfile.TemporaryDirectory() as work:
         os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(work, "vllm"))
@@ -248,10 +257,12 @@ def main() -> None:
         vllm_url, proc = start_vllm_server(ckpt, args.max_model_len, os.path.join(work, "vllm_server.log"))
         try:
             ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
-            servers = {"vllm-server": vllm_url, "r1v_ray-serve": start_r1v_serve(ckpt, args.max_model_len)}
+            cfg = R1VConfig()
+            servers = {"vllm-server": vllm_url, "r1v_ray-serve": start_r1v_serve(ckpt, args.max_model_len, cfg)}
+            if args.via_proxy:  # the same app behind Serve's HTTP proxy: what direct ingress saves
+                servers["r1v_ray-via-proxy"] = f"http://127.0.0.1:{proxy_port(cfg.serve)}/v1"
             if args.ray_serve_llm:
-                start_ray_serve_llm(ckpt, args.max_model_len)
-                servers["ray.serve.llm"] = servers["r1v_ray-serve"].removesuffix("/v1") + "/rsl/v1"
+                servers["ray.serve.llm"] = start_ray_serve_llm(ckpt, args.max_model_len, cfg)
             logging.getLogger("httpx").setLevel(logging.WARNING)  # ray.serve.llm turns on INFO logs
             for url in servers.values():
                 wait_ready(url, proc)

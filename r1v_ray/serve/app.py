@@ -37,6 +37,7 @@ from r1v_ray.config import R1VConfig
 from r1v_ray.engines.rollout import make_engine
 from r1v_ray.engines.rollout.actor import worker_resources, worker_runtime_env
 from r1v_ray.engines.rollout.types import CompletionDelta, GenerationRequest, GenerationResult, resolve_device
+from r1v_ray.serve.endpoint import serve_env
 from r1v_ray.serve.openai_api import (
     APIError,
     ChatRequest,
@@ -301,6 +302,8 @@ def build_app(models: dict[str, str], cfg: R1VConfig, token_sha256: str):
         raise ValueError("no checkpoints to serve: set serve.models or point run_dir at a run with checkpoints")
     gpu_memory_fraction(cfg)  # a bad split fails here, not in a replica
     bundle = worker_resources(cfg.rollout)
+    runtime_env = worker_runtime_env(cfg.rollout)
+    runtime_env["env_vars"] = {**runtime_env["env_vars"], **serve_env(cfg.serve)}
     engine_options = dict(
         # Serve's default (5) would queue requests in front of an engine that batches hundreds.
         max_ongoing_requests=cfg.serve.max_ongoing_requests,
@@ -308,7 +311,7 @@ def build_app(models: dict[str, str], cfg: R1VConfig, token_sha256: str):
             "num_cpus": bundle["CPU"],
             "num_gpus": bundle.get("GPU", 0),
             "resources": {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")},
-            "runtime_env": worker_runtime_env(cfg.rollout),
+            "runtime_env": runtime_env,
         },
     )
     serve_cfg = cfg.serve
@@ -334,6 +337,7 @@ def build_app(models: dict[str, str], cfg: R1VConfig, token_sha256: str):
         .bind(models, cfg)
     )
     max_ongoing = cfg.serve.max_ongoing_requests * cfg.rollout.num_workers
-    return ingress.options(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=max_ongoing).bind(
+    ingress_actor = {"num_cpus": 0.1, "runtime_env": {"env_vars": serve_env(cfg.serve)}}
+    return ingress.options(ray_actor_options=ingress_actor, max_ongoing_requests=max_ongoing).bind(
         server, sorted(models), token_sha256, limits
     )
