@@ -11,13 +11,14 @@ Two deployments:
   replica holding that model (`handle.options(multiplexed_model_id=...)`).
 
 With one engine replica (rollout.num_workers=1) the two share one deployment (the ingress holds
-the ModelServer in-process): each request and each streamed piece then crosses one Ray hop (proxy
-to replica) instead of two, which on a small CPU host is most of what Serve adds to vLLM's own
-server (benchmarks/serve.py).
+the ModelServer in-process), and clients reach that replica directly (Ray Serve's direct ingress,
+`r1v_ray.serve.endpoint`): a request and its stream then cross no Ray hop at all between the HTTP
+connection and the engine, as in vLLM's own server (benchmarks/serve.py).
 
 Multiplexing rather than `ray.serve.llm`: a run directory holds many checkpoints of one
-architecture (mlp_init, sft-t1..T, grpo-step-N); loading them on demand into a bounded number of
-engines per replica serves all of them from the same resources.
+architecture (`mlp_init`, `sft/M0` .. `sft/M<T>`, `sft`, `grpo/checkpoints/step-<N>`, `grpo`: see
+`discover_checkpoints`); loading them on demand into a bounded number of engines per replica
+serves all of them from the same resources.
 """
 
 from __future__ import annotations
@@ -169,7 +170,9 @@ class ModelServer:
 
 def discover_checkpoints(run_dir: str) -> dict[str, str]:
     """{model id: path} for every R1V checkpoint under `run_dir`; the id is the relative path
-    without a trailing `/model` (e.g. `mlp_init`, `sft/t2`, `grpo/step-200`)."""
+    without a trailing `/model`. In a run directory: `mlp_init` (and its sub-stages `mlp_init/full`,
+    ...), `reassemble`, `sft/M0` .. `sft/M<T>` and `sft` (the last), `grpo/checkpoints/step-<N>`
+    and `grpo` (the last)."""
     import json
     import os
 
