@@ -266,31 +266,73 @@ def main() -> None:
             logging.getLogger("httpx").setLevel(logging.WARNING)  # ray.serve.llm turns on INFO logs
             for url in servers.values():
                 wait_ready(url, proc)
-            run_rounds(args, servers)
+            run_rounds(args, servers, server_processes(servers, proc.pid))
         finally:
             proc.terminate()
             proc.wait(timeout=60)
             ray.shutdown()
 
 
-def run_rounds(args, servers: dict[str, str]) -> None:
+def server_processes(servers: dict[str, str], vllm_pid: int) -> dict[str, list[int]]:
+    """Each server's own processes (their children too: vLLM's engine core): vLLM's server; the
+    Serve replicas of an app (and, through the proxy, Serve's proxy)."""
+    import psutil
+
+    def named(part: str) -> list[int]:
+        return [p.pid for p in psutil.process_iter(["cmdline"]) if any(part in c for c in p.info["cmdline"] or [])]
+
+    out = {"vllm-server": [vllm_pid], "r1v_ray-serve": named("ServeReplica:r1v:")}
+    out["r1v_ray-via-proxy"] = out["r1v_ray-serve"] + named("ProxyActor")
+    out["ray.serve.llm"] = named("ServeReplica:ray-serve-llm:")
+    return {name: out[name] for name in servers}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes and their children: what a request costs, whatever
+    else runs on the machine."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            for p in [proc, *proc.children(recursive=True)]:
+                times = p.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def measured_load(url: str, reqs: list[dict], concurrency: int, stream: bool, pids: list[int]) -> dict:
+    before = cpu_seconds(pids)
+    result = asyncio.run(load(url, reqs, concurrency, stream))
+    result["cpu_ms"] = 1000 * (cpu_seconds(pids) - before) / len(reqs)
+    return result
+
+
+def run_rounds(args, servers: dict[str, str], processes: dict[str, list[int]]) -> None:
     reqs = bodies(args.requests, args.max_tokens, args.temperature)
     for url in servers.values():  # warm-up: engines compiled, caches and connections made
         asyncio.run(load(url, reqs[: args.concurrency], args.concurrency, stream=False))
     runs: dict[tuple[str, bool], list[dict]] = {(s, st): [] for s in servers for st in (False, True)}
+    load_before = os.getloadavg()[0]
     for _ in range(args.rounds):
         for stream in (False, True):
             for name, url in servers.items():
-                runs[(name, stream)].append(asyncio.run(load(url, reqs, args.concurrency, stream)))
+                runs[(name, stream)].append(measured_load(url, reqs, args.concurrency, stream, processes[name]))
     print(
         f"load: {args.requests} image requests, {args.concurrency} in flight, max_tokens {args.max_tokens}, "
-        f"T={args.temperature}, {args.rounds} rounds, {os.cpu_count()} CPUs (shared machine: see the ranges)"
+        f"T={args.temperature}, {args.rounds} rounds, {os.cpu_count()} CPUs (shared machine: see the ranges; "
+        f"1-min load average {load_before:.1f} before the rounds, {os.getloadavg()[0]:.1f} after)"
     )
     base = "vllm-server"
     for stream in (False, True):
         print(f"\n{'streaming (include_usage)' if stream else 'non-streaming'}:")
-        for key, unit in (("tok_s", "tok/s"), ("req_s", "req/s"), ("p50_s", "s p50 latency")) + (
-            (("ttft_s", "s p50 first token"),) if stream else ()
+        for key, unit in (
+            (("tok_s", "tok/s"), ("req_s", "req/s"), ("p50_s", "s p50 latency"))
+            + ((("ttft_s", "s p50 first token"),) if stream else ())
+            + (("cpu_ms", "ms CPU per request (the server's processes)"),)
         ):
             meds = {}
             for name in servers:
