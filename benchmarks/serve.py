@@ -3,14 +3,16 @@
 Both servers are up at once; each round sends the same load to each in turn (non-streaming, then
 streaming with usage), so drift on a shared machine hits both alike. Prints medians over the
 rounds with their range, and the ratios r1v_ray / vLLM (targets: throughput >= 0.9x, first
-streamed token <= 1.5x). Optionally `ray.serve.llm` as a third server (--ray-serve-llm).
+streamed token <= 1.5x). Clients reach r1v_ray's app on its ingress replica's own port (Ray
+Serve's direct ingress, `r1v_ray.serve.endpoint`); --via-proxy also measures the same app through
+Serve's HTTP proxy, and --ray-serve-llm `ray.serve.llm` (also with direct ingress).
 
 --engines instead compares the two vLLM engine paths in-process on one batch of requests known up
 front (a GRPO rollout, a Ray Data block): the batch engine (`LLM.generate` over the list) against
 the async engine (every request submitted at once): the batch path stays where it is faster.
 
     .venv/bin/python benchmarks/serve.py [--checkpoint runs/demo/sft/model] [--requests 64] [--concurrency 16]
-        [--max-tokens 64] [--rounds 3] [--ray-serve-llm] [--engines]
+        [--max-tokens 64] [--rounds 3] [--via-proxy] [--ray-serve-llm] [--engines]
 """
 
 from __future__ import annotations
@@ -137,28 +139,31 @@ def start_vllm_server(ckpt: str, max_model_len: int, log_path: str) -> tuple[str
     return f"http://127.0.0.1:{port}/v1", proc
 
 
-def start_r1v_serve(ckpt: str, max_model_len: int) -> str:
+def start_r1v_serve(ckpt: str, max_model_len: int, cfg) -> str:
     from ray import serve
 
-    from r1v_ray.config import R1VConfig, RolloutConfig
+    from r1v_ray.config import RolloutConfig
     from r1v_ray.serve.app import build_app, token_digest
+    from r1v_ray.serve.endpoint import app_url, free_base_port, start_serve
 
-    cfg = R1VConfig()
     cfg.model.dtype = "float32"
     cfg.rollout = RolloutConfig(
         backend="vllm", device="cpu", num_workers=1, max_model_len=max_model_len, cpu_kvcache_gib=1
     )
     cfg.rollout.max_images_per_prompt = 1  # as the vLLM server's --limit-mm-per-prompt
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    cfg.serve.port = free_base_port()
+    start_serve(cfg.serve)
     serve.run(build_app({MODEL: ckpt}, cfg, token_digest(TOKEN)), name="r1v", route_prefix="/")
-    return f"http://127.0.0.1:{port}/v1"
+    return app_url("r1v", "/", cfg.serve) + "/v1"
 
 
-def start_ray_serve_llm(ckpt: str, max_model_len: int) -> None:
-    """ray.serve.llm's OpenAI app on CPU (platform notes: accelerator kind cpu, CPU bundles)."""
+def start_ray_serve_llm(ckpt: str, max_model_len: int, cfg) -> str:
+    """ray.serve.llm's OpenAI app on CPU (platform notes: accelerator kind cpu, CPU bundles), in the
+    same Serve instance as r1v_ray's app (so with direct ingress too), under /rsl."""
     from ray import serve
     from ray.serve.llm import LLMConfig, build_openai_app
+
+    from r1v_ray.serve.endpoint import app_url, serve_env
 
     config = LLMConfig(
         model_loading_config={"model_id": MODEL, "model_source": ckpt},
@@ -171,10 +176,10 @@ def start_ray_serve_llm(ckpt: str, max_model_len: int) -> None:
             "limit_mm_per_prompt": {"image": 1, "video": 0},
         },
         placement_group_config={"bundles": [{"CPU": 1}]},
-        runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
+        runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1", **serve_env(cfg.serve)}},
     )
-    # Served by the same Serve proxy as r1v_ray's app (serve.start was called for it), under /rsl.
     serve.run(build_openai_app({"llm_configs": [config]}), name="ray-serve-llm", route_prefix="/rsl")
+    return app_url("ray-serve-llm", "/rsl", cfg.serve) + "/v1"
 
 
 def engine_rounds(ckpt: str, args) -> None:
@@ -235,9 +240,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--ray-serve-llm", action="store_true", help="also ray.serve.llm (a third server)")
+    ap.add_argument("--via-proxy", action="store_true", help="also r1v_ray's app through Serve's HTTP proxy")
     ap.add_argument("--engines", action="store_true", help="only the batch vs async engine comparison")
     args = ap.parse_args()
     import ray
+
+    from r1v_ray.config import R1VConfig
+    from r1v_ray.serve.endpoint import proxy_port
 
     with tempfile.TemporaryDirectory() as work:
         os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(work, "vllm"))
@@ -248,38 +257,82 @@ def main() -> None:
         vllm_url, proc = start_vllm_server(ckpt, args.max_model_len, os.path.join(work, "vllm_server.log"))
         try:
             ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
-            servers = {"vllm-server": vllm_url, "r1v_ray-serve": start_r1v_serve(ckpt, args.max_model_len)}
+            cfg = R1VConfig()
+            servers = {"vllm-server": vllm_url, "r1v_ray-serve": start_r1v_serve(ckpt, args.max_model_len, cfg)}
+            if args.via_proxy:  # the same app behind Serve's HTTP proxy: what direct ingress saves
+                servers["r1v_ray-via-proxy"] = f"http://127.0.0.1:{proxy_port(cfg.serve)}/v1"
             if args.ray_serve_llm:
-                start_ray_serve_llm(ckpt, args.max_model_len)
-                servers["ray.serve.llm"] = servers["r1v_ray-serve"].removesuffix("/v1") + "/rsl/v1"
+                servers["ray.serve.llm"] = start_ray_serve_llm(ckpt, args.max_model_len, cfg)
             logging.getLogger("httpx").setLevel(logging.WARNING)  # ray.serve.llm turns on INFO logs
             for url in servers.values():
                 wait_ready(url, proc)
-            run_rounds(args, servers)
+            run_rounds(args, servers, server_processes(servers, proc.pid))
         finally:
             proc.terminate()
             proc.wait(timeout=60)
             ray.shutdown()
 
 
-def run_rounds(args, servers: dict[str, str]) -> None:
+def server_processes(servers: dict[str, str], vllm_pid: int) -> dict[str, list[int]]:
+    """Each server's own processes (their children too: vLLM's engine core): vLLM's server; the
+    Serve replicas of an app (and, through the proxy, Serve's proxy)."""
+    import psutil
+
+    def named(part: str) -> list[int]:
+        return [p.pid for p in psutil.process_iter(["cmdline"]) if any(part in c for c in p.info["cmdline"] or [])]
+
+    out = {"vllm-server": [vllm_pid], "r1v_ray-serve": named("ServeReplica:r1v:")}
+    out["r1v_ray-via-proxy"] = out["r1v_ray-serve"] + named("ProxyActor")
+    out["ray.serve.llm"] = named("ServeReplica:ray-serve-llm:")
+    return {name: out[name] for name in servers}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes and their children: what a request costs, whatever
+    else runs on the machine."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            for p in [proc, *proc.children(recursive=True)]:
+                times = p.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def measured_load(url: str, reqs: list[dict], concurrency: int, stream: bool, pids: list[int]) -> dict:
+    before = cpu_seconds(pids)
+    result = asyncio.run(load(url, reqs, concurrency, stream))
+    result["cpu_ms"] = 1000 * (cpu_seconds(pids) - before) / len(reqs)
+    return result
+
+
+def run_rounds(args, servers: dict[str, str], processes: dict[str, list[int]]) -> None:
     reqs = bodies(args.requests, args.max_tokens, args.temperature)
     for url in servers.values():  # warm-up: engines compiled, caches and connections made
         asyncio.run(load(url, reqs[: args.concurrency], args.concurrency, stream=False))
     runs: dict[tuple[str, bool], list[dict]] = {(s, st): [] for s in servers for st in (False, True)}
+    load_before = os.getloadavg()[0]
     for _ in range(args.rounds):
         for stream in (False, True):
             for name, url in servers.items():
-                runs[(name, stream)].append(asyncio.run(load(url, reqs, args.concurrency, stream)))
+                runs[(name, stream)].append(measured_load(url, reqs, args.concurrency, stream, processes[name]))
     print(
         f"load: {args.requests} image requests, {args.concurrency} in flight, max_tokens {args.max_tokens}, "
-        f"T={args.temperature}, {args.rounds} rounds, {os.cpu_count()} CPUs (shared machine: see the ranges)"
+        f"T={args.temperature}, {args.rounds} rounds, {os.cpu_count()} CPUs (shared machine: see the ranges; "
+        f"1-min load average {load_before:.1f} before the rounds, {os.getloadavg()[0]:.1f} after)"
     )
     base = "vllm-server"
     for stream in (False, True):
         print(f"\n{'streaming (include_usage)' if stream else 'non-streaming'}:")
-        for key, unit in (("tok_s", "tok/s"), ("req_s", "req/s"), ("p50_s", "s p50 latency")) + (
-            (("ttft_s", "s p50 first token"),) if stream else ()
+        for key, unit in (
+            (("tok_s", "tok/s"), ("req_s", "req/s"), ("p50_s", "s p50 latency"))
+            + ((("ttft_s", "s p50 first token"),) if stream else ())
+            + (("cpu_ms", "ms CPU per request (the server's processes)"),)
         ):
             meds = {}
             for name in servers:

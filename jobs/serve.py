@@ -3,7 +3,8 @@
     R1V_SERVE_TOKEN=... python jobs/serve.py --config configs/demo/tiny.yaml [--model ID=PATH ...] [--detach]
     ray job submit --working-dir . -- python jobs/serve.py --config ...
 
-Clients use the stock `openai` package: base_url=http://HOST:PORT/v1, api_key=the token.
+Clients use the stock `openai` package: base_url=http://HOST:PORT/v1 (serve.host, serve.port: the
+ingress replica itself, with Ray Serve's direct ingress), api_key=the token.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from r1v_ray.runtime import init_ray, job_parser, load_job_config  # noqa: E402
 from r1v_ray.serve.app import build_app, discover_checkpoints, token_digest  # noqa: E402
+from r1v_ray.serve.endpoint import app_url, proxy_port, start_serve  # noqa: E402
 
 
 def main() -> None:
@@ -37,11 +39,11 @@ def main() -> None:
     from ray import serve
 
     init_ray()
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    start_serve(cfg.serve)
     serve.run(build_app(models, cfg, token_digest(token)), name="r1v", route_prefix="/")
     print(
-        f"serving {sorted(models)} at http://{cfg.serve.host}:{cfg.serve.port}/v1 "
-        f"(bearer token from ${cfg.serve.token_env})",
+        f"serving {sorted(models)} at {app_url('r1v', '/', cfg.serve)}/v1 (bearer token from ${cfg.serve.token_env}; "
+        f"Serve's HTTP proxy, one hop more: port {proxy_port(cfg.serve)})",
         flush=True,
     )
     if not args.detach:

@@ -11,13 +11,14 @@ Two deployments:
   replica holding that model (`handle.options(multiplexed_model_id=...)`).
 
 With one engine replica (rollout.num_workers=1) the two share one deployment (the ingress holds
-the ModelServer in-process): each request and each streamed piece then crosses one Ray hop (proxy
-to replica) instead of two, which on a small CPU host is most of what Serve adds to vLLM's own
-server (benchmarks/serve.py).
+the ModelServer in-process), and clients reach that replica directly (Ray Serve's direct ingress,
+`r1v_ray.serve.endpoint`): a request and its stream then cross no Ray hop at all between the HTTP
+connection and the engine, as in vLLM's own server (benchmarks/serve.py).
 
 Multiplexing rather than `ray.serve.llm`: a run directory holds many checkpoints of one
-architecture (mlp_init, sft-t1..T, grpo-step-N); loading them on demand into a bounded number of
-engines per replica serves all of them from the same resources.
+architecture (`mlp_init`, `sft/M0` .. `sft/M<T>`, `sft`, `grpo/checkpoints/step-<N>`, `grpo`: see
+`discover_checkpoints`); loading them on demand into a bounded number of engines per replica
+serves all of them from the same resources.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from r1v_ray.config import R1VConfig
 from r1v_ray.engines.rollout import make_engine
 from r1v_ray.engines.rollout.actor import worker_resources, worker_runtime_env
 from r1v_ray.engines.rollout.types import CompletionDelta, GenerationRequest, GenerationResult, resolve_device
+from r1v_ray.serve.endpoint import serve_env
 from r1v_ray.serve.openai_api import (
     APIError,
     ChatRequest,
@@ -168,7 +170,9 @@ class ModelServer:
 
 def discover_checkpoints(run_dir: str) -> dict[str, str]:
     """{model id: path} for every R1V checkpoint under `run_dir`; the id is the relative path
-    without a trailing `/model` (e.g. `mlp_init`, `sft/t2`, `grpo/step-200`)."""
+    without a trailing `/model`. In a run directory: `mlp_init` (and its sub-stages `mlp_init/full`,
+    ...), `reassemble`, `sft/M0` .. `sft/M<T>` and `sft` (the last), `grpo/checkpoints/step-<N>`
+    and `grpo` (the last)."""
     import json
     import os
 
@@ -301,6 +305,8 @@ def build_app(models: dict[str, str], cfg: R1VConfig, token_sha256: str):
         raise ValueError("no checkpoints to serve: set serve.models or point run_dir at a run with checkpoints")
     gpu_memory_fraction(cfg)  # a bad split fails here, not in a replica
     bundle = worker_resources(cfg.rollout)
+    runtime_env = worker_runtime_env(cfg.rollout)
+    runtime_env["env_vars"] = {**runtime_env["env_vars"], **serve_env(cfg.serve)}
     engine_options = dict(
         # Serve's default (5) would queue requests in front of an engine that batches hundreds.
         max_ongoing_requests=cfg.serve.max_ongoing_requests,
@@ -308,7 +314,7 @@ def build_app(models: dict[str, str], cfg: R1VConfig, token_sha256: str):
             "num_cpus": bundle["CPU"],
             "num_gpus": bundle.get("GPU", 0),
             "resources": {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")},
-            "runtime_env": worker_runtime_env(cfg.rollout),
+            "runtime_env": runtime_env,
         },
     )
     serve_cfg = cfg.serve
@@ -334,6 +340,7 @@ def build_app(models: dict[str, str], cfg: R1VConfig, token_sha256: str):
         .bind(models, cfg)
     )
     max_ongoing = cfg.serve.max_ongoing_requests * cfg.rollout.num_workers
-    return ingress.options(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=max_ongoing).bind(
+    ingress_actor = {"num_cpus": 0.1, "runtime_env": {"env_vars": serve_env(cfg.serve)}}
+    return ingress.options(ray_actor_options=ingress_actor, max_ongoing_requests=max_ongoing).bind(
         server, sorted(models), token_sha256, limits
     )

@@ -5,7 +5,6 @@ import base64
 import io
 import random
 import shutil
-import socket
 import threading
 import time
 
@@ -22,12 +21,6 @@ from r1v_ray.model import load_checkpoint, save_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 TOKEN = "test-token-not-a-secret"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _data_url(data: bytes) -> str:
@@ -56,14 +49,14 @@ def two_checkpoints(tiny_checkpoint, tmp_path_factory):
         for p in model.model.multi_modal_projector.parameters():
             p.add_(0.5 * torch.randn_like(p))
     other = save_checkpoint(model, processor, str(tmp_path_factory.mktemp("other") / "model"))
-    return {"mlp_init": tiny_checkpoint, "sft/t1": other}
+    return {"mlp_init": tiny_checkpoint, "sft/M1": other}
 
 
 @pytest.fixture(scope="module")
 def served(two_checkpoints, tmp_path_factory):
     """Three ids; the replica holds two engines at most, so the third evicts one."""
     third = shutil.copytree(two_checkpoints["mlp_init"], tmp_path_factory.mktemp("third") / "model")
-    return {**two_checkpoints, "sft/t2": str(third)}
+    return {**two_checkpoints, "grpo/checkpoints/step-20": str(third)}
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +64,7 @@ def base_url(served):
     from ray import serve
 
     from r1v_ray.serve.app import build_app, token_digest
+    from r1v_ray.serve.endpoint import app_url, free_base_port, start_serve
 
     ray.init(num_cpus=8, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     cfg = R1VConfig()
@@ -78,10 +72,12 @@ def base_url(served):
     cfg.rollout = RolloutConfig(backend="vllm", device="cpu", num_workers=1, max_model_len=512, cpu_kvcache_gib=1)
     cfg.serve.max_image_bytes = 50_000
     cfg.serve.max_body_bytes = 500_000
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    cfg.serve.port = free_base_port()
+    start_serve(cfg.serve)
     serve.run(build_app(served, cfg, token_digest(TOKEN)), name="r1v", route_prefix="/")
-    yield f"http://127.0.0.1:{port}/v1"
+    url = app_url("r1v", "/", cfg.serve)
+    assert url == f"http://127.0.0.1:{cfg.serve.port}"  # the ingress replica itself, not Serve's proxy
+    yield url + "/v1"
     serve.shutdown()
     ray.shutdown()
 
@@ -98,7 +94,7 @@ def test_openai_client_models_chat_and_routing(base_url, two_checkpoints):
     import openai
 
     client = openai.OpenAI(base_url=base_url, api_key=TOKEN, max_retries=0, timeout=300)
-    assert sorted(m.id for m in client.models.list()) == ["mlp_init", "sft/t1", "sft/t2"]
+    assert sorted(m.id for m in client.models.list()) == ["grpo/checkpoints/step-20", "mlp_init", "sft/M1"]
     answers = {}
     for model_id, path in two_checkpoints.items():
         resp = client.chat.completions.create(model=model_id, messages=_messages(0), temperature=0.0, max_tokens=12)
@@ -106,7 +102,7 @@ def test_openai_client_models_chat_and_routing(base_url, two_checkpoints):
         text = resp.choices[0].message.content
         assert text == _hf_greedy(path, 0, 12)  # the request reached this model id's checkpoint
         answers[model_id] = text
-    assert answers["mlp_init"] != answers["sft/t1"]
+    assert answers["mlp_init"] != answers["sft/M1"]
     several = client.chat.completions.create(
         model="mlp_init", messages=_messages(1), n=3, temperature=1.0, max_tokens=8, seed=5
     )
@@ -266,17 +262,19 @@ def test_eviction_shuts_the_engine_down_and_frees_its_memory(base_url):
     import openai
 
     client = openai.OpenAI(base_url=base_url, api_key=TOKEN, max_retries=0, timeout=300)
-    for model in ("mlp_init", "sft/t1"):
+    for model in ("mlp_init", "sft/M1"):
         client.chat.completions.create(model=model, messages=_messages(0), max_tokens=2)
     before = _stats()
-    assert sorted(before["engines"]) == ["mlp_init", "sft/t1"]
-    client.chat.completions.create(model="sft/t2", messages=_messages(0), max_tokens=2)  # evicts mlp_init (LRU)
+    assert sorted(before["engines"]) == ["mlp_init", "sft/M1"]
+    client.chat.completions.create(
+        model="grpo/checkpoints/step-20", messages=_messages(0), max_tokens=2
+    )  # evicts mlp_init (LRU)
     after = _stats()
     load = after["loads"][-1]
-    assert load["model"] == "sft/t2" and load["loaded"] == ["sft/t1"]
+    assert load["model"] == "grpo/checkpoints/step-20" and load["loaded"] == ["sft/M1"]
     # Measured when the new engine starts loading: the evicted one's memory is already given back.
     assert before["rss_mib"] - load["rss_mib"] > 400, (before["rss_mib"], load["rss_mib"])
-    assert sorted(after["engines"]) == ["sft/t1", "sft/t2"]
+    assert sorted(after["engines"]) == ["grpo/checkpoints/step-20", "sft/M1"]
 
 
 def test_several_engine_replicas_route_through_the_model_server(base_url, two_checkpoints):
@@ -285,14 +283,18 @@ def test_several_engine_replicas_route_through_the_model_server(base_url, two_ch
     from ray import serve
 
     from r1v_ray.serve.app import build_app, token_digest
+    from r1v_ray.serve.endpoint import app_url
 
     cfg = R1VConfig()
     cfg.model.dtype = "float32"
     cfg.rollout = RolloutConfig(backend="hf", device="cpu", num_workers=2, max_model_len=512)
+    cfg.serve.port = int(base_url.rsplit(":", 1)[1].removesuffix("/v1"))  # the Serve instance the fixture started
     app = build_app({"mlp_init": two_checkpoints["mlp_init"]}, cfg, token_digest(TOKEN))
     serve.run(app, name="r1v-hf", route_prefix="/hf")
     try:
-        client = openai.OpenAI(base_url=base_url.removesuffix("/v1") + "/hf/v1", api_key=TOKEN, max_retries=0)
+        url = app_url("r1v-hf", "/hf", cfg.serve)
+        assert url == f"http://127.0.0.1:{cfg.serve.port + 1}/hf"  # this app's own ingress replica
+        client = openai.OpenAI(base_url=url + "/v1", api_key=TOKEN, max_retries=0)
         kwargs = dict(model="mlp_init", messages=_messages(0), temperature=0.0, max_tokens=12)
         full = client.chat.completions.create(**kwargs)
         assert full.choices[0].message.content == _hf_greedy(two_checkpoints["mlp_init"], 0, 12)

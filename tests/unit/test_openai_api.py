@@ -204,16 +204,50 @@ def test_rejected_generation_is_a_400():
     assert err.value.code == "context_length_exceeded"
 
 
-def test_discover_checkpoints(tiny_checkpoint, tmp_path):
+def test_discover_checkpoints_in_a_run_directory(tiny_checkpoint, tmp_path):
+    """The layout the stages write (sft/stages.py, grpo/trainer.py), with what else lies beside the models."""
+    import os
     import shutil
 
     from r1v_ray.serve.app import discover_checkpoints
 
-    shutil.copytree(tiny_checkpoint, tmp_path / "mlp_init" / "model")
-    shutil.copytree(tiny_checkpoint, tmp_path / "grpo" / "step-20")
-    (tmp_path / "notes").mkdir()
+    def checkpoint(*parts):
+        shutil.copytree(tiny_checkpoint, tmp_path.joinpath(*parts), copy_function=os.link)
+
+    for sub in ("full", "curated", "cot"):  # mlp_init's sub-stages, each trained at <name>/model
+        checkpoint("mlp_init", sub, "model")
+    checkpoint("mlp_init", "assembled")  # the freshly assembled model, saved in place
+    checkpoint("mlp_init", "model")
+    checkpoint("reassemble", "model")
+    for t in (0, 1):
+        checkpoint("sft", f"M{t}", "model")
+    checkpoint("sft", "model")
+    checkpoint("grpo", "checkpoints", "step-20", "model")
+    checkpoint("grpo", "model")
+    # Not checkpoints: the learner's DeepSpeed state next to a GRPO checkpoint, eval reports, data.
+    ds = tmp_path / "grpo" / "checkpoints" / "step-20" / "ds" / "state"
+    ds.mkdir(parents=True)
+    (ds / "mp_rank_00_model_states.pt").write_bytes(b"")
+    (tmp_path / "grpo" / "checkpoints" / "latest").write_text('{"step": 20}')
+    (tmp_path / "sft" / "eval" / "M1").mkdir(parents=True)
+    (tmp_path / "sft" / "eval" / "M1" / "eval.json").write_text("{}")
+    (tmp_path / "score" / "data").mkdir(parents=True)
     found = discover_checkpoints(str(tmp_path))
-    assert list(found) == ["grpo/step-20", "mlp_init"]
+    assert list(found) == [
+        "grpo",
+        "grpo/checkpoints/step-20",
+        "mlp_init",
+        "mlp_init/assembled",
+        "mlp_init/cot",
+        "mlp_init/curated",
+        "mlp_init/full",
+        "reassemble",
+        "sft",
+        "sft/M0",
+        "sft/M1",
+    ]
+    assert found["sft/M1"] == str(tmp_path / "sft" / "M1" / "model")
+    assert found["grpo/checkpoints/step-20"] == str(tmp_path / "grpo" / "checkpoints" / "step-20" / "model")
 
 
 @pytest.mark.parametrize(
@@ -247,3 +281,30 @@ def test_engines_share_a_gpu_by_explicit_fractions():
         gpu_memory_fraction(cfg)  # 2 x 0.6 of one GPU cannot coexist
     cfg.rollout.device = "cpu"
     assert gpu_memory_fraction(cfg) is None
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_every_replica_gets_serves_direct_ingress_settings(num_workers):
+    """Serve reads them from a replica's environment at its start: the ingress replica must carry them
+    (and the engine replicas, which then run user code on their main loop), besides vLLM's own."""
+    from r1v_ray.config import R1VConfig
+    from r1v_ray.serve.app import build_app
+    from r1v_ray.serve.endpoint import INGRESS_PORTS, proxy_port, serve_env
+
+    cfg = R1VConfig()
+    cfg.rollout.backend, cfg.rollout.device, cfg.rollout.num_workers = "vllm", "cpu", num_workers
+    cfg.serve.port = 9100
+    env = serve_env(cfg.serve)
+    assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    # serve.port is the first ingress port; the proxy's is outside the range the replicas draw from
+    assert int(env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]) == 9100
+    assert int(env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) == 9100 + INGRESS_PORTS <= proxy_port(cfg.serve)
+    app = build_app({"m": "/ckpt"}, cfg, "digest")
+    deployments = [app._bound_deployment] + [
+        a._bound_deployment for a in app._bound_deployment.init_args if hasattr(a, "_bound_deployment")
+    ]
+    assert len(deployments) == num_workers  # one replica: ingress and engine share it
+    for d in deployments:
+        actor_env = d.ray_actor_options["runtime_env"]["env_vars"]
+        assert env.items() <= actor_env.items()
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" in deployments[-1].ray_actor_options["runtime_env"]["env_vars"]

@@ -42,14 +42,16 @@ from r1v_ray.engines.rollout.vllm_engine import (
 )
 
 
-def sampling_params(s: Sampling):
-    """vLLM's SamplingParams for a request, streaming deltas; vLLM's own validation errors become
-    RequestRejected (n > 1 with greedy sampling, top_p = 0, an empty stop string, ...)."""
+def sampling_params(s: Sampling, stream: bool = True):
+    """vLLM's SamplingParams for a request: streaming deltas, or (stream=False) only the final output;
+    vLLM's own validation errors become RequestRejected (n > 1 with greedy sampling, top_p = 0, an
+    empty stop string, ...)."""
     from vllm.exceptions import VLLMClientError
     from vllm.sampling_params import RequestOutputKind
 
+    kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
     try:
-        return vllm_sampling_params(s, output_kind=RequestOutputKind.DELTA)
+        return vllm_sampling_params(s, output_kind=kind)
     except (VLLMClientError, ValueError, TypeError) as exc:
         raise RequestRejected(str(exc)) from None
 
@@ -77,14 +79,18 @@ class AsyncVLLMEngine:
         self._loop_thread: int | None = None
         self._closed = False
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationResult | list[CompletionDelta]]:
+    def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationResult | list[CompletionDelta]]:
         """First a GenerationResult without completions (prompt_tokens; `error` set when the request is
         rejected, and then nothing follows), then lists of new output per choice until every choice ends."""
+        return self._outputs(request, stream=True)
+
+    async def _outputs(self, request: GenerationRequest, stream: bool):
+        """The header, then vLLM's outputs: deltas as generated, or (stream=False) one at the end."""
         self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
         if self._closed:
             raise RuntimeError("engine is shut down")
         try:
-            params = sampling_params(request.sampling)
+            params = sampling_params(request.sampling, stream)
             # Rendering decodes images and tokenizes: off the event loop that streams every other request.
             text, images, n_tokens = await asyncio.to_thread(self.prompts.render, request)
         except RequestRejected as exc:
@@ -112,9 +118,10 @@ class AsyncVLLMEngine:
             await outputs.aclose()  # vLLM aborts the request when its generator closes early
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        """The whole result of one request (the same type the batch engines return)."""
+        """The whole result of one request (the same type the batch engines return). vLLM sends only
+        the final output: no Python step per token, as in vLLM's own server for non-streamed requests."""
         result, texts, ids, finish = None, {}, {}, {}
-        async for item in self.stream(request):
+        async for item in self._outputs(request, stream=False):
             if isinstance(item, GenerationResult):
                 result = item
                 continue
