@@ -23,9 +23,9 @@ def _tmp_name(path: str) -> str:
 def write_text_atomic(path: str, text: str) -> None:
     """`text` into `path`; readers see the old file, or the new one whole."""
     if "://" in path:
-        from r1v_ray.data.io import write_text
+        from r1v_ray import store
 
-        write_text(path, text)
+        store.write_text(path, text)
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = _tmp_name(path)
