@@ -15,7 +15,6 @@ from r1v_ray.metrics import StageMetrics, read_jsonl, truncate_after
 from r1v_ray.runs import StageRun, run_stage
 
 
-
 def test_read_jsonl_skips_only_a_torn_last_line(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')  # killed mid-append
