@@ -31,7 +31,7 @@ from r1v_ray.grpo.algorithms import nonzero_variance_groups
 from r1v_ray.grpo.batch import Trajectory
 from r1v_ray.grpo.learner import LearnerWorker
 from r1v_ray.grpo.reward import RewardWorker
-from r1v_ray.metrics import StageMetrics, truncate_after
+from r1v_ray.metrics import StageMetrics, read_jsonl, truncate_after
 from r1v_ray.run_dir import LATEST, METRICS, checkpoint_step
 
 
@@ -102,6 +102,8 @@ class GRPORun:
         self.step = latest["step"] if latest else 0
         self.sampler = PromptSampler(len(self.rows), self.g.seed, **(latest["sampler"] if latest else {}))
         self.model_path = checkpoint_step(self.ckpt_dir, self.step, "model") if latest else init_checkpoint
+        if latest:
+            print(f"[grpo] resuming at step {self.step} from {checkpoint_step(self.ckpt_dir, self.step)}")
         self.init_checkpoint = init_checkpoint
         self.metrics = StageMetrics("grpo", store.join(out_dir, METRICS))
         if latest:
@@ -374,7 +376,13 @@ class GRPORun:
         return path
 
     def run(self) -> dict:
-        history = []
+        # A resumed run keeps the held-out points logged up to its checkpoint (its metrics end there).
+        held_keys = ("heldout_reward", "heldout_accuracy")
+        history = [
+            {"step": r["step"], **{k: r[k] for k in held_keys if k in r}}
+            for r in read_jsonl(self.metrics.path)
+            if "heldout_reward" in r
+        ]
         if self.step == 0:
             history.append({"step": 0, **self.held_out_reward()})
             self.metrics.log(0, **{k: v for k, v in history[-1].items() if k != "step"})
