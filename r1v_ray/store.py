@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 from r1v_ray.data.io import resolve_fs
 
 COMPLETE = "_COMPLETE"  # in a remote folder written by `write_dir_once`: the folder is whole (readers skip "_" files)
-STAGED = ".r1v_staged.json"  # in a staged copy: the remote listing it was copied from
+STAGED = ".r1v_staged.json"  # in a staged copy: the remote listing (sizes, times) it was copied from
 VOUCHERS = ("model.safetensors.index.json", "config.json")  # written last: a checkpoint with them is whole
 
 
@@ -170,6 +170,18 @@ def _listing(fs: pafs.FileSystem, path: str) -> dict[str, int]:
     return {i.path[len(root) :]: i.size for i in infos if i.type == pafs.FileType.File}
 
 
+def _stamps(fs: pafs.FileSystem, path: str) -> dict[str, list]:
+    """{relative path: [size, modification time]} of every file under `path`: a folder republished at the
+    same place (a forced re-run) has new times even where the sizes match."""
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    root = path.rstrip("/") + "/"
+    return {
+        i.path[len(root) :]: [i.size, i.mtime_ns if i.mtime is not None else None]
+        for i in infos
+        if i.type == pafs.FileType.File
+    }
+
+
 def listing(uri: str) -> dict[str, int]:
     fs, path = resolve_fs(uri)
     return _listing(fs, path)
@@ -284,14 +296,14 @@ def _locked(path: str) -> Iterator[None]:
 
 def stage_in(uri: str, scratch: str | None = None) -> str:
     """A local folder holding `uri`'s files: `uri` itself when local, else a copy in the node's scratch
-    folder. A copy already there whose recorded listing (names, sizes) still matches is not fetched again."""
+    folder. A copy already there whose recorded listing (names, sizes, times) still matches is not fetched again."""
     if not is_remote(uri):
         return local_path(uri)
     from r1v_ray.run_dir import scratch_root
 
     target = os.path.join(scratch_root(scratch), "staged", _slug(uri))
     fs, path = resolve_fs(uri)
-    remote = _listing(fs, path)
+    remote = _stamps(fs, path)
     if not remote:
         raise FileNotFoundError(f"nothing to stage at {uri}")
     with _locked(target):

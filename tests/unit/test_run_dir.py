@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 from s3_server import moto_s3
@@ -129,6 +130,12 @@ def test_checkpoints_publish_whole_and_stage_once(s3, empty_cwd, tmp_path, tiny_
     assert store.stage_in(uri) == local and order == [], "a staged checkpoint was fetched again"
     store.write_text(uri + "/extra.txt", "changed")  # the remote folder changed: staged anew
     assert os.path.exists(os.path.join(store.stage_in(uri), "extra.txt"))
+    store.publish_dir(tiny_checkpoint, uri)
+    store.stage_in(uri)
+    time.sleep(1.1)  # S3 times are in seconds
+    store.publish_dir(tiny_checkpoint, uri)  # republished in place, every name and size the same (a forced re-run)
+    order.clear()
+    assert store.stage_in(uri) == local and order, "a stale staged copy was reused"
     assert os.listdir(empty_cwd) == []
 
 
