@@ -44,16 +44,6 @@ def write_json_atomic(path: str, value: Any, **dump_kwargs: Any) -> None:
     write_text_atomic(path, json.dumps(value, **dump_kwargs))
 
 
-def copy_file_atomic(src: str, dst: str) -> None:
-    tmp = _tmp_name(dst)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 @contextlib.contextmanager
 def atomic_dir(path: str) -> Iterator[str]:
     """Yield a fresh temporary folder beside `path`; on success it replaces `path`, on failure it is removed.
@@ -73,9 +63,3 @@ def atomic_dir(path: str) -> Iterator[str]:
     if os.path.isdir(path):
         shutil.rmtree(path)
     os.replace(tmp, path)
-
-
-def copy_dir_atomic(src: str, dst: str) -> None:
-    """A copy of folder `src` at `dst` that appears only once every file is copied."""
-    with atomic_dir(dst) as tmp:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
