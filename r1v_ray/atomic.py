@@ -23,9 +23,9 @@ def _tmp_name(path: str) -> str:
 def write_text_atomic(path: str, text: str) -> None:
     """`text` into `path`; readers see the old file, or the new one whole."""
     if "://" in path:
-        from r1v_ray.data.io import write_text
+        from r1v_ray import store
 
-        write_text(path, text)
+        store.write_text(path, text)
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = _tmp_name(path)
@@ -42,16 +42,6 @@ def write_text_atomic(path: str, text: str) -> None:
 
 def write_json_atomic(path: str, value: Any, **dump_kwargs: Any) -> None:
     write_text_atomic(path, json.dumps(value, **dump_kwargs))
-
-
-def copy_file_atomic(src: str, dst: str) -> None:
-    tmp = _tmp_name(dst)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 @contextlib.contextmanager
@@ -73,9 +63,3 @@ def atomic_dir(path: str) -> Iterator[str]:
     if os.path.isdir(path):
         shutil.rmtree(path)
     os.replace(tmp, path)
-
-
-def copy_dir_atomic(src: str, dst: str) -> None:
-    """A copy of folder `src` at `dst` that appears only once every file is copied."""
-    with atomic_dir(dst) as tmp:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)

@@ -335,7 +335,10 @@ class TrackingConfig:
 
 @dataclass
 class R1VConfig:
-    run_dir: str = "runs/default"
+    run_dir: str = "runs/default"  # a shared local path or an object-store URI (s3://, gs://, any fsspec URI)
+    # Node-local folder where engines stage checkpoints of a remote run_dir and write before uploading;
+    # a node's R1V_SCRATCH_DIR overrides it (cluster.yaml points it at the NVMe). None: <tmp>/r1v_scratch.
+    scratch_dir: str | None = None
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -9,6 +9,7 @@ import os
 import time
 import warnings
 
+from r1v_ray import store
 from r1v_ray.atomic import write_text_atomic
 
 
@@ -28,7 +29,6 @@ class StageMetrics:
         if jsonl_path:
             from r1v_ray.tracking import open_trackers
 
-            os.makedirs(os.path.dirname(jsonl_path) or ".", exist_ok=True)
             drop_torn_tail(jsonl_path)  # a resumed stage appends after whole lines only
             self.trackers = open_trackers(stage, jsonl_path, tracking)
 
@@ -49,8 +49,7 @@ class StageMetrics:
             if gauge is not None and isinstance(value, (int, float)):
                 gauge.set(float(value), tags={"stage": self.stage})
         if self.path:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            store.append_text(self.path, json.dumps(record) + "\n")
         numbers = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         for tracker in self.trackers:
             tracker.log(step, numbers)
@@ -66,10 +65,9 @@ class StageMetrics:
 def read_jsonl(path: str) -> list[dict]:
     """The records of a JSONL file. A torn last line (a writer killed mid-append) is skipped with a
     warning; a corrupt line before it is an error, naming the file and the line."""
-    if not os.path.exists(path):
+    if not store.is_file(path):
         return []
-    with open(path) as f:
-        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    lines = [(n, line) for n, line in enumerate(store.read_text(path).splitlines(keepends=True), 1) if line.strip()]
     records = []
     for i, (n, line) in enumerate(lines):
         try:
@@ -85,8 +83,9 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def drop_torn_tail(path: str) -> None:
-    """Cut a torn last line (no newline) off a JSONL file, so appending after it keeps every line whole."""
-    if not os.path.exists(path):
+    """Cut a torn last line (no newline) off a JSONL file, so appending after it keeps every line whole.
+    (An object is written whole, never torn: only local files need it.)"""
+    if store.is_remote(path) or not os.path.exists(path):
         return
     with open(path, "rb+") as f:
         data = f.read()

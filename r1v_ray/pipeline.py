@@ -7,12 +7,13 @@ resumes otherwise; its inputs are the outputs of the stages before it.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 
+from r1v_ray import store
 from r1v_ray.config import R1VConfig
 from r1v_ray.data.sources import dataset_uris
+from r1v_ray.run_dir import RunLayout
 from r1v_ray.runs import StageRun, run_stage
 from r1v_ray.runtime import init_ray, stage_output
 
@@ -75,7 +76,7 @@ def sft_job(cfg: R1VConfig, force: bool = False) -> dict:
 
 
 def grpo_job(cfg: R1VConfig, force: bool = False) -> dict:
-    from r1v_ray.data.io import count_rows, remove
+    from r1v_ray.data.io import count_rows
     from r1v_ray.data.select import d_rm
     from r1v_ray.distill.recipes import training_data
     from r1v_ray.eval.stage import run_eval
@@ -90,10 +91,7 @@ def grpo_job(cfg: R1VConfig, force: bool = False) -> dict:
     def body(run: StageRun):
         selection = d_rm(train_uri, cfg.sft.rm_score_column, cfg.grpo.tau)
         data = run.path_for("data")  # D_rm(tau) written once (a streaming scan), then read a step at a time
-        if not os.path.exists(data):
-            remove(data + ".partial")
-            selection.write(data + ".partial")
-            os.replace(data + ".partial", data)  # a resumed run trains on the same prompt set
+        store.write_dir_once(data, selection.write)  # a resumed run trains on the same prompt set
         rows = count_rows(data)
         if rows == 0:
             raise ValueError(
@@ -144,7 +142,7 @@ def run_pipeline(cfg: R1VConfig, force: list[str] = (), only: list[str] | None =
         manifest = job(cfg, name in force)
         log(
             f"[pipeline] {name}: {manifest['status']} ({time.time() - start:.0f} s; manifest "
-            f"{os.path.join(cfg.run_dir, name, 'manifest.json')})"
+            f"{RunLayout(cfg.run_dir).manifest(name)})"
         )
         manifests.append(manifest)
     return manifests

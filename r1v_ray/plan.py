@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from r1v_ray.config import R1VConfig
 from r1v_ray.engines.rollout.actor import worker_resources
+from r1v_ray.run_dir import RunLayout
 
 
 @dataclass
@@ -25,8 +26,8 @@ class StagePlan:
 def _datasets(cfg: R1VConfig) -> tuple[str, str]:
     if cfg.data.source == "parquet":
         return cfg.data.train_path or "<data.train_path unset>", cfg.data.test_path or "<data.test_path unset>"
-    root = os.path.join(cfg.run_dir, "data")
-    return os.path.join(root, "synthetic_train"), os.path.join(root, "synthetic_test")
+    layout = RunLayout(cfg.run_dir)
+    return layout.synthetic("train"), layout.synthetic("test")
 
 
 def _trainer(cfg: R1VConfig) -> list[dict]:
@@ -41,7 +42,7 @@ def _judge(cfg: R1VConfig) -> list[dict]:
 
 def stage_plans(cfg: R1VConfig) -> list[StagePlan]:
     train, test = _datasets(cfg)
-    run = lambda *parts: os.path.join(cfg.run_dir, *parts)  # noqa: E731
+    run = RunLayout(cfg.run_dir).path
     rollout = [worker_resources(cfg.rollout)] * cfg.rollout.num_workers
     g = cfg.grpo
     learner = {"CPU": 1.0, **({"GPU": 1.0} if g.use_gpu else {}), **({g.node_resource: 1.0} if g.node_resource else {})}

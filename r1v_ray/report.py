@@ -9,24 +9,24 @@ data is skipped, and report.md says so.
 
 from __future__ import annotations
 
-import glob
-import json
 import os
 import re
 
+from r1v_ray import store
 from r1v_ray.metrics import read_jsonl
 from r1v_ray.report_stats import plot_stage_stats, stats_markdown
+from r1v_ray.run_dir import RunLayout
 
 STAGES = ("distill", "score", "mlp_init", "reassemble", "sft", "grpo")
 
 
 def manifests(run_dir: str) -> dict[str, dict]:
     out = {}
+    layout = RunLayout(run_dir)
     for stage in STAGES:
-        path = os.path.join(run_dir, stage, "manifest.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                out[stage] = json.load(f)
+        manifest = store.read_json(layout.manifest(stage), None)
+        if manifest is not None:
+            out[stage] = manifest
     return out
 
 
@@ -42,11 +42,7 @@ def stage_rows(run_dir: str) -> list[dict]:
     for entry in m.get("sft", {}).get("metrics", {}).get("table", []):
         model, note = str(entry["model"]), ""
         it = re.fullmatch(r"M(\d+)", model)
-        if (
-            it
-            and int(it.group(1)) > 0
-            and os.path.exists(os.path.join(run_dir, "sft", model, "redistill", "done.json"))
-        ):
+        if it and int(it.group(1)) > 0 and store.is_file(RunLayout(run_dir).redistill_done(int(it.group(1)))):
             note = f"data re-distilled by M{int(it.group(1)) - 1}"
         rows.append({"stage": names.get(model, model), "pass1": entry.get("pass@1"), "note": note})
     g = m.get("grpo", {}).get("metrics", {})
@@ -89,7 +85,7 @@ def _series(records: list[dict], key: str) -> tuple[list, list]:
 
 
 def plot_grpo(run_dir: str, path: str) -> bool:
-    records = read_jsonl(os.path.join(run_dir, "grpo", "metrics.jsonl"))
+    records = read_jsonl(RunLayout(run_dir).metrics("grpo"))
     steps = [r for r in records if "reward_mean" in r]
     if not steps:
         return False
@@ -119,10 +115,11 @@ def plot_grpo(run_dir: str, path: str) -> bool:
 def sft_runs(run_dir: str) -> list[tuple[str, list[dict]]]:
     """Every SFT-style metrics.jsonl under the run (records with loss and lr), in the order they trained."""
     series = []
-    for file in glob.glob(os.path.join(run_dir, "*", "**", "metrics.jsonl"), recursive=True):
+    layout = RunLayout(run_dir)
+    for file in layout.all_metrics():
         records = [r for r in read_jsonl(file) if "loss" in r and "lr" in r and "step" in r]
         if records:
-            series.append((os.path.relpath(os.path.dirname(file), run_dir), records))
+            series.append((store.dirname(file)[len(layout.root) :].strip("/"), records))
     return sorted(series, key=lambda item: (item[1][0].get("time", 0), item[0]))
 
 
@@ -166,7 +163,7 @@ def _distill_lines(d: dict) -> list[str]:
 
 
 def _grpo_lines(run_dir: str, g: dict) -> list[str]:
-    held = [r for r in read_jsonl(os.path.join(run_dir, "grpo", "metrics.jsonl")) if "heldout_reward" in r]
+    held = [r for r in read_jsonl(RunLayout(run_dir).metrics("grpo")) if "heldout_reward" in r]
     held = held or g.get("heldout") or []  # the JSONL has held-out accuracy too; the manifest may not
     lines = []
     if held:
@@ -188,7 +185,7 @@ def _grpo_lines(run_dir: str, g: dict) -> list[str]:
 def _markdown(run_dir: str, plots: dict[str, bool]) -> str:
     m = manifests(run_dir)
     lines = [
-        f"# Run report: {os.path.abspath(run_dir)}",
+        f"# Run report: {run_dir if store.is_remote(run_dir) else os.path.abspath(run_dir)}",
         "",
         "## Stages",
         "",
@@ -210,10 +207,13 @@ def _markdown(run_dir: str, plots: dict[str, bool]) -> str:
     )
     d = m.get("distill", {}).get("metrics")
     lines += ["## Distillation", ""] + (_distill_lines(d) if d else ["(no distill stage in this run)"]) + [""]
-    for done in sorted(glob.glob(os.path.join(run_dir, "sft", "M*", "redistill", "done.json"))):
-        with open(done) as f:
-            rd = json.load(f).get("distill") or {}
-        lines += [f"Re-distillation before {os.path.basename(os.path.dirname(os.path.dirname(done)))}:", ""]
+    layout = RunLayout(run_dir)
+    for name in (n for n in store.listdir(layout.stage("sft")) if re.fullmatch(r"M\d+", n)):
+        done = layout.redistill_done(int(name[1:]))
+        if not store.is_file(done):
+            continue
+        rd = store.read_json(done).get("distill") or {}
+        lines += [f"Re-distillation before {name}:", ""]
         lines += _distill_lines(rd) + [""]
     titles = {"stages": "Pass@1 per stage", "sft_loss": "SFT loss", "grpo": "GRPO curves"}
     for name, ok in plots.items():
@@ -222,8 +222,14 @@ def _markdown(run_dir: str, plots: dict[str, bool]) -> str:
 
 
 def build_report(run_dir: str, out_dir: str | None = None) -> dict:
-    """Write stages.png, sft_loss.png, grpo.png (when their data exist) and report.md; return the paths."""
-    out_dir = out_dir or os.path.join(run_dir, "report")
+    """Write stages.png, sft_loss.png, grpo.png (when their data exist) and report.md; return the paths.
+    A remote `out_dir` is written in a local folder first and uploaded."""
+    out_dir = out_dir or RunLayout(run_dir).report()
+    if store.is_remote(out_dir):
+        with store.writing_dir(out_dir) as local:
+            written = build_report(run_dir, local)
+        rename = lambda p: store.join(out_dir, os.path.basename(p))  # noqa: E731
+        return {**written, "markdown": rename(written["markdown"]), "plots": [rename(p) for p in written["plots"]]}
     os.makedirs(out_dir, exist_ok=True)
     makers = {"stages": plot_stage_stats, "sft_loss": plot_sft_loss, "grpo": plot_grpo}
     plots = {}

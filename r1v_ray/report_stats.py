@@ -8,46 +8,43 @@ Where each file lives is said once, in `Layout`.
 
 from __future__ import annotations
 
-import glob
-import json
-import os
+import re
 
+from r1v_ray import store
 from r1v_ray.data.io import dataset_schema, read_parquet
 from r1v_ray.eval.stats import binned_means, chance_level, majority_baseline, pearson, slope
 from r1v_ray.eval.table import EVAL_JSON, read_per_row, stage_entry
 from r1v_ray.metrics import read_jsonl
+from r1v_ray.run_dir import DONE, RunLayout
 
 RM_SCORES = range(6)  # the RM's 0..5 scale (paper 2.2)
 NAMES = {"reassembled": "re-assembled", "M0": "stage 1 (M0)"}
 
 
 class Layout:
-    """Paths in a run directory that these sections read."""
+    """What these sections read from a run directory (local or a URI), named by `RunLayout`."""
 
     def __init__(self, run_dir: str):
-        self.run_dir = run_dir
+        self.run_dir, self.paths = run_dir, RunLayout(run_dir)
 
     def manifest(self, stage: str) -> dict:
-        path = os.path.join(self.run_dir, stage, "manifest.json")
-        if not os.path.exists(path):
-            return {}
-        with open(path) as f:
-            return json.load(f)
+        return store.read_json(self.paths.manifest(stage), default={})
 
     def sft_eval(self, model: str) -> str:
-        return os.path.join(self.run_dir, "sft", "eval", model)
+        return self.paths.stage("sft", "eval", model)
 
     def grpo_eval(self) -> str:
-        return os.path.join(self.run_dir, "grpo", "eval")
+        return self.paths.stage("grpo", "eval")
 
     def redistills(self) -> list[tuple[str, str]]:
         """(model name M_t, its redistill folder) for each finished re-distillation, in order of t."""
-        done = glob.glob(os.path.join(self.run_dir, "sft", "M*", "redistill", "done.json"))
-        dirs = [os.path.dirname(d) for d in done]
-        return sorted(((os.path.basename(os.path.dirname(d)), d) for d in dirs), key=lambda p: int(p[0][1:]))
+        sft = self.paths.stage("sft")
+        ts = sorted(int(n[1:]) for n in (store.listdir(sft) if store.is_dir(sft) else []) if re.fullmatch(r"M\d+", n))
+        done = [(t, self.paths.redistill_done(t)) for t in ts]
+        return [(f"M{t}", store.dirname(path)) for t, path in done if store.is_file(path)]
 
     def grpo_metrics(self) -> str:
-        return os.path.join(self.run_dir, "grpo", "metrics.jsonl")
+        return self.paths.metrics("grpo")
 
 
 def _entries(lay: Layout) -> list[tuple[str, dict, str]]:
@@ -66,7 +63,7 @@ def stage_stats(run_dir: str) -> list[dict]:
     """Each evaluated model's table entry, recomputed from its eval folder when there (else the manifest's)."""
     rows, previous = [], None
     for model, recorded, eval_dir in _entries(Layout(run_dir)):
-        if os.path.exists(os.path.join(eval_dir, EVAL_JSON)):
+        if store.is_file(store.join(eval_dir, EVAL_JSON)):
             entry = stage_entry(model, eval_dir, previous)
         else:  # an older or moved run: what the manifest recorded
             entry = {"pass@1_std": None, "runs": None, "n": None, "vs_previous": None, **recorded, "eval_dir": None}
@@ -103,10 +100,9 @@ def format_stats_table(run_dir: str) -> str:
 
 
 def _by_category(eval_dir: str | None) -> dict:
-    if not eval_dir or not os.path.exists(os.path.join(eval_dir, EVAL_JSON)):
+    if not eval_dir or not store.is_file(store.join(eval_dir, EVAL_JSON)):
         return {}
-    with open(os.path.join(eval_dir, EVAL_JSON)) as f:
-        return json.load(f).get("by_category", {})
+    return store.read_json(store.join(eval_dir, EVAL_JSON)).get("by_category", {})
 
 
 def format_chance_table(run_dir: str) -> str:
@@ -149,7 +145,7 @@ def format_chance_table(run_dir: str) -> str:
 
 
 def _penalty_block(title: str, data_uri: str, bins: int = 5) -> list[str]:
-    if not os.path.exists(data_uri):
+    if not store.exists(data_uri):
         return []
     names = dataset_schema(data_uri).names
     if "rep_penalty" not in names or "generated_tokens" not in names:
@@ -172,9 +168,9 @@ def _penalty_block(title: str, data_uri: str, bins: int = 5) -> list[str]:
 def penalty_length_lines(run_dir: str) -> list[str]:
     """DRLC: each distillation's penalty against the length it generated (a higher penalty should shorten)."""
     lay = Layout(run_dir)
-    lines = _penalty_block("Distillation", os.path.join(run_dir, "distill", "data"))
+    lines = _penalty_block("Distillation", lay.paths.data("distill"))
     for model, folder in lay.redistills():
-        lines += _penalty_block(f"Re-distillation before {model}", os.path.join(folder, "distill", "data"))
+        lines += _penalty_block(f"Re-distillation before {model}", store.join(folder, "distill", "data"))
     return lines or ["(no distilled data in this run)", ""]
 
 
@@ -197,8 +193,7 @@ def rm_lines(run_dir: str) -> list[str]:
     hist = lay.manifest("score").get("metrics", {}).get("histogram")
     lines = histogram_lines(hist) if hist else ["(no score stage in this run)", ""]
     for model, folder in lay.redistills():
-        with open(os.path.join(folder, "done.json")) as f:
-            h = (json.load(f).get("score") or {}).get("histogram")
+        h = (store.read_json(store.join(folder, DONE)).get("score") or {}).get("histogram")
         if h:
             lines += [f"Re-scored before {model}:", ""] + histogram_lines(h)
     return lines

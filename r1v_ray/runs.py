@@ -11,19 +11,19 @@ metrics and wall time.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
 import subprocess
 import time
 from typing import Any
 
 import r1v_ray
+from r1v_ray import store
 from r1v_ray.config import R1VConfig, to_dict
+from r1v_ray.run_dir import MANIFEST, RunLayout
 from r1v_ray.stage_fingerprint import StageChanged, changed_message, fingerprint, fingerprint_changes
 from r1v_ray.tracking import close_all, scrub
 
-MANIFEST = "manifest.json"
+__all__ = ["MANIFEST", "StageRun", "describe_input", "describe_inputs", "run_stage"]
 
 
 def git_commit() -> str | None:
@@ -44,15 +44,20 @@ def describe_input(value: Any) -> Any:
     """What a stage consumed: a dataset's row count, a checkpoint's fingerprint, else the value itself.
 
     The fingerprint hashes the checkpoint's config and its weight files' names and sizes: cheap for a
-    70 GB model, and it changes when a checkpoint is replaced.
+    70 GB model (one listing, on an object store too), and it changes when a checkpoint is replaced.
     """
-    if not isinstance(value, str) or "://" in value or not os.path.isdir(value):
+    if not isinstance(value, str):
         return value
-    if os.path.exists(os.path.join(value, "config.json")):
-        digest = hashlib.sha256(open(os.path.join(value, "config.json"), "rb").read())
-        for name in sorted(os.listdir(value)):
-            if name.endswith(".safetensors"):
-                digest.update(f"{name}:{os.path.getsize(os.path.join(value, name))}".encode())
+    try:
+        files = store.listing(value) if store.is_dir(value) else None
+    except Exception:  # not a path on any filesystem we can reach: a plain value
+        return value
+    if not files:
+        return value
+    if "config.json" in files:
+        digest = hashlib.sha256(store.read_bytes(store.join(value, "config.json")))
+        for name in sorted(n for n in files if n.endswith(".safetensors") and "/" not in n):
+            digest.update(f"{name}:{files[name]}".encode())
         return {"path": value, "fingerprint": digest.hexdigest()[:16]}
     try:
         from r1v_ray.data.io import count_rows
@@ -61,9 +66,8 @@ def describe_input(value: Any) -> Any:
     except Exception:  # not a dataset
         return value
     digest = hashlib.sha256()  # part files' names and sizes: a dataset rewritten otherwise changes them
-    for name in sorted(os.listdir(value)):
-        if name.endswith(".parquet"):
-            digest.update(f"{name}:{os.path.getsize(os.path.join(value, name))}".encode())
+    for name in sorted(n for n in files if n.endswith(".parquet") and "/" not in n):
+        digest.update(f"{name}:{files[name]}".encode())
     return {"path": value, "rows": rows, "fingerprint": digest.hexdigest()[:16]}
 
 
@@ -75,23 +79,17 @@ class StageRun:
     def __init__(self, cfg: R1VConfig, stage: str):
         self.cfg = cfg
         self.stage = stage
-        self.dir = os.path.join(cfg.run_dir, stage)
-        self.path = os.path.join(self.dir, MANIFEST)
+        self.layout = RunLayout(cfg.run_dir)
+        self.dir = self.layout.stage(stage)
+        self.path = self.layout.manifest(stage)
         self._start = time.time()
         self.manifest: dict[str, Any] = self._read()
 
     def _read(self) -> dict:
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                return json.load(f)
-        return {}
+        return store.read_json(self.path, {})
 
     def _write(self) -> None:
-        os.makedirs(self.dir, exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.manifest, f, indent=2, default=str)
-        os.replace(tmp, self.path)  # never a half-written manifest
+        store.write_json(self.path, self.manifest, indent=2, default=str)  # never a half-written manifest
 
     @property
     def complete(self) -> bool:
@@ -134,7 +132,7 @@ class StageRun:
         self._write()
 
     def path_for(self, *parts: str) -> str:
-        return os.path.join(self.dir, *parts)
+        return store.join(self.dir, *parts)
 
 
 def run_stage(cfg: R1VConfig, stage: str, body, inputs: dict | None = None, force: bool = False) -> dict:
@@ -153,8 +151,8 @@ def run_stage(cfg: R1VConfig, stage: str, body, inputs: dict | None = None, forc
             print(f"[{stage}] its manifest predates fingerprints: config and inputs not compared")
         print(f"[{stage}] complete, skipping (force to re-run)")
         return run.manifest
-    if force and os.path.isdir(run.dir):  # a forced re-run starts from scratch, not from old checkpoints
-        shutil.rmtree(run.dir)
+    if force and store.exists(run.dir):  # a forced re-run starts from scratch, not from old checkpoints
+        store.remove(run.dir)
         run = StageRun(cfg, stage)
     run.start(inputs)
     try:

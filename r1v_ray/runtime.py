@@ -17,9 +17,16 @@ def job_parser(description: str) -> argparse.ArgumentParser:
 
 
 def load_job_config(args: argparse.Namespace) -> R1VConfig:
+    from r1v_ray.config import ConfigError
+    from r1v_ray.run_dir import SCRATCH_ENV, resolve_run_dir
+
     cfg = load_config(args.config, args.set)
-    if "://" not in cfg.run_dir:  # Ray workers run elsewhere: paths they receive must be absolute
-        cfg.run_dir = os.path.abspath(cfg.run_dir)
+    try:  # Ray workers run elsewhere: paths they receive must be absolute (or URIs)
+        cfg.run_dir = resolve_run_dir(cfg.run_dir)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if cfg.scratch_dir:  # this process and a local Ray's workers (they inherit it); cluster nodes set their own
+        os.environ.setdefault(SCRATCH_ENV, os.path.abspath(cfg.scratch_dir))
     return cfg
 
 

@@ -20,6 +20,7 @@ from r1v_ray.tracking import scrub
 # Config keys (dotted; a section covers its keys) that never change a stage's results.
 IGNORED = (
     "run_dir",
+    "scratch_dir",
     "serve",
     "judge.api_key_env",
     "judge.num_workers",

@@ -64,17 +64,39 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
 
 def find_manifest(jsonl_path: str, levels: int = 4) -> tuple[dict, str] | None:
     """(manifest, its folder) nearest at or above the metrics file, or None (a stage run outside a StageRun)."""
-    folder = os.path.dirname(os.path.abspath(jsonl_path))
+    from r1v_ray import store
+
+    folder = _folder(jsonl_path)
     for _ in range(levels):
-        path = os.path.join(folder, MANIFEST)
-        if os.path.exists(path):
+        path = store.join(folder, MANIFEST)
+        if store.is_file(path):
             try:
-                with open(path) as f:
-                    return json.load(f), folder
+                return json.loads(store.read_text(path)), folder
             except (OSError, json.JSONDecodeError):
                 return None
-        folder = os.path.dirname(folder)
+        parent = store.dirname(folder)
+        if parent == folder or ("://" in folder) != ("://" in parent):  # the filesystem's root
+            return None
+        folder = parent
     return None
+
+
+def _folder(jsonl_path: str) -> str:
+    from r1v_ray import store
+
+    return store.dirname(jsonl_path) if store.is_remote(jsonl_path) else os.path.dirname(os.path.abspath(jsonl_path))
+
+
+def local_mirror(folder: str) -> str:
+    """Where a tracker writes its files for `folder`: the folder itself when local, else a node-local
+    mirror in scratch whose files are uploaded to `folder` (TensorBoard, W&B write local files only)."""
+    from r1v_ray import store
+    from r1v_ray.run_dir import scratch_root
+
+    if not store.is_remote(folder):
+        return folder
+    scheme, rest = folder.split("://", 1)
+    return os.path.join(scratch_root(), "trackers", scheme, *[p for p in rest.split("/") if p not in ("", "..")])
 
 
 class Context:
@@ -82,11 +104,11 @@ class Context:
 
     def __init__(self, stage: str, jsonl_path: str, tracking: TrackingConfig | None = None):
         found = find_manifest(jsonl_path)
-        self.manifest, stage_dir = found if found else ({}, os.path.dirname(os.path.abspath(jsonl_path)))
+        self.manifest, stage_dir = found if found else ({}, _folder(jsonl_path))
         config = self.manifest.get("config") or {}
         self.tracking = tracking or from_dict(TrackingConfig, config.get("tracking") or {})
         self.run_dir = config.get("run_dir") or os.path.dirname(stage_dir)
-        self.stage, self.dir = stage, os.path.dirname(os.path.abspath(jsonl_path))
+        self.stage, self.dir = stage, _folder(jsonl_path)
         self.run_name = f"{os.path.basename(os.path.normpath(self.run_dir))}/{stage}"
         self.config = scrub(config)
         self.params = flatten(self.config)
@@ -101,8 +123,11 @@ class TensorBoardTracker:
     that step: a resumed stage drops the events its metrics.jsonl dropped, so both stay step-aligned."""
 
     def __init__(self, ctx: Context):
+        from r1v_ray import store
+
         self.ctx, self.writer = ctx, None
-        self.logdir = os.path.join(ctx.dir, "tensorboard", *ctx.stage.split("/"))
+        self.remote = store.join(ctx.dir, "tensorboard", *ctx.stage.split("/"))
+        self.logdir = os.path.join(local_mirror(ctx.dir), "tensorboard", *ctx.stage.split("/"))
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if self.writer is None:
@@ -116,6 +141,10 @@ class TensorBoardTracker:
         for name, value in values.items():
             self.writer.add_scalar(name, value, step)
         self.writer.flush()  # readers (and a crash) see every logged step
+        if self.remote != self.logdir:  # a remote run directory: the event files go up after each flush
+            from r1v_ray import store
+
+            store.upload_dir(self.logdir, self.remote)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -167,7 +196,7 @@ class WandbTracker:
     def __init__(self, ctx: Context):
         wandb = _lazy("wandb", "wandb")
         cfg = ctx.tracking
-        root = cfg.wandb_dir or os.path.join(ctx.dir, "wandb")
+        root = cfg.wandb_dir or os.path.join(local_mirror(ctx.dir), "wandb")  # `wandb sync` reads local files
         os.makedirs(root, exist_ok=True)
         self.run = wandb.init(
             project=cfg.wandb_project,

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-
+from r1v_ray import store
 from r1v_ray.config import R1VConfig
 from r1v_ray.data.synthetic import write_split
+from r1v_ray.run_dir import RunLayout
 
 
 def dataset_uris(cfg: R1VConfig) -> tuple[str, str]:
@@ -18,10 +17,10 @@ def dataset_uris(cfg: R1VConfig) -> tuple[str, str]:
     s = cfg.data.synthetic
     paths = []
     for split, n in (("train", s.n_train), ("test", s.n_test)):
-        uri = os.path.join(cfg.run_dir, "data", f"synthetic_{split}")
-        if not os.path.exists(uri):
-            shutil.rmtree(uri + ".partial", ignore_errors=True)
-            write_split(uri + ".partial", n, seed=s.seed, split=split, image_size=s.image_size, tasks=s.tasks)
-            os.replace(uri + ".partial", uri)  # a dataset folder only ever appears complete
+        uri = RunLayout(cfg.run_dir).synthetic(split)
+        # A dataset folder only ever appears complete.
+        store.write_dir_once(
+            uri, lambda out: write_split(out, n, seed=s.seed, split=split, image_size=s.image_size, tasks=s.tasks)
+        )
         paths.append(uri)
     return paths[0], paths[1]

@@ -9,17 +9,17 @@ revision run again.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 
 import ray
 
-from r1v_ray.atomic import copy_dir_atomic, copy_file_atomic, write_json_atomic
+from r1v_ray import store
+from r1v_ray.atomic import write_json_atomic
 from r1v_ray.config import R1VConfig
 from r1v_ray.data.sources import dataset_uris
 from r1v_ray.distill.stage import distill, score
 from r1v_ray.model.factory import assemble_initial
+from r1v_ray.run_dir import BOUNDS, RunLayout
 from r1v_ray.runs import StageRun
 
 MODEL_STAGES = ("grpo", "sft", "reassemble", "mlp_init")  # newest first
@@ -41,7 +41,7 @@ def generation_model(cfg: R1VConfig, reuse_finished: bool = True) -> str:
         if run.complete:
             return run.manifest["outputs"]["model"]
     # Outside distill/: a forced re-run empties that folder after this model was chosen.
-    return assemble_initial(cfg.model, cfg.run_dir, os.path.join(cfg.run_dir, "base_model"), seed=cfg.seed)
+    return assemble_initial(cfg.model, cfg.run_dir, RunLayout(cfg.run_dir).base_model(), seed=cfg.seed)
 
 
 def distill_stage(cfg: R1VConfig, run: StageRun, model: str, train_uri: str) -> tuple[dict, dict]:
@@ -76,22 +76,19 @@ def redistill_hook(cfg: R1VConfig, run: StageRun) -> Callable[[int, str], str] |
     train_uri = train["path"] if isinstance(train, dict) else train
 
     def before_iteration(t: int, model: str) -> str:
-        out = run.path_for(f"M{t}", "redistill")
-        done = os.path.join(out, "done.json")
-        if os.path.exists(done):
-            with open(done) as f:
-                return json.load(f)["data"]
-        reuse_first_pass(distilled.dir, os.path.join(out, "distill"))
-        d = distill(
-            cfg, ray.data.read_parquet(train_uri), model, os.path.join(out, "distill"), stage=f"sft/M{t}/distill"
-        )
+        done = RunLayout(cfg.run_dir).redistill_done(t)
+        out = store.dirname(done)
+        if store.is_file(done):
+            return store.read_json(done)["data"]
+        reuse_first_pass(distilled.dir, store.join(out, "distill"))
+        d = distill(cfg, ray.data.read_parquet(train_uri), model, store.join(out, "distill"), stage=f"sft/M{t}/distill")
         s = score(
             cfg,
-            ray.data.read_parquet(os.path.join(out, "distill", "data")),
-            os.path.join(out, "score"),
+            ray.data.read_parquet(store.join(out, "distill", "data")),
+            store.join(out, "score"),
             stage=f"sft/M{t}/score",
         )
-        summary = {"data": os.path.join(out, "score", "data"), "model": model, "distill": d, "score": s}
+        summary = {"data": store.join(out, "score", "data"), "model": model, "distill": d, "score": s}
         write_json_atomic(done, summary, indent=2)
         return summary["data"]
 
@@ -104,10 +101,9 @@ def reuse_first_pass(src_dir: str, dst_dir: str) -> None:
     `distill` trusts `assessed/` whenever `bounds.json` exists, so `bounds.json` is copied last and
     `assessed/` appears only complete; a copy that died half-way is redone, never trusted.
     """
-    bounds = os.path.join(dst_dir, "bounds.json")
-    if os.path.exists(bounds):
+    bounds = store.join(dst_dir, BOUNDS)
+    if store.is_file(bounds):
         return
-    os.makedirs(dst_dir, exist_ok=True)
     for name in ("assessed", "rejected_assess"):
-        copy_dir_atomic(os.path.join(src_dir, name), os.path.join(dst_dir, name))
-    copy_file_atomic(os.path.join(src_dir, "bounds.json"), bounds)
+        store.copy_tree(store.join(src_dir, name), store.join(dst_dir, name))
+    store.write_bytes(bounds, store.read_bytes(store.join(src_dir, BOUNDS)))

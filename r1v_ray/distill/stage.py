@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 
 import numpy as np
@@ -20,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from r1v_ray import store
 from r1v_ray.atomic import write_json_atomic
 from r1v_ray.config import R1VConfig
 from r1v_ray.data.io import ParquetSink, remove
@@ -30,12 +30,13 @@ from r1v_ray.distill.udfs import USAGE_COLUMNS, Assess, RMScore, SelfDistill
 from r1v_ray.engines.judge import judge_api_key
 from r1v_ray.engines.rollout.actor import worker_resources, worker_runtime_env
 from r1v_ray.metrics import StageMetrics
+from r1v_ray.run_dir import BOUNDS, METRICS, RunLayout
 
 SCORES = ("s_v", "s_t", "s_i")
 
 
 def judge_cache_dir(cfg: R1VConfig) -> str:
-    return cfg.judge.cache_dir or os.path.join(cfg.run_dir, "judge_cache")
+    return RunLayout(cfg.run_dir).judge_cache(cfg.judge.cache_dir)
 
 
 class Tally:
@@ -215,15 +216,14 @@ def _tally(cfg: R1VConfig, stage: str, metrics_path: str) -> Tally:
 def distill(cfg: R1VConfig, ds: ray.data.Dataset, model: str, out_dir: str, stage: str = "distill") -> dict:
     """Both passes over `ds`; writes `assessed/`, `data/`, `rejected_assess/`, `rejected/` under `out_dir`."""
     d, bs = cfg.distill, cfg.distill.batch_size
-    metrics_path = os.path.join(out_dir, "metrics.jsonl")
-    bounds_path = os.path.join(out_dir, "bounds.json")
-    assessed = os.path.join(out_dir, "assessed")
-    if os.path.exists(bounds_path):  # pass 1 finished earlier: its output and bounds are complete
-        with open(bounds_path) as f:
-            pass1 = json.load(f)
+    metrics_path = store.join(out_dir, METRICS)
+    bounds_path = store.join(out_dir, BOUNDS)
+    assessed = store.join(out_dir, "assessed")
+    if store.is_file(bounds_path):  # pass 1 finished earlier: its output and bounds are complete
+        pass1 = store.read_json(bounds_path)
     else:
         minmax, tally = MinMax(), _tally(cfg, f"{stage}/assess", metrics_path)
-        rejected_assess = os.path.join(out_dir, "rejected_assess")
+        rejected_assess = store.join(out_dir, "rejected_assess")
         drain(judge_stage(ds, Assess, cfg, bs), assessed, rejected_assess, tally, observe=minmax.observe)
         check_judge_failures(cfg, tally, rejected_assess)  # before bounds.json: a failed pass 1 is redone
         pass1 = {"bounds": minmax.as_dict(), **tally.summary()}
@@ -268,8 +268,8 @@ def distill(cfg: R1VConfig, ds: ray.data.Dataset, model: str, out_dir: str, stag
         counts["revised"] += int(pc.sum(table.column("revised").cast(pa.int64())).as_py() or 0)
 
     tally = _tally(cfg, f"{stage}/generate", metrics_path)
-    drain(generated, os.path.join(out_dir, "data"), os.path.join(out_dir, "rejected"), tally, observe=observe)
-    check_judge_failures(cfg, tally, os.path.join(out_dir, "rejected"))
+    drain(generated, store.join(out_dir, "data"), store.join(out_dir, "rejected"), tally, observe=observe)
+    check_judge_failures(cfg, tally, store.join(out_dir, "rejected"))
     if tally.rows_out == 0:
         raise ValueError(f"{stage}: every row was rejected; see {out_dir}/rejected for the reasons")
     n = max(1, tally.rows_out)
@@ -300,11 +300,9 @@ def score(cfg: R1VConfig, ds: ray.data.Dataset, out_dir: str, stage: str = "scor
         for value in table.column("rm_score").to_pylist():
             histogram[int(value)] += 1
 
-    tally = _tally(cfg, stage, os.path.join(out_dir, "metrics.jsonl"))
-    rejected = os.path.join(out_dir, "rejected")
-    drain(
-        judge_stage(ds, RMScore, cfg, cfg.distill.batch_size), os.path.join(out_dir, "data"), rejected, tally, observe
-    )
+    tally = _tally(cfg, stage, store.join(out_dir, METRICS))
+    rejected = store.join(out_dir, "rejected")
+    drain(judge_stage(ds, RMScore, cfg, cfg.distill.batch_size), store.join(out_dir, "data"), rejected, tally, observe)
     check_judge_failures(cfg, tally, rejected)
     if tally.rows_out == 0:  # an empty score set would silently become the training set
         raise ValueError(

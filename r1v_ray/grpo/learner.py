@@ -8,6 +8,7 @@ import socket
 import ray
 import torch
 
+from r1v_ray import store
 from r1v_ray.config import GRPOConfig
 from r1v_ray.grpo.algorithms import aggregate, clipped_surrogate, kl_penalty, logprob_gap, masked_mean
 from r1v_ray.grpo.batch import Trajectory, completion_logprobs, encode
@@ -200,10 +201,13 @@ class LearnerWorker:
         return sent
 
     def save(self, path: str, step: int) -> None:
-        """DeepSpeed state (optimizer included) for resuming, plus a standard HF checkpoint at path/model."""
-        self.learner.save_state(path)
-        meta = {"stage": "grpo", "step": step, "init_checkpoint": self.checkpoint}
-        self.learner.export_hf(os.path.join(path, "model"), self.rank, meta)
+        """DeepSpeed state (optimizer included) for resuming, plus a standard HF checkpoint at path/model.
+        On an object store each rank writes in its node's scratch and adds its own files to `path`."""
+        with store.writing_dir(path, replace=False) as local:
+            self.learner.save_state(local)
+            meta = {"stage": "grpo", "step": step, "init_checkpoint": self.checkpoint}
+            self.learner.export_hf(os.path.join(local, "model"), self.rank, meta)
 
     def load(self, path: str) -> None:
-        self.learner.load_state(path)
+        # Only the DeepSpeed state is staged (not the HF export); its local copy keeps the `ds` name.
+        self.learner.load_state(os.path.dirname(store.stage_in(store.join(path, "ds"))))

@@ -10,9 +10,6 @@ position, and a restarted job resumes from the newest one.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import shutil
 import statistics
 import time
 from concurrent import futures
@@ -23,6 +20,7 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from r1v_ray import store
 from r1v_ray.config import R1VConfig
 from r1v_ray.data.io import RowReader
 from r1v_ray.engines.rollout.actor import create_rollout_workers, rollout_placement_group
@@ -33,9 +31,8 @@ from r1v_ray.grpo.algorithms import nonzero_variance_groups
 from r1v_ray.grpo.batch import Trajectory
 from r1v_ray.grpo.learner import LearnerWorker
 from r1v_ray.grpo.reward import RewardWorker
-from r1v_ray.metrics import StageMetrics, truncate_after
-
-LATEST = "latest.json"
+from r1v_ray.metrics import StageMetrics, read_jsonl, truncate_after
+from r1v_ray.run_dir import LATEST, METRICS, checkpoint_step
 
 
 @dataclasses.dataclass
@@ -100,18 +97,19 @@ class GRPORun:
             )
         eval_reader = RowReader(eval_uri)
         self.eval_rows = eval_reader.take(range(min(self.g.eval_prompts, len(eval_reader))))
-        self.ckpt_dir = os.path.join(out_dir, "checkpoints")
-        os.makedirs(self.ckpt_dir, exist_ok=True)
+        self.ckpt_dir = store.join(out_dir, "checkpoints")
         latest = self._latest()
         self.step = latest["step"] if latest else 0
         self.sampler = PromptSampler(len(self.rows), self.g.seed, **(latest["sampler"] if latest else {}))
-        self.model_path = os.path.join(self.ckpt_dir, f"step-{self.step}", "model") if latest else init_checkpoint
+        self.model_path = checkpoint_step(self.ckpt_dir, self.step, "model") if latest else init_checkpoint
+        if latest:
+            print(f"[grpo] resuming at step {self.step} from {checkpoint_step(self.ckpt_dir, self.step)}")
         self.init_checkpoint = init_checkpoint
-        self.metrics = StageMetrics("grpo", os.path.join(out_dir, "metrics.jsonl"))
+        self.metrics = StageMetrics("grpo", store.join(out_dir, METRICS))
         if latest:
             truncate_after(self.metrics.path, self.step)
-        elif os.path.exists(self.metrics.path):
-            os.remove(self.metrics.path)
+        else:
+            store.remove(self.metrics.path)
         self.sync = make_sync(self.g.weight_sync, cfg.rollout.tensor_parallel_size)
         self.restarts = 0
         self._background = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpo-rollouts")
@@ -121,11 +119,7 @@ class GRPORun:
     # ------------------------------------------------------------------ set-up
 
     def _latest(self) -> dict | None:
-        path = os.path.join(self.ckpt_dir, LATEST)
-        if not os.path.exists(path):
-            return None
-        with open(path) as f:
-            return json.load(f)
+        return store.read_json(store.join(self.ckpt_dir, LATEST), None)
 
     def _start_actors(self, resume: bool) -> None:
         g, cfg = self.g, self.cfg
@@ -158,9 +152,7 @@ class GRPORun:
         addr, port = ray.get(self.learners[0].address.remote())
         ray.get([learner.init.remote(addr, port) for learner in self.learners])
         if resume:
-            ray.get(
-                [learner.load.remote(os.path.join(self.ckpt_dir, f"step-{self.step}")) for learner in self.learners]
-            )
+            ray.get([learner.load.remote(checkpoint_step(self.ckpt_dir, self.step)) for learner in self.learners])
         self.sync.setup(self.learners, self.rollout_workers)
         self.rewarder = (
             ray.remote(RewardWorker)
@@ -374,19 +366,23 @@ class GRPORun:
         }
 
     def checkpoint(self) -> str:
-        path = os.path.join(self.ckpt_dir, f"step-{self.step}")
+        path = checkpoint_step(self.ckpt_dir, self.step)
         ray.get([learner.save.remote(path, self.step) for learner in self.learners])
-        tmp = os.path.join(self.ckpt_dir, LATEST + ".tmp")
-        with open(tmp, "w") as f:
-            # Prompts of a batch prefetched but not trained on yet are not consumed: a resumed run redraws them.
-            sampler = self._prefetched.result().sampler_before if self._prefetched is not None else self.sampler.state()
-            json.dump({"step": self.step, "sampler": sampler}, f)
-        os.replace(tmp, os.path.join(self.ckpt_dir, LATEST))  # only a finished checkpoint becomes "latest"
-        self.model_path = os.path.join(path, "model")
+        # Prompts of a batch prefetched but not trained on yet are not consumed: a resumed run redraws them.
+        sampler = self._prefetched.result().sampler_before if self._prefetched is not None else self.sampler.state()
+        # Written whole, after every learner's files: only a finished checkpoint becomes "latest".
+        store.write_json(store.join(self.ckpt_dir, LATEST), {"step": self.step, "sampler": sampler})
+        self.model_path = store.join(path, "model")
         return path
 
     def run(self) -> dict:
-        history = []
+        # A resumed run keeps the held-out points logged up to its checkpoint (its metrics end there).
+        held_keys = ("heldout_reward", "heldout_accuracy")
+        history = [
+            {"step": r["step"], **{k: r[k] for k in held_keys if k in r}}
+            for r in read_jsonl(self.metrics.path)
+            if "heldout_reward" in r
+        ]
         if self.step == 0:
             history.append({"step": 0, **self.held_out_reward()})
             self.metrics.log(0, **{k: v for k, v in history[-1].items() if k != "step"})
@@ -400,8 +396,6 @@ class GRPORun:
             self.metrics.log(self.step, **values)
             if self.step % self.g.checkpoint_every_steps == 0 or last:
                 self.checkpoint()
-        final = os.path.join(self.out, "model")
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        shutil.copytree(self.model_path, final)
+        final = store.join(self.out, "model")
+        store.copy_tree(self.model_path, final)
         return {"model": final, "heldout": history}

@@ -23,8 +23,9 @@ from transformers import (
 from transformers.models.internvl.modeling_internvl import InternVLMultiModalProjector
 from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
 
-from r1v_ray.atomic import atomic_dir
+from r1v_ray import store
 from r1v_ray.config import ProjectorConfig
+from r1v_ray.data.io import resolve_fs
 from r1v_ray.model.tokenizer import CHAT_TEMPLATE, has_image_tokens
 
 META_FILE = "r1v_meta.json"  # lineage: which projector went onto which LLM, trained by which stage
@@ -147,9 +148,10 @@ def build_processor(
 def save_checkpoint(model: PreTrainedModel, processor: InternVLProcessor, path: str, meta: dict | None = None) -> str:
     """Weights as safetensors plus processor, tokenizer and chat template: a standard HF checkpoint.
 
-    Written into a temporary folder renamed to `path` at the end: a checkpoint folder is always whole.
+    A checkpoint folder is always whole: written into a temporary folder renamed to `path` at the end, or,
+    for a `path` on an object store, written in scratch and uploaded with its config.json last.
     """
-    with atomic_dir(path) as tmp:
+    with store.writing_dir(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
         processor.tokenizer.save_pretrained(tmp)
@@ -162,8 +164,9 @@ def save_checkpoint(model: PreTrainedModel, processor: InternVLProcessor, path: 
 def _safetensors_whole(path: str) -> bool:
     """The file holds its header and every tensor byte the header promises (a truncated copy does not)."""
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
+        fs, p = resolve_fs(path)
+        with fs.open_input_file(p) as f:  # random access: on an object store, two small range reads
+            size = f.size()
             n = int.from_bytes(f.read(8), "little")
             if n <= 0 or 8 + n > size:
                 return False
@@ -176,32 +179,28 @@ def _safetensors_whole(path: str) -> bool:
 
 def checkpoint_complete(path: str) -> bool:
     """An HF checkpoint with its config and all of its safetensors weights, whole (whoever wrote it)."""
-    if not os.path.exists(os.path.join(path, "config.json")):
+    if not store.is_file(store.join(path, "config.json")):
         return False
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.exists(index):
+    index = store.join(path, "model.safetensors.index.json")
+    if store.is_file(index):
         try:
-            with open(index) as f:
-                files = sorted(set(json.load(f)["weight_map"].values()))
+            files = sorted(set(store.read_json(index)["weight_map"].values()))
         except (OSError, ValueError, KeyError):
             return False
     else:
         files = ["model.safetensors"]
-    return all(_safetensors_whole(os.path.join(path, name)) for name in files)
+    return all(_safetensors_whole(store.join(path, name)) for name in files)
 
 
 def read_meta(path: str) -> dict:
-    meta_path = os.path.join(path, META_FILE)
-    if not os.path.exists(meta_path):
-        return {}
-    with open(meta_path) as f:
-        return json.load(f)
+    return store.read_json(store.join(path, META_FILE), {})
 
 
 def load_checkpoint(path: str, dtype: str | torch.dtype = "float32", device: str | None = "cpu"):
     """(model, processor) from a checkpoint directory; safetensors only, never pickle. `device=None` leaves
     the parameters where loading put them (ZeRO-3: partitioned by DeepSpeed)."""
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    path = store.stage_in(path)  # a checkpoint on an object store: this node's scratch copy
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype, use_safetensors=True)
     processor = AutoProcessor.from_pretrained(path)
     return (model if device is None else model.to(device)).eval(), processor

@@ -24,10 +24,11 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from r1v_ray.atomic import atomic_dir
+from r1v_ray import store
 from r1v_ray.config import ModelConfig, TinyModelConfig
 from r1v_ray.data.synthetic import corpus
 from r1v_ray.model.tokenizer import train_bpe_tokenizer
+from r1v_ray.run_dir import RunLayout
 
 
 def _round_up(n: int, multiple: int = 64) -> int:
@@ -89,7 +90,7 @@ def write_tiny_parts(t: TinyModelConfig, out_dir: str) -> PartPaths:
     `out_dir` is the parts' own folder: it is replaced, whole, once all three are written.
     """
     names = ("vision", "substitute_llm", "reasoning_llm")
-    with atomic_dir(out_dir) as tmp:  # the parts appear together, each whole, or not at all
+    with store.writing_dir(out_dir) as tmp:  # the parts appear together, each whole, or not at all
         staged = PartPaths(*(os.path.join(tmp, n) for n in names))
         torch.manual_seed(t.seed)
         vision = InternVLVisionModel(tiny_vision_config(t)).eval()
@@ -102,7 +103,7 @@ def write_tiny_parts(t: TinyModelConfig, out_dir: str) -> PartPaths:
         reason_tok = train_bpe_tokenizer(corpus(300, seed=t.seed + 7), t.vocab_size - 64, with_image_tokens=False)
         _tiny_llm(t, reason_tok, seed=t.seed + 2).save_pretrained(staged.reasoning_llm, safe_serialization=True)
         reason_tok.save_pretrained(staged.reasoning_llm)
-    return PartPaths(*(os.path.join(out_dir, n) for n in names))
+    return PartPaths(*(store.join(out_dir, n) for n in names))
 
 
 def part_paths(cfg: ModelConfig, work_dir: str) -> PartPaths:
@@ -110,8 +111,8 @@ def part_paths(cfg: ModelConfig, work_dir: str) -> PartPaths:
     from r1v_ray.model.assemble import checkpoint_complete
 
     if cfg.source == "tiny":
-        out = os.path.join(work_dir, "tiny_parts")
-        paths = PartPaths(*(os.path.join(out, n) for n in ("vision", "substitute_llm", "reasoning_llm")))
+        out = RunLayout(work_dir).tiny_parts()
+        paths = PartPaths(*(store.join(out, n) for n in ("vision", "substitute_llm", "reasoning_llm")))
         if not all(checkpoint_complete(p) for p in vars(paths).values()):
             paths = write_tiny_parts(cfg.tiny, out)
         return paths
@@ -123,6 +124,7 @@ def part_paths(cfg: ModelConfig, work_dir: str) -> PartPaths:
 
 def load_vision(path: str, dtype: torch.dtype = torch.float32) -> InternVLVisionModel:
     """An InternViT in HF layout: a bare vision model, or the vision tower of an HF InternVL checkpoint."""
+    path = store.stage_in(path)  # on an object store: this node's scratch copy
     config = AutoConfig.from_pretrained(path)
     if config.model_type == "internvl":
         full = InternVLForConditionalGeneration.from_pretrained(path, dtype=dtype, use_safetensors=True)
@@ -133,6 +135,7 @@ def load_vision(path: str, dtype: torch.dtype = torch.float32) -> InternVLVision
 
 
 def load_llm(path: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    path = store.stage_in(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
     return model.eval(), AutoTokenizer.from_pretrained(path)
 

@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from r1v_ray import store
 from r1v_ray.sft.data import WorkerShard, interleave_ranks
 from r1v_ray.sft.trainer import METRICS_FILE, RESUMES_FILE, SEEN_FILE, SFTJob, load_rng, lr_lambda, save_rng
 
@@ -43,8 +44,8 @@ class SFTRecipe:
         schedule = lr_lambda(self.total_steps, job.warmup_ratio, job.lr_scheduler)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.learner.start(optimizer, self.scheduler)
-        self.metrics = StageMetrics(job.stage, os.path.join(job.output_dir, METRICS_FILE) if self.rank == 0 else None)
-        self.seen_path = os.path.join(job.output_dir, SEEN_FILE)
+        self.metrics = StageMetrics(job.stage, store.join(job.output_dir, METRICS_FILE) if self.rank == 0 else None)
+        self.seen_path = store.join(job.output_dir, SEEN_FILE)
         self.global_step = 0
         self.window = (time.time(), 0, 0)  # (start, tokens, samples) since the last logged step
 
@@ -56,10 +57,9 @@ class SFTRecipe:
 
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
-            os.makedirs(self.job.output_dir, exist_ok=True)
             if self.rank == 0:
                 for path in (self.seen_path, self.metrics.path):
-                    open(path, "w").close()
+                    store.write_text(path, "")
             return
         with checkpoint.as_directory() as d:
             self.learner.load_state(d)
@@ -69,8 +69,8 @@ class SFTRecipe:
         if self.rank == 0:  # steps after the checkpoint were lost with the failed run
             truncate_after(self.seen_path, self.global_step)
             truncate_after(self.metrics.path, self.global_step)
-            with open(os.path.join(self.job.output_dir, RESUMES_FILE), "a") as f:
-                f.write(json.dumps({"resumed_at_step": self.global_step, "time": time.time()}) + "\n")
+            record = {"resumed_at_step": self.global_step, "time": time.time()}
+            store.append_text(store.join(self.job.output_dir, RESUMES_FILE), json.dumps(record) + "\n")
 
     def train_step(self) -> dict:
         """One optimizer step over this rank's micro-batches; the loss is a token mean over the global batch."""
@@ -129,10 +129,8 @@ class SFTRecipe:
         per_rank: list = [None] * self.world
         dist.all_gather_object(per_rank, mine)
         if self.rank == 0:
-            with open(self.seen_path, "a") as f:
-                f.write(
-                    json.dumps({"step": self.global_step, "epoch": epoch, "ids": interleave_ranks(per_rank)}) + "\n"
-                )
+            record = {"step": self.global_step, "epoch": epoch, "ids": interleave_ranks(per_rank)}
+            store.append_text(self.seen_path, json.dumps(record) + "\n")
 
     def _logs_now(self) -> bool:
         return self.global_step % self.job.log_every_steps == 0 or self.global_step == self.total_steps

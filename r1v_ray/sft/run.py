@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
 
-from r1v_ray.data.io import count_rows
+from r1v_ray import store
+from r1v_ray.data.io import count_rows, resolve_fs
+from r1v_ray.run_dir import TRAIN_MODEL
 from r1v_ray.sft.recipe import train_loop_per_worker
 from r1v_ray.sft.trainer import SFTJob, job_to_dict
 
@@ -24,10 +25,12 @@ def run_sft(job: SFTJob, max_failures: int = 1) -> str:
 
     if count_rows(job.data_uri) == 0:  # else every worker fails on it, and Ray Train retries them
         raise ValueError(f"{job.stage}: no training rows in {job.data_uri}")
-    os.makedirs(job.output_dir, exist_ok=True)
     # The Train controller polls its workers (default every 2 s): an end or a failure is seen that much
     # later. Runs here are minutes long, so a 0.5 s poll is cheap; an explicit setting wins.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    storage_fs, storage_path = resolve_fs(job.output_dir)
+    if not store.is_remote(job.output_dir):
+        storage_fs = None  # Ray Train's own local handling
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=job_to_dict(job),
@@ -37,7 +40,9 @@ def run_sft(job: SFTJob, max_failures: int = 1) -> str:
         torch_config=TorchConfig(backend="nccl" if job.use_gpu else "gloo"),
         run_config=RunConfig(
             name="ray_train",
-            storage_path=os.path.abspath(job.output_dir),
+            # Ray Train's checkpoints live in the run directory, on its filesystem (an object store too).
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
@@ -45,9 +50,7 @@ def run_sft(job: SFTJob, max_failures: int = 1) -> str:
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"{job.stage}: training finished without a checkpoint")
-    final = os.path.join(job.output_dir, "model")
-    with result.checkpoint.as_directory() as d:
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        shutil.copytree(os.path.join(d, "hf"), final)
+    final = store.join(job.output_dir, TRAIN_MODEL)
+    checkpoint = result.checkpoint  # copied within its filesystem: no round trip through this node
+    store.publish_from(checkpoint.filesystem, f"{checkpoint.path.rstrip('/')}/hf", final)
     return final

@@ -6,15 +6,13 @@ is never redone, and an unfinished one resumes from its Ray Train checkpoints.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from transformers import AutoProcessor
 
+from r1v_ray import store
 from r1v_ray.atomic import write_json_atomic
 from r1v_ray.config import R1VConfig
 from r1v_ray.data.io import ParquetSink, count_rows, read_parquet, remove
@@ -26,6 +24,7 @@ from r1v_ray.eval.table import stage_entry
 from r1v_ray.model.assemble import checkpoint_complete, load_checkpoint, read_meta, save_checkpoint
 from r1v_ray.model.factory import assemble_initial, load_llm, part_paths
 from r1v_ray.rewards import accuracy_reward
+from r1v_ray.run_dir import ERROR_IDS, EVAL_JSON, TRAIN_DATA, TRAIN_MODEL, TRAIN_REJECTED, TRAIN_SUMMARY
 from r1v_ray.runs import StageRun
 from r1v_ray.sft.data import filter_by_length
 from r1v_ray.sft.run import run_sft
@@ -49,20 +48,18 @@ def train(
     """One SFT run under `run.dir/name`: the selection streamed through the length filter into `name/data`,
     Ray Train, HF checkpoint at `name/model`. An empty training set stops here, before any worker starts."""
     out = run.path_for(name)
-    final = os.path.join(out, "model")
-    summary_path = os.path.join(out, "summary.json")
-    if _model_done(final) and os.path.exists(summary_path):
-        with open(summary_path) as f:
-            return json.load(f)
-    processor = AutoProcessor.from_pretrained(init)
-    data, rejected = os.path.join(out, "data"), os.path.join(out, "rejected")
-    if not os.path.exists(data):  # `data` appears (renamed) only once the filter has written all of it
-        for stale in (data + ".partial", rejected):  # a crashed attempt's parts
-            remove(stale)
-        filter_by_length(
-            selection, processor, cfg.sft.max_length, data + ".partial", rejected, stage=f"{run.stage}/{name}"
-        )
-        os.replace(data + ".partial", data)
+    final = store.join(out, TRAIN_MODEL)
+    summary_path = store.join(out, TRAIN_SUMMARY)
+    if _model_done(final) and store.is_file(summary_path):
+        return store.read_json(summary_path)
+    processor = AutoProcessor.from_pretrained(store.stage_in(init))
+    data, rejected = store.join(out, TRAIN_DATA), store.join(out, TRAIN_REJECTED)
+
+    def write_data(target: str) -> None:
+        remove(rejected)  # a crashed attempt's parts
+        filter_by_length(selection, processor, cfg.sft.max_length, target, rejected, stage=f"{run.stage}/{name}")
+
+    store.write_dir_once(data, write_data)  # `data` is complete only once the filter has written all of it
     n_rows, too_long = count_rows(data), count_rows(rejected)
     if n_rows == 0:
         raise ValueError(
@@ -122,9 +119,7 @@ def mlp_init(cfg: R1VConfig, run: StageRun, train_uri: str) -> tuple[dict, dict]
 
 
 def _publish(src: str, dst: str) -> None:
-    if os.path.exists(dst):
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst)
+    store.copy_tree(src, dst)  # whole, or (a crash) without its config.json: redone
 
 
 def reassemble_stage(cfg: R1VConfig, run: StageRun, mlp_init_model: str) -> tuple[dict, dict]:
@@ -139,9 +134,6 @@ def reassemble_stage(cfg: R1VConfig, run: StageRun, mlp_init_model: str) -> tupl
     final = run.path_for("model")
     save_checkpoint(model, processor, final, meta={"stage": "reassemble", **record})
     return {"model": final}, record
-
-
-ERROR_IDS = "error_ids.json"
 
 
 class ErrorSetPass:
@@ -172,8 +164,7 @@ class ErrorSetPass:
             self.wrong.append(str(row["id"]))
 
     def save(self, out_dir: str) -> None:
-        os.makedirs(out_dir, exist_ok=True)
-        with ParquetSink(os.path.join(out_dir, "errors_rejected"), schema=REJECTED_SCHEMA) as sink:
+        with ParquetSink(store.join(out_dir, "errors_rejected"), schema=REJECTED_SCHEMA) as sink:
             if self.rejected:
                 sink.write(rejected_table(self.rejected))
         scored = self.generated - len(self.rejected)
@@ -184,19 +175,15 @@ class ErrorSetPass:
             "train_accuracy": 1 - len(self.wrong) / max(1, scored),
             "ids": self.wrong,
         }
-        tmp = os.path.join(out_dir, ERROR_IDS + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(record, f)
-        os.replace(tmp, os.path.join(out_dir, ERROR_IDS))  # present only when complete
+        store.write_json(store.join(out_dir, ERROR_IDS), record)  # present only when complete
 
 
 def error_set(out_dir: str, train_uri: str) -> tuple[str, dict]:
     """E_{t-1} as rows of the current training data (re-distilled before this iteration or not: whether an
     answer is right depends on image, question and answer only), written to `out_dir/errors`."""
-    with open(os.path.join(out_dir, ERROR_IDS)) as f:
-        record = json.load(f)
+    record = store.read_json(store.join(out_dir, ERROR_IDS))
     wrong = pc.field("id").isin(pa.array(record.pop("ids"), pa.string()))
-    path = os.path.join(out_dir, "errors")
+    path = store.join(out_dir, "errors")
     Selection(train_uri, [wrong], "E").write(path, row_group_rows=None)  # a streaming scan, ids pushed down
     return path, record
 
@@ -222,14 +209,14 @@ def iterative_sft(
     def evaluate(name: str, model: str, data_uri: str, errors_for: str | None = None) -> None:
         """Pass@1 of `model` on the test split; with `errors_for`, the same engine pass generates over the
         training rows for that iteration's error set."""
-        path = run.path_for("eval", name, "eval.json")
-        ids_done = errors_for is None or os.path.exists(run.path_for(errors_for, ERROR_IDS))
-        if not os.path.exists(path) or not ids_done:
+        path = run.path_for("eval", name, EVAL_JSON)
+        ids_done = errors_for is None or store.is_file(run.path_for(errors_for, ERROR_IDS))
+        if not store.is_file(path) or not ids_done:
             errors = ErrorSetPass(cfg, data_uri) if errors_for else None
-            run_eval(cfg, model, test_uri, os.path.dirname(path), name, errors.side_pass() if errors else None)
+            run_eval(cfg, model, test_uri, store.dirname(path), name, errors.side_pass() if errors else None)
             if errors:
                 errors.save(run.path_for(errors_for))
-        table_rows.append(stage_entry(name, os.path.dirname(path), table_rows[-1] if table_rows else None))
+        table_rows.append(stage_entry(name, store.dirname(path), table_rows[-1] if table_rows else None))
         run.record(table=table_rows)
 
     evaluate("reassembled", base_model, train_uri)

@@ -1,14 +1,18 @@
-"""End to end: a local head (`ray start --head`, dashboard on 127.0.0.1), the demo's stages submitted with
-`ray job submit`, each job SUCCEEDED according to the dashboard's job API, outputs on disk.
+"""End to end on a cluster of three nodes on one machine: a head and two workers started with `ray start` on
+127.0.0.1 (custom resources `rollout` and `learner`, own temp dirs and scratch folders, token authentication
+on), the run directory in a local S3 server (moto). The demo pipeline runs through `ray job submit` with
+run_dir=s3://...; the rollout and learner actors land on the nodes their `node_resource` names (Ray's state
+API). Mid-GRPO, after its step-20 checkpoint, the whole cluster is lost: every process killed, every scratch
+folder deleted. A new cluster gets the same submission: the finished stages skip, and GRPO resumes from its
+checkpoint in the bucket at step 20. Nothing of the run exists outside the bucket and the scratch folders.
 
 It is also the pipeline's proof with fixed seeds (the demo config: 512 training rows, T = 2, re-distillation
 before each iteration, 40 GRPO steps): M_T beats the re-assembled model on the test split, frozen parts stay
-bit-identical, a finished stage is skipped when submitted again, and GRPO's held-out reward ends above step 0."""
+bit-identical, and GRPO's held-out reward ends above step 0."""
 
-import json
 import os
 import secrets
-import socket
+import shutil
 import subprocess
 import sys
 import time
@@ -16,168 +20,176 @@ import time
 import pytest
 import requests
 import torch
+from local_cluster import LocalCluster, Node
+from s3_server import moto_s3
 
+from r1v_ray import store
+from r1v_ray.metrics import read_jsonl
 from r1v_ray.model import load_checkpoint
 from r1v_ray.model.factory import load_llm, load_vision
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
-# The demo config as it is; only the final stand-alone evaluation is lighter.
-EVAL_OVERRIDES = ["eval.runs=1"]
 STAGES = ("distill", "score", "mlp_init", "reassemble", "sft", "grpo")
+BUCKET = "r1v-e2e"
+RUN_DIR = f"s3://{BUCKET}/run"
+PLACEMENT = ["rollout.node_resource=rollout", "grpo.node_resource=learner", "sft.node_resource=learner"]
+INTERRUPT_AT = 20  # the demo's first GRPO checkpoint (grpo.checkpoint_every_steps)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("head")
-    port, dash = _free_port(), _free_port()
-    token_path = tmp / "auth_token"
-    token_path.write_text(secrets.token_hex(32))
-    # Token authentication on: the job API refuses requests without the cluster's token.
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
-    subprocess.run(
-        [
-            RAY,
-            "start",
-            "--head",
-            f"--port={port}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
-            "--num-cpus=8",
-            "--include-dashboard=true",
-            f"--temp-dir={tmp}",
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-        timeout=180,
-    )
-    address = f"http://127.0.0.1:{dash}"
-    headers = {"Authorization": f"Bearer {token_path.read_text()}"}
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if requests.get(f"{address}/api/version", headers=headers, timeout=5).ok:
-                break
-        except requests.ConnectionError:
-            time.sleep(1)
-    yield address, env, headers
-    subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
-
-
-def _submit(address: str, env: dict, run_dir: str, script: str, *extra: str) -> str:
-    cmd = [
-        RAY,
-        "job",
-        "submit",
-        "--address",
-        address,
-        "--working-dir",
-        ROOT,
-        "--no-wait",
-        "--",
-        sys.executable,
-        f"jobs/{script}.py",
-        "--config",
-        "configs/demo/tiny.yaml",
-        "--set",
-        f"run_dir={run_dir}",
-        *extra,
+def _nodes(root) -> list[Node]:
+    return [
+        Node("head", root / "head", {"head": 1}, 4, (22000, 22999)),
+        Node("rollout", root / "rollout", {"rollout": 4}, 4, (23000, 23999)),
+        Node("learner", root / "learner", {"learner": 4}, 4, (24000, 24999)),
     ]
-    out = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True, timeout=300).stdout
+
+
+def _submit(cluster: LocalCluster) -> str:
+    sets = [a for s in [f"run_dir={RUN_DIR}", *PLACEMENT] for a in ("--set", s)]
+    cmd = [RAY, "job", "submit", "--address", cluster.address, "--working-dir", ROOT, "--no-wait", "--"]
+    cmd += [sys.executable, "jobs/pipeline.py", "--config", "configs/demo/tiny.yaml", *sets]
+    # The submitting side names the token by file; the job's runtime_env carries no secret.
+    out = subprocess.run(cmd, check=True, env=cluster.env, capture_output=True, text=True, timeout=300).stdout
     return next(line.split("'")[1] for line in out.splitlines() if "submitted successfully" in line)
 
 
-def _wait(address: str, headers: dict, job_id: str, timeout: float = 900) -> dict:
+def _job(cluster: LocalCluster, job_id: str) -> dict:
+    return requests.get(f"{cluster.address}/api/jobs/{job_id}", headers=cluster.headers(), timeout=10).json()
+
+
+def _logs(cluster: LocalCluster, job_id: str) -> str:
+    url = f"{cluster.address}/api/jobs/{job_id}/logs"
+    return requests.get(url, headers=cluster.headers(), timeout=10).json().get("logs", "")
+
+
+def _placement(cluster: LocalCluster) -> dict[str, set[str]]:
+    """{actor class: the custom resources of the nodes its live actors run on}, from Ray's state API."""
+    from ray.util.state import list_actors
+
+    resources = {
+        n.node_id: {k for k in n.resources_total if k in ("head", "rollout", "learner")} for n in cluster.alive_nodes()
+    }
+    out: dict[str, set[str]] = {}
+    for cls in ("RolloutWorker", "LearnerWorker"):
+        actors = list_actors(address=cluster.address, filters=[("class_name", "=", cls), ("state", "=", "ALIVE")])
+        out[cls] = set().union(*(resources.get(a.node_id, {"?"}) for a in actors)) if actors else set()
+    return out
+
+
+def _run_until_checkpoint(cluster: LocalCluster, s3, job_id: str, timeout: float = 1800) -> dict:
+    """Wait for GRPO's step-INTERRUPT_AT checkpoint in the bucket; the actors' placement seen meanwhile."""
+    latest = f"{RUN_DIR}/grpo/checkpoints/latest.json"
+    placement: dict = {}
     deadline = time.time() + timeout
     while time.time() < deadline:
-        info = requests.get(f"{address}/api/jobs/{job_id}", headers=headers, timeout=10).json()
+        info = _job(cluster, job_id)
+        assert info["status"] not in ("SUCCEEDED", "FAILED", "STOPPED"), (info, _logs(cluster, job_id)[-3000:])
+        seen = _placement(cluster)
+        if seen["RolloutWorker"] and seen["LearnerWorker"]:
+            placement = seen
+        if store.is_file(latest) and store.read_json(latest)["step"] >= INTERRUPT_AT:
+            return placement
+        time.sleep(1)
+    raise TimeoutError("GRPO's first checkpoint did not appear")
+
+
+def _wait(cluster: LocalCluster, job_id: str, timeout: float = 1800) -> tuple[dict, str]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        info = _job(cluster, job_id)
         if info["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
-            return info
+            return info, _logs(cluster, job_id)
         time.sleep(2)
     raise TimeoutError(job_id)
-
-
-def _run(address: str, env: dict, headers: dict, run_dir: str, script: str, *extra: str) -> str:
-    """Submit one job, wait for it, assert SUCCEEDED through the job API; its logs."""
-    job_id = _submit(address, env, run_dir, script, *extra)
-    info = _wait(address, headers, job_id)
-    logs = requests.get(f"{address}/api/jobs/{job_id}/logs", headers=headers, timeout=10).json().get("logs", "")
-    assert info["status"] == "SUCCEEDED", f"{script}: {info.get('message')}\n{logs[-3000:]}"
-    return logs
 
 
 def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_demo_stages_run_as_ray_jobs(head, tmp_path):
-    address, env, headers = head
-    assert requests.get(f"{address}/api/jobs/", timeout=10).status_code == 401  # no token, no job API
-    run_dir = str(tmp_path / "run")
-    logs = {
-        script: _run(address, env, headers, run_dir, script)
-        for script in ("distill", "score", "mlp_init", "reassemble", "iterative_sft", "grpo")
-    }
-    final_eval = (
-        "--checkpoint",
-        os.path.join(run_dir, "grpo", "model"),
-        "--name",
-        "final",
-        *[a for o in EVAL_OVERRIDES for a in ("--set", o)],
-    )
-    _run(address, env, headers, run_dir, "eval", *final_eval)
-    assert "complete, skipping" in _run(address, env, headers, run_dir, "iterative_sft")  # a finished stage skips
+def _stray_paths(clusters: list[LocalCluster]) -> list[str]:
+    """Folders a stage would have made outside the bucket and scratch, in the nodes' temp dirs (the jobs'
+    working directories are there): `s3:` (a URI taken for a local path) or `runs` (a relative run_dir)."""
+    roots = [node.temp_dir for cluster in clusters for node in cluster.nodes]
+    return [os.path.join(d, n) for root in roots for d, dirs, _ in os.walk(root) for n in dirs if n in ("s3:", "runs")]
 
-    manifests = {}
-    for stage in STAGES:
-        with open(os.path.join(run_dir, stage, "manifest.json")) as f:
-            manifests[stage] = json.load(f)
-        assert manifests[stage]["status"] == "complete", stage
-        output = manifests[stage]["outputs"].get("model") or manifests[stage]["outputs"]["data"]
-        assert os.path.exists(output), (stage, output)
-    with open(os.path.join(run_dir, "eval", "final", "eval.json")) as f:
-        assert json.load(f)["overall"]["n"] == 60
 
-    # Iterative SFT (paper Table 2 shape): M1, M2 trained on data re-distilled by the previous model.
-    sft = manifests["sft"]
-    assert sft["inputs"]["train"]["path"].endswith(os.path.join("score", "data"))
-    table = {row["model"]: row["pass@1"] for row in sft["metrics"]["table"]}
-    assert list(table) == ["reassembled", "M0", "M1", "M2"] and table["M2"] > table["reassembled"], table
-    assert "M2" in logs["iterative_sft"] and "Pass@1" in logs["iterative_sft"]
-    assert [it["tau"] for it in sft["metrics"]["iterations"]] == [2, 3]
-    for t in (1, 2):
-        assert os.path.exists(os.path.join(run_dir, "sft", f"M{t}", "redistill", "done.json"))
-    # Each E_{t-1} pass generates over every training row (the demo's 512, none rejected on the way).
-    assert sft["inputs"]["train"]["rows"] == 512
-    assert all(it["error_set"]["generated"] == 512 for it in sft["metrics"]["iterations"])
+def test_pipeline_on_three_nodes_survives_losing_its_cluster(tmp_path, monkeypatch):
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    top_level = set(os.listdir(ROOT))
+    with moto_s3(BUCKET) as s3:
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "R1V_SCRATCH_DIR")}
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+        for k, v in (("RAY_AUTH_MODE", "token"), ("RAY_AUTH_TOKEN_PATH", str(token))):
+            monkeypatch.setenv(k, v)  # this process's state-API calls carry the token too
+        first = LocalCluster(tmp_path / "a", env)
+        first.start(_nodes(tmp_path / "a"))
+        try:
+            assert requests.get(f"{first.address}/api/jobs/", timeout=10).status_code == 401  # no token, no jobs
+            job = _submit(first)
+            placement = _run_until_checkpoint(first, s3, job)
+        finally:
+            first.stop()  # the cluster is lost mid-GRPO
+        assert placement == {"RolloutWorker": {"rollout"}, "LearnerWorker": {"learner"}}, placement
+        for node in first.nodes:
+            if node.name != "head":  # the engines' nodes staged checkpoints there
+                assert os.listdir(node.scratch), f"{node.name} staged nothing in its scratch folder"
+            shutil.rmtree(node.scratch)
 
-    # Frozen parts: the vision encoder never changes; MLP init leaves the substitute LLM untouched;
-    # re-assembly keeps the reasoning LLM's weights (its embeddings grow by the image tokens).
-    parts = os.path.join(run_dir, "tiny_parts")
-    vision = load_vision(os.path.join(parts, "vision")).state_dict()
-    substitute = load_llm(os.path.join(parts, "substitute_llm"))[0].model.state_dict()
-    reasoning = load_llm(os.path.join(parts, "reasoning_llm"))[0].model.state_dict()
-    models = {
-        name: load_checkpoint(os.path.join(run_dir, name, "model"))[0] for name in ("mlp_init", "reassemble", "sft")
-    }
-    for name, model in models.items():
-        assert _same(model.model.vision_tower.state_dict(), vision), name
-    assert _same(models["mlp_init"].model.language_model.state_dict(), substitute)
-    reassembled = models["reassemble"].model.language_model.state_dict()
-    assert all(torch.equal(reassembled[k], reasoning[k]) for k in reasoning if "embed_tokens" not in k)
-    assert not _same(models["sft"].model.language_model.state_dict(), reassembled)  # the demo trains the LLM too
+        second = LocalCluster(tmp_path / "b", env)
+        second.start(_nodes(tmp_path / "b"))
+        try:
+            info, logs = _wait(second, _submit(second))
+        finally:
+            second.stop()
+        assert info["status"] == "SUCCEEDED", f"{info.get('message')}\n{logs[-4000:]}"
+        for stage in STAGES[:-1]:
+            assert f"[{stage}] complete, skipping" in logs, stage
+        assert f"[grpo] resuming at step {INTERRUPT_AT} from {RUN_DIR}/grpo/checkpoints/step-{INTERRUPT_AT}" in logs
 
-    # GRPO from M_T, fixed seeds: held-out mean reward ends above step 0.
-    heldout = manifests["grpo"]["metrics"]["heldout"]
-    assert [p["step"] for p in heldout] == [0, 20, 40]
-    assert heldout[-1]["heldout_reward"] > heldout[0]["heldout_reward"], heldout
-    assert os.path.exists(os.path.join(run_dir, "grpo", "model", "model.safetensors"))
+        manifests = {stage: store.read_json(f"{RUN_DIR}/{stage}/manifest.json") for stage in STAGES}
+        assert all(m["status"] == "complete" for m in manifests.values())
+        assert [m["attempts"] for m in manifests.values()] == [1, 1, 1, 1, 1, 2]
+        steps = [r["step"] for r in read_jsonl(f"{RUN_DIR}/grpo/metrics.jsonl")]
+        assert steps == list(range(41)), steps  # resumed at the exact step: none lost, none repeated
+        assert store.read_json(f"{RUN_DIR}/grpo/eval/eval.json")["overall"]["n"] == 60
+        assert store.is_file(f"{RUN_DIR}/report/report.md")
+
+        # Iterative SFT (paper Table 2 shape): M1, M2 trained on data re-distilled by the previous model.
+        sft = manifests["sft"]
+        assert sft["inputs"]["train"]["path"] == f"{RUN_DIR}/score/data" and sft["inputs"]["train"]["rows"] == 512
+        table = {row["model"]: row["pass@1"] for row in sft["metrics"]["table"]}
+        assert list(table) == ["reassembled", "M0", "M1", "M2"] and table["M2"] > table["reassembled"], table
+        assert [it["tau"] for it in sft["metrics"]["iterations"]] == [2, 3]
+        assert all(it["error_set"]["generated"] == 512 for it in sft["metrics"]["iterations"])
+        for t in (1, 2):
+            assert store.is_file(f"{RUN_DIR}/sft/M{t}/redistill/done.json")
+
+        # Frozen parts: the vision encoder never changes; MLP init leaves the substitute LLM untouched;
+        # re-assembly keeps the reasoning LLM's weights (its embeddings grow by the image tokens).
+        monkeypatch.setenv("R1V_SCRATCH_DIR", str(tmp_path / "inspect"))  # this process's copies
+        parts = f"{RUN_DIR}/tiny_parts"
+        vision = load_vision(f"{parts}/vision").state_dict()
+        substitute = load_llm(f"{parts}/substitute_llm")[0].model.state_dict()
+        reasoning = load_llm(f"{parts}/reasoning_llm")[0].model.state_dict()
+        models = {name: load_checkpoint(f"{RUN_DIR}/{name}/model")[0] for name in ("mlp_init", "reassemble", "sft")}
+        for name, model in models.items():
+            assert _same(model.model.vision_tower.state_dict(), vision), name
+        assert _same(models["mlp_init"].model.language_model.state_dict(), substitute)
+        reassembled = models["reassemble"].model.language_model.state_dict()
+        assert all(torch.equal(reassembled[k], reasoning[k]) for k in reasoning if "embed_tokens" not in k)
+        assert not _same(models["sft"].model.language_model.state_dict(), reassembled)  # the demo trains the LLM
+
+        # GRPO from M_T, fixed seeds: held-out mean reward ends above step 0 (its points survive the resume).
+        heldout = manifests["grpo"]["metrics"]["heldout"]
+        assert [p["step"] for p in heldout] == [0, 20, 40]
+        assert heldout[-1]["heldout_reward"] > heldout[0]["heldout_reward"], heldout
+        assert store.is_file(f"{RUN_DIR}/grpo/model/model.safetensors")
+
+    # Nothing of the run outside the bucket and the scratch folders: not in the repository, not in the jobs'
+    # working directories (Ray's package cache, under the nodes' temp dirs).
+    assert set(os.listdir(ROOT)) == top_level
+    assert _stray_paths([first, second]) == []

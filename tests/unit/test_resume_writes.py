@@ -14,8 +14,6 @@ from r1v_ray.data.io import ParquetSink, read_parquet, write_parquet
 from r1v_ray.metrics import StageMetrics, read_jsonl, truncate_after
 from r1v_ray.runs import StageRun, run_stage
 
-REAL_COPYTREE = shutil.copytree
-
 
 def test_read_jsonl_skips_only_a_torn_last_line(tmp_path):
     path = tmp_path / "m.jsonl"
@@ -99,20 +97,24 @@ def test_redistill_never_trusts_a_half_copied_first_pass(tmp_path, monkeypatch):
         write_parquet(pa.table({"id": ["0"]}), os.path.join(out_dir, "data"))
         return {"rows_out": 1}
 
-    def copytree_dies(src, dst, *args, **kwargs):  # killed after copying one part file
-        os.makedirs(dst, exist_ok=True)
-        first = sorted(os.listdir(src))[0]
-        shutil.copyfile(os.path.join(src, first), os.path.join(dst, first))
-        raise KeyboardInterrupt
+    import pyarrow.fs as pafs
+
+    real_copy, copied = pafs.copy_files, []
+
+    def copy_dies(*args, **kwargs):  # killed after copying one part file
+        if copied:
+            raise KeyboardInterrupt
+        copied.append(real_copy(*args, **kwargs))
 
     monkeypatch.setattr(recipes, "distill", fake_distill)
     monkeypatch.setattr(recipes, "score", fake_score)
     monkeypatch.setattr(recipes, "ray", SimpleNamespace(data=SimpleNamespace(read_parquet=lambda uri: uri)))
     hook = recipes.redistill_hook(cfg, StageRun(cfg, "sft"))
-    monkeypatch.setattr(shutil, "copytree", copytree_dies)
+    monkeypatch.setattr(pafs, "copy_files", copy_dies)
     with pytest.raises(KeyboardInterrupt):
         hook(1, "m0")
-    monkeypatch.setattr(shutil, "copytree", REAL_COPYTREE)
+    assert copied, "the copy did not start"
+    monkeypatch.setattr(pafs, "copy_files", real_copy)
     data = hook(1, "m0")
     assert seen == [10], "the resumed re-distillation read a partial assessed/"
     assert json.load(open(os.path.join(os.path.dirname(os.path.dirname(data)), "done.json")))["data"] == data

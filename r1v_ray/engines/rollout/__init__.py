@@ -24,7 +24,11 @@ __all__ = [
 
 
 def make_engine(checkpoint: str, cfg: RolloutConfig, dtype: str = "bfloat16") -> RolloutEngine:
-    """The configured backend for a checkpoint (vLLM is imported only when chosen)."""
+    """The configured backend for a checkpoint (vLLM is imported only when chosen). A checkpoint on an
+    object store is staged into this node's scratch folder first: the engines read local files."""
+    from r1v_ray.store import stage_in
+
+    checkpoint = stage_in(checkpoint)
     if cfg.backend == "vllm":
         from r1v_ray.engines.rollout.vllm_engine import VLLMEngine
 
