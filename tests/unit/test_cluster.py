@@ -50,3 +50,11 @@ def test_paper_config_lands_on_the_cluster_node_types(cluster):
     rollout_node = next(t for t in types.values() if cfg.rollout.node_resource in t["resources"])
     assert all(rollout_node["resources"].get(k, 0) >= v for k, v in bundle.items())
     assert any(cfg.sft.node_resource in t["resources"] for t in types.values())
+
+
+def test_every_node_gets_node_local_scratch(cluster):
+    """Engines stage checkpoints from the bucket into R1V_SCRATCH_DIR, which the setup mounts on the NVMe."""
+    starts = [c for c in cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"] if "ray start" in c]
+    assert all("R1V_SCRATCH_DIR=/mnt/nvme/r1v_scratch" in c for c in starts)
+    assert any("mount_nvme_scratch.sh" in c for c in cluster["setup_commands"])
+    assert os.access(os.path.join(ROOT, "scripts", "mount_nvme_scratch.sh"), os.X_OK)
