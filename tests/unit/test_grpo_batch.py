@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from r1v_ray.data.synthetic import iter_rows
-from r1v_ray.engines.rollout.types import PromptBuilder
 from r1v_ray.eval.scoring import eval_request
 from r1v_ray.grpo.batch import Trajectory, completion_logprobs, encode, pack_groups
 from r1v_ray.model import load_checkpoint
 from r1v_ray.model.varlen import use_varlen_attention
+from r1v_ray.prompts import PromptBuilder
 
 
 @pytest.fixture(scope="module")
