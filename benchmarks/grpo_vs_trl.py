@@ -33,7 +33,8 @@ from r1v_ray.config import load_config  # noqa: E402
 from r1v_ray.data.io import write_parquet  # noqa: E402
 from r1v_ray.data.schema import canonical_table  # noqa: E402
 from r1v_ray.data.synthetic import iter_rows  # noqa: E402
-from r1v_ray.rewards import accuracy_reward, build_question_text, format_reward  # noqa: E402
+from r1v_ray.prompts import build_question_text  # noqa: E402
+from r1v_ray.rewards import accuracy_reward, format_reward  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -18,6 +18,29 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from r1v_ray.data.images import ImageError, check_size, decode_rgb, to_rgb
+from r1v_ray.rewards import MULTI_CHOICE_PROMPT, OPEN_PROMPT, OPTION_LETTERS
+
+
+def row_choices(row: dict) -> list[str] | None:
+    """A row's options as a list (Arrow and NumPy give arrays), or None for an open question."""
+    value = row.get("choices")
+    return list(value) if value is not None and len(value) else None
+
+
+def format_choices(choices: list[str]) -> str:
+    return "\n".join(f"{OPTION_LETTERS[i]}. {c}" for i, c in enumerate(choices))
+
+
+def build_question_text(question: str, choices: list[str] | None) -> str:
+    """Question, options (A., B., ...) and the matching paper prompt (section 3)."""
+    if choices:
+        return f"{question}\n{format_choices(choices)}\n{MULTI_CHOICE_PROMPT}"
+    return f"{question}\n{OPEN_PROMPT}"
+
+
+def question_text(row: dict) -> str:
+    """The text every stage sends for a canonical row: its question, options and the paper's prompt."""
+    return build_question_text(str(row["question"]), row_choices(row))
 
 
 @dataclass

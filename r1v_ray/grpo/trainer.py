@@ -34,6 +34,7 @@ from r1v_ray.grpo.batch import Trajectory
 from r1v_ray.grpo.learner import LearnerWorker
 from r1v_ray.grpo.reward import RewardWorker
 from r1v_ray.metrics import StageMetrics, truncate_after
+from r1v_ray.prompts import row_choices
 
 LATEST = "latest.json"
 
@@ -238,7 +239,7 @@ class GRPORun:
     def _score(self, rows: list[dict], results: list) -> list[list[dict]]:
         items, shape = [], []
         for row, res in zip(rows, results):
-            choices = list(row["choices"]) if row.get("choices") is not None and len(row["choices"]) else None
+            choices = row_choices(row)
             items += [(c.text, row["answer"], choices) for c in res.completions]
             shape.append(len(res.completions))
         flat = ray.get(self.rewarder.score.remote(items))

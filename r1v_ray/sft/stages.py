@@ -25,6 +25,7 @@ from r1v_ray.eval.stage import SidePass, run_eval
 from r1v_ray.eval.table import stage_entry
 from r1v_ray.model.assemble import checkpoint_complete, load_checkpoint, read_meta, save_checkpoint
 from r1v_ray.model.factory import assemble_initial, load_llm, part_paths
+from r1v_ray.prompts import row_choices
 from r1v_ray.rewards import accuracy_reward
 from r1v_ray.runs import StageRun
 from r1v_ray.sft.data import filter_by_length
@@ -167,8 +168,7 @@ class ErrorSetPass:
                 {"id": str(row["id"]), "stage": "error_set", "reason": row["error"], "row": None, "image": None}
             )
             return
-        choices = list(row["choices"]) if row["choices"] is not None and len(row["choices"]) else None
-        if accuracy_reward(row["completions"][0], row["answer"], choices) == 0.0:
+        if accuracy_reward(row["completions"][0], row["answer"], row_choices(row)) == 0.0:
             self.wrong.append(str(row["id"]))
 
     def save(self, out_dir: str) -> None:
