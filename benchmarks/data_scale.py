@@ -10,7 +10,7 @@ peak RSS, on the same classes the stages use:
   `sft.samples.encode_sample`), as `train_loop_per_worker` does before its forward pass;
 * GRPO driver: D_rm(tau = 5) written as GRPO's prompt set, then the first steps' prompts drawn and their
   rows read and turned into generation requests (`grpo.trainer.PromptSampler`, `data.io.RowReader`,
-  `eval.scoring.eval_request`), as `GRPORun.collect` does before it calls the rollout workers.
+  `prompts.paper_request`), as `GRPORun.collect` does before it calls the rollout workers.
 
 Prints each step's peak RSS at both sizes and the ratio RSS(10·N) / RSS(N), as medians of --runs runs
 with the range.
@@ -103,8 +103,8 @@ def _sft_worker(data: str, ckpt: str, work: str, steps: int) -> None:
 def _grpo_driver(data: str, ckpt: str, work: str, steps: int) -> None:
     from r1v_ray.data.io import RowReader
     from r1v_ray.data.select import d_rm
-    from r1v_ray.eval.scoring import eval_request
     from r1v_ray.grpo.trainer import PromptSampler
+    from r1v_ray.prompts import paper_request
 
     prompts = os.path.join(work, "grpo_data")
     d_rm(data, "rm_score", 5).write(prompts)
@@ -112,7 +112,7 @@ def _grpo_driver(data: str, ckpt: str, work: str, steps: int) -> None:
     sampler = PromptSampler(len(rows), seed=0)
     for step in range(steps):
         batch = rows.take(sampler.take(min(64, len(rows))))
-        [eval_request(r, 8, 512, 1.0, 1.0, seed=step) for r in batch]
+        [paper_request(r, 8, 512, 1.0, 1.0, seed=step) for r in batch]
 
 
 def _measure(step: str, data: str, ckpt: str, work: str, steps: int) -> int:

@@ -21,6 +21,26 @@ from r1v_ray.data.images import ImageError, check_size, decode_rgb, to_rgb
 from r1v_ray.rewards import MULTI_CHOICE_PROMPT, OPEN_PROMPT, OPTION_LETTERS
 
 
+@dataclass
+class Sampling:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    repetition_penalty: float = 1.0
+    stop: list[str] | None = None
+    seed: int | None = None
+    logprobs: bool = False  # the sampled tokens' log-probs (raw model distribution)
+
+
+@dataclass
+class GenerationRequest:
+    messages: list[dict]
+    images: list = field(default_factory=list)  # encoded bytes or PIL images, for {"type": "image"} parts
+    sampling: Sampling = field(default_factory=Sampling)
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
 def row_choices(row: dict) -> list[str] | None:
     """A row's options as a list (Arrow and NumPy give arrays), or None for an open question."""
     value = row.get("choices")
@@ -43,24 +63,38 @@ def question_text(row: dict) -> str:
     return build_question_text(str(row["question"]), row_choices(row))
 
 
-@dataclass
-class Sampling:
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 256
-    repetition_penalty: float = 1.0
-    stop: list[str] | None = None
-    seed: int | None = None
-    logprobs: bool = False  # the sampled tokens' log-probs (raw model distribution)
+def user_turn(row: dict, hint: str | None = None) -> dict:
+    """A row's user message: its image, then `question_text` (and a revision hint: self-distillation's)."""
+    text = question_text(row) + (f"\n\nHint: {hint}" if hint else "")
+    return {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
 
 
-@dataclass
-class GenerationRequest:
-    messages: list[dict]
-    images: list = field(default_factory=list)  # encoded bytes or PIL images, for {"type": "image"} parts
-    sampling: Sampling = field(default_factory=Sampling)
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+def paper_request(
+    row: dict,
+    n: int,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int | None,
+    *,
+    repetition_penalty: float = 1.0,
+    hint: str | None = None,
+) -> GenerationRequest:
+    """The request every stage sends for a row (evaluation, GRPO, the SFT error set, self-distillation):
+    `user_turn` with the row's image, sampled n times (n = k: eval's k independent runs; n = G: a GRPO group).
+    The seed makes the n samples reproducible."""
+    sampling = Sampling(
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+    )
+    request_id = str(row["id"]) + ("/hint" if hint else "")
+    return GenerationRequest(
+        messages=[user_turn(row, hint)], images=[row["image"]], sampling=sampling, request_id=request_id
+    )
 
 
 class RequestRejected(ValueError):

@@ -27,14 +27,13 @@ from r1v_ray.config import R1VConfig
 from r1v_ray.data.io import RowReader
 from r1v_ray.engines.rollout.actor import create_rollout_workers, rollout_placement_group
 from r1v_ray.engines.sync import make_sync
-from r1v_ray.eval.scoring import eval_request
 from r1v_ray.grpo.advantages import group_advantages
 from r1v_ray.grpo.algorithms import nonzero_variance_groups
 from r1v_ray.grpo.batch import Trajectory
 from r1v_ray.grpo.learner import LearnerWorker
 from r1v_ray.grpo.reward import RewardWorker
 from r1v_ray.metrics import StageMetrics, truncate_after
-from r1v_ray.prompts import row_choices
+from r1v_ray.prompts import paper_request, row_choices
 
 LATEST = "latest.json"
 
@@ -198,7 +197,7 @@ class GRPORun:
         """One request per row, seeded by (tag, position); ids unique per call (row ids need not be unique)."""
         out = []
         for k, row in enumerate(rows):
-            req = eval_request(
+            req = paper_request(
                 row,
                 n,
                 self.g.max_completion_tokens,

@@ -19,7 +19,7 @@ from PIL import Image
 from r1v_ray.data.images import decode_rgb
 from r1v_ray.data.validate import RowError
 from r1v_ray.model.tokenizer import assistant_text
-from r1v_ray.prompts import build_question_text, row_choices
+from r1v_ray.prompts import user_turn
 
 IGNORE = -100
 
@@ -28,11 +28,7 @@ def sft_messages(row: dict) -> list[dict]:
     """The training conversation for a row: distilled think/response when present, else rationale + answer."""
     think = row.get("think") or row.get("rationale")
     response = row.get("response") or f"Answer: \\boxed{{{row['answer']}}}"
-    question = build_question_text(row["question"], row_choices(row))
-    return [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
-        {"role": "assistant", "content": assistant_text(think, response)},
-    ]
+    return [user_turn(row), {"role": "assistant", "content": assistant_text(think, response)}]
 
 
 def encode_sample(row: dict, processor, max_length: int) -> dict:

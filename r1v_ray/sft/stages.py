@@ -20,12 +20,11 @@ from r1v_ray.config import R1VConfig
 from r1v_ray.data.io import ParquetSink, count_rows, read_parquet, remove
 from r1v_ray.data.schema import REJECTED_SCHEMA, rejected_table
 from r1v_ray.data.select import Selection, all_rows, d_rm, subset, with_errors
-from r1v_ray.eval.scoring import eval_request
 from r1v_ray.eval.stage import SidePass, run_eval
 from r1v_ray.eval.table import stage_entry
 from r1v_ray.model.assemble import checkpoint_complete, load_checkpoint, read_meta, save_checkpoint
 from r1v_ray.model.factory import assemble_initial, load_llm, part_paths
-from r1v_ray.prompts import row_choices
+from r1v_ray.prompts import paper_request, row_choices
 from r1v_ray.rewards import accuracy_reward
 from r1v_ray.runs import StageRun
 from r1v_ray.sft.data import filter_by_length
@@ -159,7 +158,7 @@ class ErrorSetPass:
         return SidePass(self.train_uri, self.build, self.consume)
 
     def build(self, row: dict):
-        return eval_request(row, 1, self.cfg.sft.error_set_max_tokens, 0.0, 1.0, seed=self.cfg.seed)
+        return paper_request(row, 1, self.cfg.sft.error_set_max_tokens, 0.0, 1.0, seed=self.cfg.seed)
 
     def consume(self, row: dict) -> None:
         self.generated += 1
