@@ -70,31 +70,18 @@ def train(
             f"({too_long} selected rows are longer than sft.max_length={cfg.sft.max_length}, see {rejected}); "
             "widen the selection (sft.taus, sft.mlp_init_stages sources / min_score) or raise sft.max_length"
         )
-    s = cfg.sft
     job = SFTJob(
         init_checkpoint=init,
         data_uri=data,
         output_dir=out,
         learning_rate=lr,
+        sft=cfg.sft,
         stage=f"{run.stage}/{name}",
         epochs=epochs,
-        global_batch_size=s.global_batch_size,
-        micro_batch_size=s.micro_batch_size,
-        max_length=s.max_length,
-        weight_decay=s.weight_decay,
-        warmup_ratio=s.warmup_ratio,
-        lr_scheduler=s.lr_scheduler,
-        zero_stage=s.zero_stage,
-        num_workers=s.num_workers,
-        use_gpu=s.use_gpu,
-        dtype=cfg.model.dtype if s.use_gpu else "float32",
+        dtype=cfg.model.dtype if cfg.sft.use_gpu else "float32",
         trainable_prefixes=prefixes,
-        checkpoint_every_steps=s.checkpoint_every_steps,
-        log_every_steps=s.log_every_steps,
-        node_resource=s.node_resource,
-        seed=s.seed,
     )
-    run_sft(job, max_failures=s.max_failures)
+    run_sft(job)
     summary = {
         "model": final,
         "rows": n_rows,

@@ -44,6 +44,7 @@ def check(name: str, ok: bool, detail) -> None:
 
 
 def check_sft(work: str, init: str) -> dict:
+    from r1v_ray.config import SFTConfig
     from r1v_ray.data.synthetic import write_split
     from r1v_ray.model.assemble import load_checkpoint
     from r1v_ray.sft.run import run_sft
@@ -58,17 +59,19 @@ def check_sft(work: str, init: str) -> dict:
         output_dir=out,
         learning_rate=2e-3,
         stage="gpu-sft",
-        global_batch_size=8,
-        micro_batch_size=4,
-        max_length=512,
-        zero_stage=3,
-        num_workers=1,
-        use_gpu=True,
+        sft=SFTConfig(
+            global_batch_size=8,
+            micro_batch_size=4,
+            max_length=512,
+            zero_stage=3,
+            num_workers=1,
+            use_gpu=True,
+            checkpoint_every_steps=4,
+            log_every_steps=1,
+            warmup_ratio=0.1,
+        ),
         dtype="bfloat16",
         trainable_prefixes=["projector"],
-        checkpoint_every_steps=4,
-        log_every_steps=1,
-        warmup_ratio=0.1,
         epochs=2,
     )
     start = time.time()
