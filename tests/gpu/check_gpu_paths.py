@@ -30,7 +30,7 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from benchmarks.rollout import build_checkpoint  # noqa: E402
+from r1v_ray.model.factory import write_tiny_checkpoint  # noqa: E402
 
 # bf16 keeps 8 mantissa bits: a log-prob of about -5 is exact to ~0.02, and the learner's packed
 # attention sums in another order than the rollout engine's, so the two may differ by a few of those.
@@ -193,7 +193,7 @@ def main() -> None:
     ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=True)
     try:
         with tempfile.TemporaryDirectory() as work:
-            init = build_checkpoint(work)  # tiny vision + substitute LLM + fresh projector
+            init = write_tiny_checkpoint(work)  # tiny vision + substitute LLM + fresh projector
             summary["sft"] = check_sft(work, init)
             summary["grpo"] = check_grpo(work, init)
     finally:
