@@ -10,7 +10,7 @@ peak RSS, on the same classes the stages use:
   `sft.samples.encode_sample`), as `train_loop_per_worker` does before its forward pass;
 * GRPO driver: D_rm(tau = 5) written as GRPO's prompt set, then the first steps' prompts drawn and their
   rows read and turned into generation requests (`grpo.trainer.PromptSampler`, `data.io.RowReader`,
-  `eval.scoring.eval_request`), as `GRPORun.collect` does before it calls the rollout workers.
+  `prompts.paper_request`), as `GRPORun.collect` does before it calls the rollout workers.
 
 Prints each step's peak RSS at both sizes and the ratio RSS(10·N) / RSS(N), as medians of --runs runs
 with the range.
@@ -103,8 +103,8 @@ def _sft_worker(data: str, ckpt: str, work: str, steps: int) -> None:
 def _grpo_driver(data: str, ckpt: str, work: str, steps: int) -> None:
     from r1v_ray.data.io import RowReader
     from r1v_ray.data.select import d_rm
-    from r1v_ray.eval.scoring import eval_request
     from r1v_ray.grpo.trainer import PromptSampler
+    from r1v_ray.prompts import paper_request
 
     prompts = os.path.join(work, "grpo_data")
     d_rm(data, "rm_score", 5).write(prompts)
@@ -112,7 +112,7 @@ def _grpo_driver(data: str, ckpt: str, work: str, steps: int) -> None:
     sampler = PromptSampler(len(rows), seed=0)
     for step in range(steps):
         batch = rows.take(sampler.take(min(64, len(rows))))
-        [eval_request(r, 8, 512, 1.0, 1.0, seed=step) for r in batch]
+        [paper_request(r, 8, 512, 1.0, 1.0, seed=step) for r in batch]
 
 
 def _measure(step: str, data: str, ckpt: str, work: str, steps: int) -> int:
@@ -141,10 +141,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="SFT / GRPO steps read in each measurement")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temp dir; needs ~2.5 GB at N=2000)")
     args = ap.parse_args()
-    from benchmarks.rollout import build_checkpoint
+    from r1v_ray.model.factory import write_tiny_checkpoint
 
     with tempfile.TemporaryDirectory(dir=args.work) as work:
-        ckpt = build_checkpoint(work)
+        ckpt = write_tiny_checkpoint(work)
         sizes = {"N": args.rows, "10N": 10 * args.rows}
         rss: dict[str, dict[str, list[int]]] = {s: {k: [] for k in sizes} for s in STEPS}
         for label, n in sizes.items():

@@ -28,12 +28,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.rollout import build_checkpoint  # noqa: E402
 from r1v_ray.config import load_config  # noqa: E402
 from r1v_ray.data.io import write_parquet  # noqa: E402
 from r1v_ray.data.schema import canonical_table  # noqa: E402
 from r1v_ray.data.synthetic import iter_rows  # noqa: E402
-from r1v_ray.rewards import accuracy_reward, build_question_text, format_reward  # noqa: E402
+from r1v_ray.model.factory import write_tiny_checkpoint  # noqa: E402
+from r1v_ray.prompts import build_question_text  # noqa: E402
+from r1v_ray.rewards import accuracy_reward, format_reward  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     rows = list(iter_rows(args.prompts * args.steps, seed=0, split="bench"))
     with tempfile.TemporaryDirectory() as work:
-        ckpt = build_checkpoint(work)
+        ckpt = write_tiny_checkpoint(work)
         trl = trl_samples_per_s(ckpt, rows, args, work)  # first: no Ray process left over from a run before it
         on_policy = r1v_samples_per_s(ckpt, rows, args, work, 0)
         overlapped = r1v_samples_per_s(ckpt, rows, args, work, 1)

@@ -13,18 +13,10 @@ import os
 import tempfile
 import time
 
-from r1v_ray.config import ProjectorConfig, RolloutConfig, TinyModelConfig
+from r1v_ray.config import RolloutConfig
 from r1v_ray.data.synthetic import make_row
 from r1v_ray.engines.rollout import GenerationRequest, Sampling, make_engine
-from r1v_ray.model import assemble, build_processor, save_checkpoint
-from r1v_ray.model.factory import load_llm, load_vision, write_tiny_parts
-
-
-def build_checkpoint(work: str, sizes: TinyModelConfig | None = None, name: str = "ckpt") -> str:
-    parts = write_tiny_parts(sizes or TinyModelConfig(), os.path.join(work, f"{name}-parts"))
-    llm, tok = load_llm(parts.substitute_llm)
-    model = assemble(load_vision(parts.vision), llm, tok, ProjectorConfig())
-    return save_checkpoint(model, build_processor(tok, model.config.vision_config, 0.5, 1), os.path.join(work, name))
+from r1v_ray.model.factory import write_tiny_checkpoint
 
 
 def requests(n_prompts: int, n: int, max_tokens: int) -> list[GenerationRequest]:
@@ -55,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as work:
         os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(work, "vllm"))
-        ckpt = build_checkpoint(work)
+        ckpt = write_tiny_checkpoint(work)
         reqs = requests(args.prompts, args.n, args.max_tokens)
         cfg = dict(device="cpu", max_model_len=1024, cpu_kvcache_gib=1)
         hf_tps, hf_tok, hf_s = tokens_per_second(make_engine(ckpt, RolloutConfig(backend="hf", **cfg), "float32"), reqs)

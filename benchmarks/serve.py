@@ -34,8 +34,8 @@ import httpx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.rollout import build_checkpoint  # noqa: E402
 from r1v_ray.data.synthetic import make_row  # noqa: E402
+from r1v_ray.model.factory import write_tiny_checkpoint  # noqa: E402
 
 TOKEN = "bench-token-not-a-secret"
 MODEL = "model"
@@ -250,7 +250,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as work:
         os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(work, "vllm"))
-        ckpt = args.checkpoint or build_checkpoint(work)
+        ckpt = args.checkpoint or write_tiny_checkpoint(work)
         if args.engines:
             engine_rounds(ckpt, args)
             return

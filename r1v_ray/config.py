@@ -197,6 +197,7 @@ class SFTConfig:
     weight_decay: float = 0.05
     warmup_ratio: float = 0.03
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float = 1.0  # gradient clipping at this global L2 norm (DeepSpeed's gradient_clipping; 0: off)
     zero_stage: int = 2
     num_workers: int = 8
     use_gpu: bool = True

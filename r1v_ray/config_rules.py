@@ -46,7 +46,7 @@ SIZES = (  # counts and lengths: at least 1
 COUNTS = (  # may be 0
     "sft.iterations", "sft.max_failures", "grpo.steps", "grpo.resample_rounds", "grpo.eval_prompts",
     "grpo.max_rollout_restarts", "judge.max_retries", "grpo.kl_coef", "distill.temperature", "eval.temperature",
-    "grpo.temperature",
+    "grpo.temperature", "sft.max_grad_norm",
 )  # fmt: skip
 RATES = (  # strictly positive reals
     "judge.requests_per_second", "judge.timeout_s", "grpo.learning_rate", "sft.stage1_learning_rate",

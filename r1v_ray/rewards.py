@@ -1,5 +1,7 @@
 """The paper's evaluation prompts, the answer extractor Φ and the rule-based rewards.
 
+How a row becomes the text sent to a model (question, options, these prompts) is `r1v_ray.prompts`.
+
 Public contract (DESIGN.md): MULTI_CHOICE_PROMPT, OPEN_PROMPT, extract_answer,
 accuracy_reward, format_reward. Math equivalence is math-verify's job; this
 module only normalizes the spellings models use for option letters.
@@ -27,17 +29,6 @@ OPEN_PROMPT = (
 )
 
 OPTION_LETTERS = string.ascii_uppercase
-
-
-def format_choices(choices: list[str]) -> str:
-    return "\n".join(f"{OPTION_LETTERS[i]}. {c}" for i, c in enumerate(choices))
-
-
-def build_question_text(question: str, choices: list[str] | None) -> str:
-    """Question, options (A., B., ...) and the matching paper prompt, as the eval sends them."""
-    if choices:
-        return f"{question}\n{format_choices(choices)}\n{MULTI_CHOICE_PROMPT}"
-    return f"{question}\n{OPEN_PROMPT}"
 
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")

@@ -54,7 +54,7 @@ IGNORED = (
 _SFT_TRAINING = tuple(
     f"sft.{k}"
     for k in ("global_batch_size", "micro_batch_size", "max_length", "weight_decay", "warmup_ratio")
-    + ("lr_scheduler", "zero_stage", "use_gpu", "seed")
+    + ("lr_scheduler", "max_grad_norm", "zero_stage", "use_gpu", "seed")
 )
 # stage -> (config it reads, config within those it does not read). A stage not listed: the whole config.
 STAGE_CONFIG: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {

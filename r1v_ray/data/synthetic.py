@@ -220,7 +220,8 @@ def write_split(
 def corpus(n: int = 400, seed: int = 0) -> Iterator[str]:
     """Text of the task (questions, options, rationales, answers in the paper's format, the
     evaluation prompts) for training tokenizers, so the tiny models' frequent strings are few tokens."""
-    from r1v_ray.rewards import MULTI_CHOICE_PROMPT, OPEN_PROMPT, format_choices
+    from r1v_ray.prompts import format_choices
+    from r1v_ray.rewards import MULTI_CHOICE_PROMPT, OPEN_PROMPT
 
     for row in iter_rows(n, seed=seed, split="corpus", image_size=32):
         yield row["question"]

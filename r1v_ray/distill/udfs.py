@@ -17,8 +17,8 @@ import pyarrow as pa
 from r1v_ray.config import DistillConfig, JudgeConfig, RolloutConfig
 from r1v_ray.engines.judge import JudgeError, Usage, image_clarity, make_judge, split_think
 from r1v_ray.engines.judge.base import RevisionImpossible
-from r1v_ray.engines.rollout import GenerationRequest, Sampling, make_engine
-from r1v_ray.rewards import build_question_text
+from r1v_ray.engines.rollout import GenerationRequest, make_engine
+from r1v_ray.prompts import paper_request
 
 USAGE_COLUMNS = list(Usage().as_dict())
 ASSESS_COLUMNS = [
@@ -78,11 +78,6 @@ def with_columns(batch: pa.Table, columns: dict[str, list]) -> pa.Table:
             batch = batch.drop_columns([name])
         batch = batch.append_column(pa.field(name, kind), pa.array(values, type=kind))
     return batch
-
-
-def _choices(row: dict) -> list[str] | None:
-    choices = row.get("choices")
-    return list(choices) if choices is not None and len(choices) else None
 
 
 class _JudgePool:
@@ -152,21 +147,10 @@ class RMScore(_JudgePool):
 
 def distill_request(row: dict, cfg: DistillConfig, seed: int, hint: str | None = None) -> GenerationRequest:
     """The self-distillation prompt with the row's own DRLC repetition penalty."""
-    text = build_question_text(str(row["question"]), _choices(row))
-    if hint:
-        text += f"\n\nHint: {hint}"
     penalty = float(row["rep_penalty"])
     if not math.isfinite(penalty) or penalty <= 0:
         raise ValueError(f"rep_penalty={penalty!r} must be a positive number")
-    sampling = Sampling(
-        n=1, temperature=cfg.temperature, max_tokens=cfg.max_tokens, repetition_penalty=penalty, seed=seed
-    )
-    return GenerationRequest(
-        messages=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}],
-        images=[row["image"]],
-        sampling=sampling,
-        request_id=str(row["id"]) + ("/hint" if hint else ""),
-    )
+    return paper_request(row, 1, cfg.max_tokens, cfg.temperature, 1.0, seed, repetition_penalty=penalty, hint=hint)
 
 
 class SelfDistill(_JudgePool):

@@ -9,26 +9,9 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
-from r1v_ray.engines.rollout.types import GenerationRequest, Sampling
 from r1v_ray.eval.stats import chance_level
-from r1v_ray.rewards import accuracy_reward, build_question_text
-
-
-def _choices(row: dict) -> list[str] | None:
-    """Options of a row as a list (Arrow/NumPy give arrays), or None for open questions."""
-    value = row.get("choices")
-    return list(value) if value is not None and len(value) else None
-
-
-def eval_request(
-    row: dict, runs: int, max_tokens: int, temperature: float, top_p: float, seed: int
-) -> GenerationRequest:
-    """The benchmark prompt: image, question, options, and the paper's prompt for its kind."""
-    text = build_question_text(row["question"], _choices(row))
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-    # One request with n = k gives the k independent runs; the seed makes them reproducible.
-    sampling = Sampling(n=runs, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
-    return GenerationRequest(messages=messages, images=[row["image"]], sampling=sampling, request_id=str(row["id"]))
+from r1v_ray.prompts import row_choices
+from r1v_ray.rewards import accuracy_reward
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -44,7 +27,7 @@ def _row_scores(row: dict, runs: int) -> list[float]:
     completions = list(row["completions"])
     if len(completions) != runs:
         raise ValueError(f"row {row['id']}: {len(completions)} completions for {runs} runs")
-    choices = _choices(row)
+    choices = row_choices(row)
     return [accuracy_reward(text, row["answer"], choices) for text in completions]
 
 

@@ -17,8 +17,9 @@ from r1v_ray.data.io import ParquetSink, makedirs, remove
 from r1v_ray.data.schema import REJECTED_SCHEMA, rejected_table
 from r1v_ray.engines.rollout import GenerationRequest
 from r1v_ray.engines.rollout.actor import generate_dataset
-from r1v_ray.eval.scoring import eval_request, markdown_table, score_rows
+from r1v_ray.eval.scoring import markdown_table, score_rows
 from r1v_ray.eval.table import EVAL_JSON, PER_ROW, per_row_text
+from r1v_ray.prompts import paper_request
 
 EVAL_COLUMNS = ["id", "image", "question", "choices", "answer", "source", "category"]
 PASS = "_pass"  # which pass a row belongs to when an evaluation carries a side pass
@@ -59,7 +60,7 @@ def run_eval(
             req = side.build(row)
             req.request_id = f"side:{req.request_id}"  # ids of the two datasets may meet in one engine batch
             return req
-        return eval_request(row, e.runs, e.max_tokens, e.temperature, e.top_p, seed=cfg.seed)
+        return paper_request(row, e.runs, e.max_tokens, e.temperature, e.top_p, seed=cfg.seed)
 
     rollout = cfg.rollout
     if rollout.max_model_len <= e.max_tokens:

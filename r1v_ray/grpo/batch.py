@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from r1v_ray.engines.rollout.types import GenerationRequest, PromptBuilder
 from r1v_ray.model.varlen import LAYOUT_KWARG, SharedPromptLayout, uses_varlen_attention
+from r1v_ray.prompts import GenerationRequest, PromptBuilder
 
 
 @dataclass

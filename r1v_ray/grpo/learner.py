@@ -41,9 +41,9 @@ class LearnerWorker:
         select_accelerator(self.use_gpu)
         import torch.distributed as dist
 
-        from r1v_ray.engines.rollout.types import PromptBuilder
         from r1v_ray.model.assemble import load_checkpoint
         from r1v_ray.model.varlen import use_varlen_attention
+        from r1v_ray.prompts import PromptBuilder
 
         # DeepSpeed reads the torch launcher's variables; one learner per placement-group bundle (one GPU each).
         os.environ.update(

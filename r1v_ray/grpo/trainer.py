@@ -25,13 +25,13 @@ from r1v_ray.config import R1VConfig
 from r1v_ray.data.io import RowReader
 from r1v_ray.engines.rollout.actor import create_rollout_workers, rollout_placement_group
 from r1v_ray.engines.sync import make_sync
-from r1v_ray.eval.scoring import eval_request
 from r1v_ray.grpo.advantages import group_advantages
 from r1v_ray.grpo.algorithms import nonzero_variance_groups
 from r1v_ray.grpo.batch import Trajectory
 from r1v_ray.grpo.learner import LearnerWorker
 from r1v_ray.grpo.reward import RewardWorker
 from r1v_ray.metrics import StageMetrics, read_jsonl, truncate_after
+from r1v_ray.prompts import paper_request, row_choices
 from r1v_ray.run_dir import LATEST, METRICS, checkpoint_step
 
 
@@ -189,7 +189,7 @@ class GRPORun:
         """One request per row, seeded by (tag, position); ids unique per call (row ids need not be unique)."""
         out = []
         for k, row in enumerate(rows):
-            req = eval_request(
+            req = paper_request(
                 row,
                 n,
                 self.g.max_completion_tokens,
@@ -230,7 +230,7 @@ class GRPORun:
     def _score(self, rows: list[dict], results: list) -> list[list[dict]]:
         items, shape = [], []
         for row, res in zip(rows, results):
-            choices = list(row["choices"]) if row.get("choices") is not None and len(row["choices"]) else None
+            choices = row_choices(row)
             items += [(c.text, row["answer"], choices) for c in res.completions]
             shape.append(len(res.completions))
         flat = ray.get(self.rewarder.score.remote(items))

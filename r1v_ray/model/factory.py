@@ -153,3 +153,17 @@ def assemble_initial(cfg: ModelConfig, work_dir: str, out: str, seed: int = 0) -
     return save_checkpoint(
         model, processor, out, meta={"stage": "assembled", "vision": parts.vision, "llm": parts.substitute_llm}
     )
+
+
+def write_tiny_checkpoint(work: str, sizes: TinyModelConfig | None = None, name: str = "ckpt") -> str:
+    """A tiny R1V checkpoint at `work/name` (parts under `work/name-parts`): tiny vision encoder + substitute
+    LLM + fresh projector, one tile per image. For benchmarks and hardware checks that need a model to run."""
+    from r1v_ray.config import ProjectorConfig
+    from r1v_ray.model.assemble import assemble, build_processor, save_checkpoint
+
+    parts = write_tiny_parts(sizes or TinyModelConfig(), os.path.join(work, f"{name}-parts"))
+    llm, tok = load_llm(parts.substitute_llm)
+    projector = ProjectorConfig()
+    model = assemble(load_vision(parts.vision), llm, tok, projector)
+    processor = build_processor(tok, model.config.vision_config, projector.downsample_ratio, 1)
+    return save_checkpoint(model, processor, os.path.join(work, name))

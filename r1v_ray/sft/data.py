@@ -16,7 +16,7 @@ import pyarrow as pa
 from r1v_ray.data.io import ParquetSink, RowReader, dataset_schema
 from r1v_ray.data.schema import REJECTED_SCHEMA, rejected_table
 from r1v_ray.data.select import RANDOM_ACCESS_ROW_GROUP, Selection
-from r1v_ray.engines.rollout.types import PromptBuilder
+from r1v_ray.prompts import PromptBuilder
 from r1v_ray.sft.samples import sample_tokens
 
 

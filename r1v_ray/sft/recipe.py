@@ -16,7 +16,16 @@ import torch
 
 from r1v_ray import store
 from r1v_ray.sft.data import WorkerShard, interleave_ranks
-from r1v_ray.sft.trainer import METRICS_FILE, RESUMES_FILE, SEEN_FILE, SFTJob, load_rng, lr_lambda, save_rng
+from r1v_ray.sft.trainer import (
+    METRICS_FILE,
+    RESUMES_FILE,
+    SEEN_FILE,
+    SFTJob,
+    job_from_dict,
+    load_rng,
+    lr_lambda,
+    save_rng,
+)
 
 
 class SFTRecipe:
@@ -28,20 +37,21 @@ class SFTRecipe:
         from r1v_ray.metrics import StageMetrics
 
         ctx = ray.train.get_context()
-        self.job, self.rank, self.world = job, ctx.get_world_rank(), ctx.get_world_size()
-        self.device = f"cuda:{ctx.get_local_rank()}" if job.use_gpu else "cpu"
-        torch.manual_seed(job.seed + self.rank)
-        self.shard = WorkerShard(job.data_uri, job.step_layout(), job.seed, self.rank, self.world)
+        self.job, s = job, job.sft
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = f"cuda:{ctx.get_local_rank()}" if s.use_gpu else "cpu"
+        torch.manual_seed(s.seed + self.rank)
+        self.shard = WorkerShard(job.data_uri, job.step_layout(), s.seed, self.rank, self.world)
         self.total_steps = self.shard.steps_per_epoch * job.epochs
         self.learner = LearnerEngine(
-            job.init_checkpoint, job.trainable_prefixes, zero_stage=job.zero_stage, use_gpu=job.use_gpu,
+            job.init_checkpoint, job.trainable_prefixes, zero_stage=s.zero_stage, use_gpu=s.use_gpu,
             dtype=job.dtype, device=self.device, world=self.world, micro_steps=self.shard.micro_batches,
-            max_grad_norm=job.max_grad_norm,
+            max_grad_norm=s.max_grad_norm,
         )  # fmt: skip
         optimizer = torch.optim.AdamW(
-            param_groups(self.learner.model, job.weight_decay), lr=job.learning_rate, betas=(0.9, 0.999)
+            param_groups(self.learner.model, s.weight_decay), lr=job.learning_rate, betas=(0.9, 0.999)
         )
-        schedule = lr_lambda(self.total_steps, job.warmup_ratio, job.lr_scheduler)
+        schedule = lr_lambda(self.total_steps, s.warmup_ratio, s.lr_scheduler)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.learner.start(optimizer, self.scheduler)
         self.metrics = StageMetrics(job.stage, store.join(job.output_dir, METRICS_FILE) if self.rank == 0 else None)
@@ -81,7 +91,7 @@ class SFTRecipe:
         job, engine, gas = self.job, self.learner.engine, self.shard.micro_batches
         epoch = self.global_step // self.shard.steps_per_epoch
         processor, rows = self.learner.processor, self.shard.rows(self.global_step)
-        encoded = [[encode_sample(r, processor, job.max_length) for r in m] for m in rows]
+        encoded = [[encode_sample(r, processor, job.sft.max_length) for r in m] for m in rows]
         local_tokens = sum(sum(1 for t in s["labels"][1:] if t != -100) for mb in encoded for s in mb)
         counts = torch.tensor([float(local_tokens), 0.0], device=self.device)  # NCCL reduces CUDA tensors only
         dist.all_reduce(counts)
@@ -119,7 +129,7 @@ class SFTRecipe:
         from r1v_ray.sft.samples import encode_sample
 
         if not hasattr(self, "_dummy"):
-            self._dummy = encode_sample(self.shard.reader.take([0])[0], self.learner.processor, self.job.max_length)
+            self._dummy = encode_sample(self.shard.reader.take([0])[0], self.learner.processor, self.job.sft.max_length)
         return self._dummy
 
     def _record_ids(self, epoch: int, mine: list[str]) -> None:
@@ -133,7 +143,7 @@ class SFTRecipe:
             store.append_text(self.seen_path, json.dumps(record) + "\n")
 
     def _logs_now(self) -> bool:
-        return self.global_step % self.job.log_every_steps == 0 or self.global_step == self.total_steps
+        return self.global_step % self.job.sft.log_every_steps == 0 or self.global_step == self.total_steps
 
     def save_checkpoint(self, values: dict) -> None:
         """DeepSpeed state, step, every rank's RNG and an HF export, reported to Ray Train as one checkpoint."""
@@ -156,13 +166,13 @@ class SFTRecipe:
         self.resume()
         while self.global_step < self.total_steps:
             values = self.train_step()
-            if self.global_step % self.job.checkpoint_every_steps == 0 or self.global_step == self.total_steps:
+            if self.global_step % self.job.sft.checkpoint_every_steps == 0 or self.global_step == self.total_steps:
                 self.save_checkpoint(values)
-            elif self.global_step % self.job.log_every_steps == 0:
+            elif self.global_step % self.job.sft.log_every_steps == 0:
                 # Reports are consumed by the Train controller's poll loop: report only what is logged.
                 ray.train.report({"step": self.global_step, **values})
 
 
 def train_loop_per_worker(job_dict: dict) -> None:
     """The Ray Train worker entry point (see the module docstring)."""
-    SFTRecipe(SFTJob(**job_dict)).run()
+    SFTRecipe(job_from_dict(job_dict)).run()

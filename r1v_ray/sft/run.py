@@ -13,13 +13,15 @@ from r1v_ray.sft.trainer import SFTJob, job_to_dict
 
 def _worker_resources(job: SFTJob) -> dict | None:
     """Ray Train's defaults (1 CPU, plus 1 GPU on GPU runs), plus the learner nodes' custom resource."""
-    if not job.node_resource:
+    s = job.sft
+    if not s.node_resource:
         return None
-    return {"CPU": 1, **({"GPU": 1} if job.use_gpu else {}), job.node_resource: 1}
+    return {"CPU": 1, **({"GPU": 1} if s.use_gpu else {}), s.node_resource: 1}
 
 
-def run_sft(job: SFTJob, max_failures: int = 1) -> str:
-    """Train, resuming from the run's own latest checkpoint if one exists; returns `output_dir/model`."""
+def run_sft(job: SFTJob) -> str:
+    """Train, resuming from the run's own latest checkpoint if one exists (surviving `sft.max_failures`
+    worker failures); returns `output_dir/model`."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -35,15 +37,15 @@ def run_sft(job: SFTJob, max_failures: int = 1) -> str:
         train_loop_per_worker,
         train_loop_config=job_to_dict(job),
         scaling_config=ScalingConfig(
-            num_workers=job.num_workers, use_gpu=job.use_gpu, resources_per_worker=_worker_resources(job)
+            num_workers=job.sft.num_workers, use_gpu=job.sft.use_gpu, resources_per_worker=_worker_resources(job)
         ),
-        torch_config=TorchConfig(backend="nccl" if job.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if job.sft.use_gpu else "gloo"),
         run_config=RunConfig(
             name="ray_train",
             # Ray Train's checkpoints live in the run directory, on its filesystem (an object store too).
             storage_path=storage_path,
             storage_filesystem=storage_fs,
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(max_failures=job.sft.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )

@@ -19,25 +19,16 @@ from PIL import Image
 from r1v_ray.data.images import decode_rgb
 from r1v_ray.data.validate import RowError
 from r1v_ray.model.tokenizer import assistant_text
-from r1v_ray.rewards import build_question_text
+from r1v_ray.prompts import user_turn
 
 IGNORE = -100
-
-
-def _choices(row: dict) -> list[str] | None:
-    value = row.get("choices")
-    return list(value) if value is not None and len(value) else None
 
 
 def sft_messages(row: dict) -> list[dict]:
     """The training conversation for a row: distilled think/response when present, else rationale + answer."""
     think = row.get("think") or row.get("rationale")
     response = row.get("response") or f"Answer: \\boxed{{{row['answer']}}}"
-    question = build_question_text(row["question"], _choices(row))
-    return [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
-        {"role": "assistant", "content": assistant_text(think, response)},
-    ]
+    return [user_turn(row), {"role": "assistant", "content": assistant_text(think, response)}]
 
 
 def encode_sample(row: dict, processor, max_length: int) -> dict:

@@ -18,11 +18,11 @@ from r1v_ray.config import R1VConfig
 from r1v_ray.data.io import ParquetSink, count_rows, read_parquet, remove
 from r1v_ray.data.schema import REJECTED_SCHEMA, rejected_table
 from r1v_ray.data.select import Selection, all_rows, d_rm, subset, with_errors
-from r1v_ray.eval.scoring import eval_request
 from r1v_ray.eval.stage import SidePass, run_eval
 from r1v_ray.eval.table import stage_entry
 from r1v_ray.model.assemble import checkpoint_complete, load_checkpoint, read_meta, save_checkpoint
 from r1v_ray.model.factory import assemble_initial, load_llm, part_paths
+from r1v_ray.prompts import paper_request, row_choices
 from r1v_ray.rewards import accuracy_reward
 from r1v_ray.run_dir import ERROR_IDS, EVAL_JSON, TRAIN_DATA, TRAIN_MODEL, TRAIN_REJECTED, TRAIN_SUMMARY
 from r1v_ray.runs import StageRun
@@ -67,31 +67,18 @@ def train(
             f"({too_long} selected rows are longer than sft.max_length={cfg.sft.max_length}, see {rejected}); "
             "widen the selection (sft.taus, sft.mlp_init_stages sources / min_score) or raise sft.max_length"
         )
-    s = cfg.sft
     job = SFTJob(
         init_checkpoint=init,
         data_uri=data,
         output_dir=out,
         learning_rate=lr,
+        sft=cfg.sft,
         stage=f"{run.stage}/{name}",
         epochs=epochs,
-        global_batch_size=s.global_batch_size,
-        micro_batch_size=s.micro_batch_size,
-        max_length=s.max_length,
-        weight_decay=s.weight_decay,
-        warmup_ratio=s.warmup_ratio,
-        lr_scheduler=s.lr_scheduler,
-        zero_stage=s.zero_stage,
-        num_workers=s.num_workers,
-        use_gpu=s.use_gpu,
-        dtype=cfg.model.dtype if s.use_gpu else "float32",
+        dtype=cfg.model.dtype if cfg.sft.use_gpu else "float32",
         trainable_prefixes=prefixes,
-        checkpoint_every_steps=s.checkpoint_every_steps,
-        log_every_steps=s.log_every_steps,
-        node_resource=s.node_resource,
-        seed=s.seed,
     )
-    run_sft(job, max_failures=s.max_failures)
+    run_sft(job)
     summary = {
         "model": final,
         "rows": n_rows,
@@ -150,7 +137,7 @@ class ErrorSetPass:
         return SidePass(self.train_uri, self.build, self.consume)
 
     def build(self, row: dict):
-        return eval_request(row, 1, self.cfg.sft.error_set_max_tokens, 0.0, 1.0, seed=self.cfg.seed)
+        return paper_request(row, 1, self.cfg.sft.error_set_max_tokens, 0.0, 1.0, seed=self.cfg.seed)
 
     def consume(self, row: dict) -> None:
         self.generated += 1
@@ -159,8 +146,7 @@ class ErrorSetPass:
                 {"id": str(row["id"]), "stage": "error_set", "reason": row["error"], "row": None, "image": None}
             )
             return
-        choices = list(row["choices"]) if row["choices"] is not None and len(row["choices"]) else None
-        if accuracy_reward(row["completions"][0], row["answer"], choices) == 0.0:
+        if accuracy_reward(row["completions"][0], row["answer"], row_choices(row)) == 0.0:
             self.wrong.append(str(row["id"]))
 
     def save(self, out_dir: str) -> None:

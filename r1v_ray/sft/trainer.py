@@ -1,4 +1,4 @@
-"""The SFT job: what one Ray Train run needs (`SFTJob`), its schedule and RNG state (the worker's loop is
+"""The SFT job: what one Ray Train run needs (`SFTJob`: its own values plus the `sft` config), its schedule and RNG state (the worker's loop is
 `sft.recipe`), DeepSpeed as the engine on CPU and GPU alike.
 
 Data order is a pure function of (seed, epoch), so a step's samples are known
@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from r1v_ray.config import SFTConfig, from_dict
 from r1v_ray.sft.data import StepLayout
 
 SEEN_FILE = "samples_seen.jsonl"  # one record per optimizer step: the sample ids it consumed
@@ -26,33 +27,24 @@ RESUMES_FILE = "resumes.jsonl"  # one record each time a failed run resumed from
 
 @dataclass
 class SFTJob:
-    """Everything a training run needs; plain values so it travels to Ray workers."""
+    """One training run: what differs between the runs of a stage (what it starts from and trains on, where
+    it writes, its learning rate, epochs, dtype and trainable parts), and the `sft` config section for the
+    rest (batch sizes, schedule, ZeRO stage, workers, clipping, seed, max_failures). The run's `epochs` and
+    `trainable_prefixes` win over `sft.epochs` and `sft.trainable_prefixes`, which the stages resolve into
+    them. Dataclasses of plain values, so it travels to Ray workers as a dict (`job_to_dict`)."""
 
     init_checkpoint: str
     data_uri: str
     output_dir: str
     learning_rate: float
+    sft: SFTConfig = field(default_factory=SFTConfig)
     stage: str = "sft"
     epochs: int = 1
-    global_batch_size: int = 512
-    micro_batch_size: int = 1
-    max_length: int = 16384
-    weight_decay: float = 0.05
-    warmup_ratio: float = 0.03
-    lr_scheduler: str = "cosine"
-    zero_stage: int = 2
-    num_workers: int = 2
-    use_gpu: bool = False
     dtype: str = "float32"
     trainable_prefixes: list[str] = field(default_factory=lambda: ["projector"])
-    checkpoint_every_steps: int = 100
-    log_every_steps: int = 10
-    max_grad_norm: float = 1.0
-    node_resource: str | None = None
-    seed: int = 0
 
     def step_layout(self) -> StepLayout:
-        return StepLayout(self.global_batch_size, self.micro_batch_size, self.num_workers)
+        return StepLayout(self.sft.global_batch_size, self.sft.micro_batch_size, self.sft.num_workers)
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float, kind: str):
@@ -95,3 +87,8 @@ def load_rng(path: str) -> None:
 
 def job_to_dict(job: SFTJob) -> dict:
     return asdict(job)
+
+
+def job_from_dict(values: dict) -> SFTJob:
+    """The job again from `job_to_dict`'s dict (what a Ray Train worker receives)."""
+    return SFTJob(**{**values, "sft": from_dict(SFTConfig, values["sft"], prefix="sft")})

@@ -30,7 +30,7 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from benchmarks.rollout import build_checkpoint  # noqa: E402
+from r1v_ray.model.factory import write_tiny_checkpoint  # noqa: E402
 
 # bf16 keeps 8 mantissa bits: a log-prob of about -5 is exact to ~0.02, and the learner's packed
 # attention sums in another order than the rollout engine's, so the two may differ by a few of those.
@@ -44,6 +44,7 @@ def check(name: str, ok: bool, detail) -> None:
 
 
 def check_sft(work: str, init: str) -> dict:
+    from r1v_ray.config import SFTConfig
     from r1v_ray.data.synthetic import write_split
     from r1v_ray.model.assemble import load_checkpoint
     from r1v_ray.sft.run import run_sft
@@ -58,17 +59,19 @@ def check_sft(work: str, init: str) -> dict:
         output_dir=out,
         learning_rate=2e-3,
         stage="gpu-sft",
-        global_batch_size=8,
-        micro_batch_size=4,
-        max_length=512,
-        zero_stage=3,
-        num_workers=1,
-        use_gpu=True,
+        sft=SFTConfig(
+            global_batch_size=8,
+            micro_batch_size=4,
+            max_length=512,
+            zero_stage=3,
+            num_workers=1,
+            use_gpu=True,
+            checkpoint_every_steps=4,
+            log_every_steps=1,
+            warmup_ratio=0.1,
+        ),
         dtype="bfloat16",
         trainable_prefixes=["projector"],
-        checkpoint_every_steps=4,
-        log_every_steps=1,
-        warmup_ratio=0.1,
         epochs=2,
     )
     start = time.time()
@@ -190,7 +193,7 @@ def main() -> None:
     ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=True)
     try:
         with tempfile.TemporaryDirectory() as work:
-            init = build_checkpoint(work)  # tiny vision + substitute LLM + fresh projector
+            init = write_tiny_checkpoint(work)  # tiny vision + substitute LLM + fresh projector
             summary["sft"] = check_sft(work, init)
             summary["grpo"] = check_grpo(work, init)
     finally:

@@ -29,7 +29,7 @@ def _cfg(run_dir: str):
 def no_training(monkeypatch):
     jobs = []
 
-    def record(job, max_failures=1):
+    def record(job):
         jobs.append(job)
         os.makedirs(os.path.join(job.output_dir, "model"), exist_ok=True)
         open(os.path.join(job.output_dir, "model", "config.json"), "w").close()

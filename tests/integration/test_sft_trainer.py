@@ -12,6 +12,7 @@ import ray
 import torch
 from safetensors.torch import load_file
 
+from r1v_ray.config import SFTConfig
 from r1v_ray.data.synthetic import write_split
 from r1v_ray.sft.run import run_sft
 from r1v_ray.sft.trainer import METRICS_FILE, RESUMES_FILE, SEEN_FILE, SFTJob
@@ -57,20 +58,24 @@ def test_killed_worker_resumes_without_losing_or_repeating_samples(local_ray, ti
         output_dir=out,
         learning_rate=1e-3,
         stage="crash",
-        global_batch_size=16,
-        micro_batch_size=1,
-        max_length=512,
-        zero_stage=2,
-        num_workers=2,
+        sft=SFTConfig(
+            global_batch_size=16,
+            micro_batch_size=1,
+            max_length=512,
+            zero_stage=2,
+            num_workers=2,
+            use_gpu=False,
+            checkpoint_every_steps=3,
+            log_every_steps=1,
+            warmup_ratio=0.1,
+            max_failures=2,
+        ),
         trainable_prefixes=["projector", "llm"],
-        checkpoint_every_steps=3,
-        log_every_steps=1,
-        warmup_ratio=0.1,
     )
     killed: list = []
     killer = threading.Thread(target=_kill_a_worker_after, args=(out, 4, killed))
     killer.start()
-    final = run_sft(job, max_failures=2)
+    final = run_sft(job)
     killer.join()
     assert killed, "no worker was killed"
     resumes = _lines(os.path.join(out, RESUMES_FILE))
@@ -92,14 +97,17 @@ def test_projector_only_training_leaves_frozen_parts_bit_identical(local_ray, ti
         data_uri=data,
         output_dir=str(tmp_path / "sft"),
         learning_rate=1e-2,
-        global_batch_size=16,
-        micro_batch_size=4,
-        max_length=512,
-        zero_stage=zero_stage,
-        num_workers=2,
+        sft=SFTConfig(
+            global_batch_size=16,
+            micro_batch_size=4,
+            max_length=512,
+            zero_stage=zero_stage,
+            num_workers=2,
+            use_gpu=False,
+            checkpoint_every_steps=10,
+            log_every_steps=1,
+        ),
         trainable_prefixes=["projector"],
-        checkpoint_every_steps=10,
-        log_every_steps=1,
     )
     final = run_sft(job)
     before = load_file(os.path.join(tiny_checkpoint, "model.safetensors"))

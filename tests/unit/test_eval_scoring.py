@@ -1,6 +1,7 @@
 import pytest
 
-from r1v_ray.eval import eval_request, markdown_table, score_rows
+from r1v_ray.eval import markdown_table, score_rows
+from r1v_ray.prompts import paper_request
 from r1v_ray.rewards import MULTI_CHOICE_PROMPT, OPEN_PROMPT
 
 
@@ -55,12 +56,12 @@ def test_completions_must_match_runs():
         score_rows([{"id": "x", "answer": "1", "completions": ["a", "b"]}], runs=3)
 
 
-def test_eval_request_uses_the_papers_prompts():
-    mc = eval_request({"id": 1, "question": "Q?", "choices": ["a", "b"], "image": b"x"}, 5, 64, 0.6, 0.95, 0)
+def test_paper_request_uses_the_papers_prompts():
+    mc = paper_request({"id": 1, "question": "Q?", "choices": ["a", "b"], "image": b"x"}, 5, 64, 0.6, 0.95, 0)
     text = mc.messages[0]["content"][1]["text"]
     assert text.endswith(MULTI_CHOICE_PROMPT) and "A. a\nB. b" in text
     assert mc.sampling.n == 5 and mc.images == [b"x"] and mc.request_id == "1"
-    op = eval_request({"id": 2, "question": "Q?", "choices": None, "image": b"x"}, 1, 64, 0.6, 0.95, 0)
+    op = paper_request({"id": 2, "question": "Q?", "choices": None, "image": b"x"}, 1, 64, 0.6, 0.95, 0)
     assert op.messages[0]["content"][1]["text"].endswith(OPEN_PROMPT)
 
 

@@ -7,11 +7,10 @@ import pytest
 import torch
 
 from r1v_ray.data.synthetic import iter_rows
-from r1v_ray.engines.rollout.types import PromptBuilder
-from r1v_ray.eval.scoring import eval_request
 from r1v_ray.grpo.batch import Trajectory, completion_logprobs, encode, pack_groups
 from r1v_ray.model import load_checkpoint
 from r1v_ray.model.varlen import use_varlen_attention
+from r1v_ray.prompts import PromptBuilder, paper_request
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +19,7 @@ def model_and_trajectories(tiny_checkpoint):
     rng = random.Random(0)
     trajectories = []
     for row in iter_rows(3, seed=1):
-        request = eval_request(row, 1, 64, 1.0, 1.0, seed=0)
+        request = paper_request(row, 1, 64, 1.0, 1.0, seed=0)
         for _ in range(4):  # a group; one completion is a single token
             n = rng.choice([1, 7, 30])
             trajectories.append(Trajectory(request, [rng.randrange(300, 600) for _ in range(n)], [], 0.0, 0.0))

@@ -2,11 +2,11 @@
 
 import pytest
 
+from r1v_ray.prompts import build_question_text
 from r1v_ray.rewards import (
     MULTI_CHOICE_PROMPT,
     OPEN_PROMPT,
     accuracy_reward,
-    build_question_text,
     extract_answer,
     format_reward,
 )

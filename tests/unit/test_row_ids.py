@@ -68,13 +68,12 @@ def test_self_distillation_keeps_each_rows_own_generation(tiny_checkpoint):
 
 
 def test_the_learner_keeps_two_prompts_that_share_an_id_apart(tiny_checkpoint):
-    from r1v_ray.engines.rollout.types import PromptBuilder
-    from r1v_ray.eval.scoring import eval_request
     from r1v_ray.grpo.batch import Trajectory, encode
     from r1v_ray.model import load_checkpoint
+    from r1v_ray.prompts import PromptBuilder, paper_request
 
     _, processor = load_checkpoint(tiny_checkpoint)
-    requests = [eval_request({**make_row(0, "train", i), "id": "1"}, 1, 16, 1.0, 1.0, seed=0) for i in (0, 3)]
+    requests = [paper_request({**make_row(0, "train", i), "id": "1"}, 1, 16, 1.0, 1.0, seed=0) for i in (0, 3)]
     trajectories = [Trajectory(r, [300 + k], [], 0.0, 0.0) for r in requests for k in range(2)]
     groups = encode(trajectories, processor, PromptBuilder(processor, 1024))
     assert [g.members for g in groups] == [[0, 1], [2, 3]]  # was one group: the second row's completions

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from r1v_ray.engines.judge.base import Assessment, Judge, Regenerate, RevisionImpossible, Usage, image_clarity
+from r1v_ray.prompts import row_choices
 from r1v_ray.rewards import accuracy_reward, format_reward
 
 _WORD = re.compile(r"[a-z]+")
@@ -130,11 +131,6 @@ def text_signals(question: str) -> Assessment:
     )
 
 
-def _choices(row: dict) -> list[str] | None:
-    choices = row.get("choices")
-    return list(choices) if choices is not None and len(choices) else None
-
-
 def _distinct_trigram_ratio(text: str) -> float:
     words = _words(text)
     grams = list(zip(words, words[1:], words[2:]))
@@ -149,14 +145,14 @@ class OfflineJudge(Judge):
         return text_signals(str(row["question"])), Usage(calls=1)
 
     def verify(self, row: dict, completion: str) -> tuple[bool, Usage]:
-        return accuracy_reward(completion, str(row["answer"]), _choices(row)) == 1.0, Usage(calls=1)
+        return accuracy_reward(completion, str(row["answer"]), row_choices(row)) == 1.0, Usage(calls=1)
 
     def revise(self, row: dict, completion: str, regenerate: Regenerate | None) -> tuple[str, Usage]:
         usage = Usage(calls=1)
         answer = str(row["answer"])
         if regenerate is not None:
             hinted = regenerate(row)
-            if accuracy_reward(hinted, answer, _choices(row)) == 1.0 and format_reward(hinted) == 1.0:
+            if accuracy_reward(hinted, answer, row_choices(row)) == 1.0 and format_reward(hinted) == 1.0:
                 return hinted, usage
         if row.get("rationale"):
             return f"<think>\n{row['rationale']}\n</think>\n\nAnswer: \\boxed{{{answer}}}", usage
@@ -172,7 +168,7 @@ class OfflineJudge(Judge):
         completion = f"<think>\n{think}\n</think>\n\n{response}"
         topic = set(_words(str(row["question"]))) - {"the", "a", "an", "is", "of", "in", "what", "which", "how"}
         points = {
-            "correct": accuracy_reward(response, str(row["answer"]), _choices(row)) == 1.0,
+            "correct": accuracy_reward(response, str(row["answer"]), row_choices(row)) == 1.0,
             "format": format_reward(completion) == 1.0 and bool(think.strip()),
             "fluent": len(_words(think)) >= 5 and _distinct_trigram_ratio(think) >= 0.5,
             "on_topic": len(topic & set(_words(think))) >= 1,

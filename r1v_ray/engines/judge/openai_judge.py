@@ -29,7 +29,7 @@ from r1v_ray.config import JudgeConfig
 from r1v_ray.data.images import api_image
 from r1v_ray.data.io import exists, read_text, write_text
 from r1v_ray.engines.judge.base import Assessment, Judge, JudgeError, Regenerate, Usage, split_think
-from r1v_ray.rewards import build_question_text
+from r1v_ray.prompts import question_text
 
 SCHEMAS = {
     "assessment": {
@@ -351,10 +351,7 @@ class OpenAIJudge(Judge):
 
     @staticmethod
     def _query(row: dict, extra: str = "") -> list[dict]:
-        choices = row.get("choices")
-        text = build_question_text(
-            str(row["question"]), list(choices) if choices is not None and len(choices) else None
-        )
+        text = question_text(row)
         return [
             {"type": "image_url", "image_url": {"url": _image_url(row["image"])}},
             {"type": "text", "text": f"Query:\n{text}{extra}"},
