@@ -15,7 +15,9 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -116,7 +118,16 @@ def _stray_paths(clusters: list[LocalCluster]) -> list[str]:
     return [os.path.join(d, n) for root in roots for d, dirs, _ in os.walk(root) for n in dirs if n in ("s3:", "runs")]
 
 
-def test_pipeline_on_three_nodes_survives_losing_its_cluster(tmp_path, monkeypatch):
+@pytest.fixture
+def short_root():
+    """Cluster roots under a short path: Ray's AF_UNIX socket paths (temp dir + session + socket name) must
+    stay within 107 bytes, which pytest's tmp_path exceeds."""
+    root = Path(tempfile.mkdtemp(prefix="r1v-e2e-", dir="/tmp"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_pipeline_on_three_nodes_survives_losing_its_cluster(tmp_path, short_root, monkeypatch):
     token = tmp_path / "auth_token"
     token.write_text(secrets.token_hex(32))
     top_level = set(os.listdir(ROOT))
@@ -125,8 +136,8 @@ def test_pipeline_on_three_nodes_survives_losing_its_cluster(tmp_path, monkeypat
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
         for k, v in (("RAY_AUTH_MODE", "token"), ("RAY_AUTH_TOKEN_PATH", str(token))):
             monkeypatch.setenv(k, v)  # this process's state-API calls carry the token too
-        first = LocalCluster(tmp_path / "a", env)
-        first.start(_nodes(tmp_path / "a"))
+        first = LocalCluster(short_root / "a", env)
+        first.start(_nodes(short_root / "a"))
         try:
             assert requests.get(f"{first.address}/api/jobs/", timeout=10).status_code == 401  # no token, no jobs
             job = _submit(first)
@@ -139,8 +150,8 @@ def test_pipeline_on_three_nodes_survives_losing_its_cluster(tmp_path, monkeypat
                 assert os.listdir(node.scratch), f"{node.name} staged nothing in its scratch folder"
             shutil.rmtree(node.scratch)
 
-        second = LocalCluster(tmp_path / "b", env)
-        second.start(_nodes(tmp_path / "b"))
+        second = LocalCluster(short_root / "b", env)
+        second.start(_nodes(short_root / "b"))
         try:
             info, logs = _wait(second, _submit(second))
         finally:
