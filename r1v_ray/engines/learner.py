@@ -143,8 +143,9 @@ def load_zero3(checkpoint: str, dtype: str, ds_config: dict):
     import torch.distributed as dist
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
     from transformers.initialization import no_init_weights
+    from transformers.modeling_utils import local_torch_dtype
 
-    from r1v_ray.model.assemble import part_refs
+    from r1v_ray.model.assemble import DTYPES, part_refs
     from r1v_ray.model.safetensors_io import load_flat_range, load_tensor
 
     config = AutoConfig.from_pretrained(checkpoint)
@@ -154,8 +155,11 @@ def load_zero3(checkpoint: str, dtype: str, ds_config: dict):
     precision = "bfloat16" if ds_config["bf16"]["enabled"] else "float32"
     if dtype != precision:
         raise ValueError(f"ZeRO-3 builds {precision} parameters (DeepSpeed bf16.enabled), not model.dtype={dtype!r}")
-    with no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config):
-        model = model_cls(config)  # weights come from the checkpoint: no random init to pay for
+    # Parameters are born in `dtype` (no float32 copy to convert) and partitioned module by module as each
+    # is built; no random init: the weights come from the checkpoint.
+    with local_torch_dtype(DTYPES[dtype]), no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config):
+        model = model_cls(config)
+    model.tie_weights()  # now, so a tied head's own partition is dropped before the weights are read
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
     with torch.no_grad():
         for name, ref in part_refs(checkpoint, model).items():
@@ -172,7 +176,6 @@ def load_zero3(checkpoint: str, dtype: str, ds_config: dict):
             end = min(start + size, param.ds_numel)
             if start < end:
                 param.ds_tensor.narrow(0, 0, end - start).copy_(load_flat_range(ref, start, end, param.dtype))
-    model.tie_weights()
     return model.eval(), AutoProcessor.from_pretrained(checkpoint)
 
 

@@ -151,9 +151,10 @@ def build_processor(
     )
 
 
-def _write_extras(processor: InternVLProcessor, tmp: str, meta: dict | None) -> None:
-    processor.save_pretrained(tmp)
-    processor.tokenizer.save_pretrained(tmp)
+def _write_extras(processor: InternVLProcessor | None, tmp: str, meta: dict | None) -> None:
+    if processor is not None:  # None: a bare part (an LLM, a vision encoder) written by its maker
+        processor.save_pretrained(tmp)
+        processor.tokenizer.save_pretrained(tmp)
     if meta is not None:
         with open(os.path.join(tmp, META_FILE), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
@@ -205,7 +206,7 @@ def _write_config(model: PreTrainedModel, dtype: torch.dtype, tmp: str) -> None:
 def streamed_checkpoint(
     model: PreTrainedModel,
     specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
-    processor: InternVLProcessor,
+    processor: InternVLProcessor | None,
     path: str,
     meta: dict | None = None,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,

@@ -76,7 +76,7 @@ def load_tensor(ref: TensorRef, dtype: torch.dtype | None = None) -> torch.Tenso
 
 
 def load_flat_range(ref: TensorRef, start: int, end: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Elements [start, end) of the flattened tensor, reading only the rows that hold them."""
+    """Elements [start, end) of the flattened tensor, reading only the rows that hold them (a view of them)."""
     numel = math.prod(ref.shape)
     if not 0 <= start <= end <= numel:
         raise ValueError(f"{ref.key}: range [{start}, {end}) outside its {numel} elements")
@@ -87,7 +87,7 @@ def load_flat_range(ref: TensorRef, start: int, end: int, dtype: torch.dtype | N
             row = math.prod(ref.shape[1:]) or 1
             first, last = start // row, -(-end // row)
             part = f.get_slice(ref.key)[first:last].reshape(-1)[start - first * row : end - first * row]
-    part = part.clone()  # drop the rows around the range
+    # a view into the rows read: copy it where it goes (ZeRO-3 partitions), there is no second copy here
     return part if dtype is None or part.dtype == dtype else part.to(dtype)
 
 
