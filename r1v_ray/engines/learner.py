@@ -135,11 +135,37 @@ class LearnerEngine:
                         write(name, tensor.detach())
 
 
+def _partitioning_init(ds_config: dict):
+    """`deepspeed.zero.Init` that only partitions. The stock one broadcasts each new parameter from rank 0 so
+    random inits agree, which writes the whole tensor on every other rank; here every element of every
+    partition is read from the checkpoint right after (a tensor missing there is an error), so nothing is
+    written to the full-size tensors, their pages are never touched, and they are freed once partitioned."""
+    import deepspeed
+
+    class PartitioningInit(deepspeed.zero.Init):
+        def _zero_init_param(self, param):
+            self._convert_to_deepspeed_param(param)
+            param.partition()
+
+    return PartitioningInit(config_dict_or_path=ds_config)
+
+
+def _return_freed_memory_promptly() -> None:
+    """glibc serves blocks below its (self-raising, up to 32 MB) mmap threshold from a heap that keeps freed
+    pages resident; with a fixed 1 MB threshold each full-size layer tensor built, partitioned and freed
+    goes back to the OS at once (measured: -0.6 GB per rank at 1.86B). No-op where mallopt is absent."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def load_zero3(checkpoint: str, dtype: str, ds_config: dict):
     """(model, processor): the model built under `deepspeed.zero.Init`, each parameter partitioned as it is
     created, then each rank copies its own flat slice of every weight from the checkpoint's safetensors
     into its partition (`ds_tensor`, laid out as DeepSpeed's `_partition_param` lays it out)."""
-    import deepspeed
     import torch.distributed as dist
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
     from transformers.initialization import no_init_weights
@@ -157,7 +183,8 @@ def load_zero3(checkpoint: str, dtype: str, ds_config: dict):
         raise ValueError(f"ZeRO-3 builds {precision} parameters (DeepSpeed bf16.enabled), not model.dtype={dtype!r}")
     # Parameters are born in `dtype` (no float32 copy to convert) and partitioned module by module as each
     # is built; no random init: the weights come from the checkpoint.
-    with local_torch_dtype(DTYPES[dtype]), no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config):
+    _return_freed_memory_promptly()
+    with local_torch_dtype(DTYPES[dtype]), no_init_weights(), _partitioning_init(ds_config):
         model = model_cls(config)
     model.tie_weights()  # now, so a tied head's own partition is dropped before the weights are read
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
