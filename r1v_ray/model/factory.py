@@ -142,17 +142,13 @@ def load_llm(path: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedM
 
 def assemble_initial(cfg: ModelConfig, work_dir: str, out: str, seed: int = 0) -> str:
     """The MLP-initialization starting point (paper 2.1): vision encoder + fresh projector + substitute LLM."""
-    from r1v_ray.model.assemble import assemble, build_processor, checkpoint_complete, save_checkpoint
+    from r1v_ray.model.assemble import assemble_from_parts, checkpoint_complete
 
     if checkpoint_complete(out):
         return out
     parts = part_paths(cfg, work_dir)
-    llm, tok = load_llm(parts.substitute_llm)
-    model = assemble(load_vision(parts.vision), llm, tok, cfg.projector, seed=seed)
-    processor = build_processor(tok, model.config.vision_config, cfg.projector.downsample_ratio, cfg.max_image_tiles)
-    return save_checkpoint(
-        model, processor, out, meta={"stage": "assembled", "vision": parts.vision, "llm": parts.substitute_llm}
-    )
+    meta = {"stage": "assembled", "vision": parts.vision, "llm": parts.substitute_llm}
+    return assemble_from_parts(parts.vision, parts.substitute_llm, out, cfg.projector, cfg.max_image_tiles, seed, meta)
 
 
 def write_tiny_checkpoint(work: str, sizes: TinyModelConfig | None = None, name: str = "ckpt") -> str:

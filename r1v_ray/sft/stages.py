@@ -20,8 +20,8 @@ from r1v_ray.data.schema import REJECTED_SCHEMA, rejected_table
 from r1v_ray.data.select import Selection, all_rows, d_rm, subset, with_errors
 from r1v_ray.eval.stage import SidePass, run_eval
 from r1v_ray.eval.table import stage_entry
-from r1v_ray.model.assemble import checkpoint_complete, load_checkpoint, read_meta, save_checkpoint
-from r1v_ray.model.factory import assemble_initial, load_llm, part_paths
+from r1v_ray.model.assemble import checkpoint_complete, read_meta
+from r1v_ray.model.factory import assemble_initial, part_paths
 from r1v_ray.prompts import paper_request, row_choices
 from r1v_ray.rewards import accuracy_reward
 from r1v_ray.run_dir import ERROR_IDS, EVAL_JSON, TRAIN_DATA, TRAIN_MODEL, TRAIN_REJECTED, TRAIN_SUMMARY
@@ -111,16 +111,16 @@ def _publish(src: str, dst: str) -> None:
 
 def reassemble_stage(cfg: R1VConfig, run: StageRun, mlp_init_model: str) -> tuple[dict, dict]:
     """Paper 2.1: the trained projector onto the reasoning LLM (image tokens added to its tokenizer)."""
-    from r1v_ray.model.reassemble import reassemble
+    from r1v_ray.model.reassemble import reassemble_checkpoint
 
     parts = part_paths(cfg.model, cfg.run_dir)
-    source, source_processor = load_checkpoint(mlp_init_model)
-    llm, tok = load_llm(parts.reasoning_llm)
-    model, processor, record = reassemble(source, llm, tok, cfg.model.max_image_tiles, source_processor.image_processor)
-    record.update(projector_from=mlp_init_model, projector_lineage=read_meta(mlp_init_model), llm=parts.reasoning_llm)
+    lineage = dict(projector_from=mlp_init_model, projector_lineage=read_meta(mlp_init_model), llm=parts.reasoning_llm)
     final = run.path_for("model")
-    save_checkpoint(model, processor, final, meta={"stage": "reassemble", **record})
-    return {"model": final}, record
+    meta = {"stage": "reassemble", **lineage}
+    record = reassemble_checkpoint(
+        mlp_init_model, parts.reasoning_llm, final, cfg.model.max_image_tiles, meta, cfg.seed
+    )
+    return {"model": final}, {**record, **lineage}
 
 
 class ErrorSetPass:

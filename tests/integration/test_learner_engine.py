@@ -1,12 +1,16 @@
 """The shared learner engine under ZeRO-3: two gloo ranks each hold about half of the model's parameters
-once it is loaded (created sharded), never all of it, and the HF export still writes the whole model."""
+once it is loaded (created sharded, each rank reading its own slices), never all of it, and the HF export,
+gathered one parameter at a time, streams the whole model into safetensors shards with HF's index."""
 
+import json
 import os
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
+
+from r1v_ray.model.assemble import checkpoint_complete, load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -26,7 +30,7 @@ def _rank(rank: int, world: int, port: int, checkpoint: str, out: str, results) 
     held = sum(p.numel() for p in params)  # this rank's partitions
     full = sum(p.ds_numel for p in params)
     engine.start(torch.optim.AdamW(engine.trainable_parameters(), lr=1e-3))
-    engine.export_hf(out, rank, {"stage": "test"})
+    engine.export_hf(out, rank, {"stage": "test"}, max_shard_bytes=256 * 1024)  # several shards
     results[rank] = (held, full)
     dist.destroy_process_group()
 
@@ -45,5 +49,12 @@ def test_zero3_ranks_hold_their_shards_only_and_export_the_whole_model(tiny_chec
         held, total = results[rank]
         assert total == full and held <= 0.55 * full, (rank, held, full)  # about half each, never all
     before = load_file(os.path.join(tiny_checkpoint, "model.safetensors"))
-    after = load_file(os.path.join(out, "model.safetensors"))
+    with open(os.path.join(out, "model.safetensors.index.json")) as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+    assert len(shards) > 1 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    after = {k: v for shard in shards for k, v in load_file(os.path.join(out, shard)).items()}
     assert set(before) == set(after) and all(torch.equal(before[k], after[k]) for k in before)
+    assert checkpoint_complete(out)
+    model, processor = load_checkpoint(out)  # transformers reads the sharded export as any HF checkpoint
+    assert torch.equal(model.lm_head.weight, before["language_model.lm_head.weight"])
+    assert processor.tokenizer.context_image_token_id == model.config.image_token_id
