@@ -1,5 +1,5 @@
 """The GRPO learner applies its options: the KL term against a reference model, inner epochs, the decoupled
-upper clip and each loss aggregation. One real learner (DeepSpeed, gloo, world 1) in this process; every
+upper clip, each loss aggregation, truncated importance sampling and GSPO's sequence-level ratio. One real learner (DeepSpeed, gloo, world 1) in this process; every
 expected loss is computed by hand from the learner's own log-probs just before its update, so each test fails
 when the learner ignores the option (the values differ by far more than the tolerance)."""
 
@@ -74,13 +74,17 @@ def trajectories():
     return out
 
 
-def _step(learner, trajectories, log_ratio: float = 0.0, advantages=ADVANTAGES, **cfg) -> dict:
+def _step(learner, trajectories, log_ratio=0.0, advantages=ADVANTAGES, **cfg) -> dict:
     """One train_step with `cfg` over the defaults (no KL unless asked), rollout log-probs set so that every
-    token's ratio to them is exp(log_ratio) under the learner's current weights."""
-    learner.cfg = dataclasses.replace(learner.cfg, **{"kl_coef": 0.0, "inner_epochs": 1, **cfg})
+    token's ratio to them is exp(log_ratio) under the learner's current weights (`log_ratio`: a number, or
+    a function of the token's position)."""
+    learner.cfg = dataclasses.replace(
+        learner.cfg, **{"kl_coef": 0.0, "inner_epochs": 1, "policy_ratio": "token", "tis_cap": None, **cfg}
+    )
+    shift = log_ratio if callable(log_ratio) else (lambda _: log_ratio)
     current = learner.logprobs(trajectories)
     trajs = [
-        dataclasses.replace(t, rollout_logprobs=[lp - log_ratio for lp in cur], advantage=a)
+        dataclasses.replace(t, rollout_logprobs=[lp - shift(j) for j, lp in enumerate(cur)], advantage=a)
         for t, cur, a in zip(trajectories, current, advantages)
     ]
     return learner.train_step(trajs)
@@ -133,3 +137,48 @@ def test_inner_epochs_each_update_against_the_rollout_logprobs(learner, trajecto
     # The last epoch's loss is taken with twice-updated weights against the same rollout log-probs: the ratio
     # has moved off 1, and the update went the way the advantages point (the loss fell).
     assert stats["loss"] < first_epoch - 1e-3
+
+
+def test_truncated_importance_sampling_is_applied(learner, trajectories):
+    # The learner finds every token twice as likely as the rollout engine did. With tis_cap 1.5 the ratio is
+    # taken against the learner's own log-probs (1) and each token weighs min(2, 1.5): loss -1.5 for A = +1.
+    # Without it the ratio 2 is clipped at 1.2.
+    up = math.log(2.0)
+    stats = _step(learner, trajectories, up, (1.0,) * 4, tis_cap=1.5, clip_eps=0.2, loss_agg="token_mean")
+    assert stats["loss"] == pytest.approx(-1.5, abs=TOL) and stats["clip_frac"] == 0.0
+    stats = _step(learner, trajectories, up, (1.0,) * 4, clip_eps=0.2, clip_eps_high=None, loss_agg="token_mean")
+    assert stats["loss"] == pytest.approx(-1.2, abs=TOL)
+
+
+def test_the_sequence_level_ratio_is_applied(learner, trajectories):
+    # Token log-ratios alternate +0.3, -0.3 from the first token: token-level PPO clips the 1.35s to 1.2 and
+    # keeps the 0.74s; GSPO takes one ratio per sequence, exp(mean), which is 1 for even lengths and
+    # exp(0.3 / L) for odd L (3, 7, 5 here; the 1.1 of L = 3 is inside the 0.2 clip range).
+    def alternating(j):
+        return 0.3 if j % 2 == 0 else -0.3
+
+    seq = sum(n * min(math.exp((0.3 if n % 2 else 0.0) / n), 1.2) for n in LENGTHS) / 27
+    token = sum((n + 1) // 2 * 1.2 + n // 2 * math.exp(-0.3) for n in LENGTHS) / 27
+    ones = (1.0,) * 4
+    stats = _step(
+        learner,
+        trajectories,
+        alternating,
+        ones,
+        policy_ratio="sequence",
+        clip_eps=0.2,
+        clip_eps_high=None,
+        loss_agg="token_mean",
+    )
+    assert stats["loss"] == pytest.approx(-seq, abs=TOL)
+    stats = _step(
+        learner,
+        trajectories,
+        alternating,
+        ones,
+        policy_ratio="token",
+        clip_eps=0.2,
+        clip_eps_high=None,
+        loss_agg="token_mean",
+    )
+    assert stats["loss"] == pytest.approx(-token, abs=TOL)
