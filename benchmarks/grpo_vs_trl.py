@@ -14,14 +14,20 @@ is r1v_ray's last (in overlapped mode it generates nothing), so every timed step
 trains one batch.
 Needs the `bench` extra (trl).
 
-    .venv/bin/python benchmarks/grpo_vs_trl.py [--steps 6] [--prompts 8] [--group 8] [--max-tokens 128]
+    .venv/bin/python benchmarks/grpo_vs_trl.py [--runs 3] [--steps 6] [--prompts 8] [--group 8] [--max-tokens 128]
+
+Each run prints a per-phase profile of the step and the rollout's tokens/s three ways (inside the steps, the same
+requests sent straight to the rollout worker, and benchmarks/rollout.py's 32 x 8 workload on that worker).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,9 +45,46 @@ from r1v_ray.rewards import accuracy_reward, format_reward  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def r1v_samples_per_s(ckpt: str, rows: list[dict], args, work: str, off_policy_steps: int) -> float:
+PHASES = (  # printed per mode: medians over the timed steps, seconds per step
+    ("step_s", "whole step"),
+    ("generation_s", "generation (in the background when overlapped)"),
+    ("scoring_s", "scoring (rewards)"),
+    ("rollout_wait_s", "waiting for rollouts (the step's critical path)"),
+    ("ref_logprobs_s", "reference log-probs (learner, KL only)"),
+    ("update_s", "learner update, of which:"),
+    ("encode_s", "  prompt encoding"),
+    ("forward_s", "  forward (log-probs; old = rollout-time)"),
+    ("backward_s", "  backward + gradient all-reduce"),
+    ("optimizer_s", "  optimizer step"),
+    ("sync_s", "weight sync"),
+    ("other_s", "other (driver, Ray calls)"),
+)
+
+
+def _phases(values: dict) -> dict:
+    waiting = values["rollout_wait_s"] + values["prefetch_wait_s"]
+    out = {k: values.get(k, 0.0) for k, _ in PHASES if k in values}
+    out.update(scoring_s=values["reward_s"], rollout_wait_s=waiting)
+    out["other_s"] = values["step_s"] - waiting - values["update_s"] - values["sync_s"]
+    return out
+
+
+def _engine_tokens_per_s(run, requests: list) -> float:
+    """The rollout worker's own speed on `requests`, one call (no trainer in between)."""
     import ray
 
+    start = time.perf_counter()
+    results = ray.get(run.rollout_workers[0].generate.remote(requests))
+    seconds = time.perf_counter() - start
+    return sum(len(c.token_ids) for r in results for c in r.completions) / seconds
+
+
+def r1v_samples_per_s(ckpt: str, rows: list[dict], args, work: str, off_policy_steps: int) -> tuple[float, dict]:
+    """Completions/s over the timed steps, and the per-phase profile (plus rollout tokens/s: in the steps,
+    the same step's requests sent straight to the rollout worker, and rollout.py's workload on that worker)."""
+    import ray
+
+    from benchmarks.rollout import requests as rollout_py_requests
     from r1v_ray.grpo.trainer import GRPORun
 
     sets = {
@@ -64,23 +107,26 @@ def r1v_samples_per_s(ckpt: str, rows: list[dict], args, work: str, off_policy_s
         write_parquet(canonical_table(rows), data)  # GRPO reads its prompts by position from a dataset
     run = GRPORun(cfg, ckpt, data, data, os.path.join(work, f"r1v-{off_policy_steps}"))
     try:
-        times = []
-        for _ in range(args.steps):
+        times, phases, step_tps = [], [], []
+        for i in range(args.steps):
             start = time.perf_counter()
             values = run.train_step()
             times.append(time.perf_counter() - start)
             assert values["trajectories"] == args.prompts * args.group
-            print(
-                f"r1v_ray (off_policy_steps={off_policy_steps}) step: "
-                + ", ".join(
-                    f"{k} {values[k]:.2f}" for k in ("generation_s", "reward_s", "update_s", "sync_s", "step_s")
-                )
-            )
+            if 0 < i < args.steps - 1:
+                phases.append(_phases(values))
+                step_tps.append(values["response_length"] * values["trajectories"] / values["generation_s"])
+        engine = {"rollout tok/s in the steps": statistics.median(step_tps)}
+        if off_policy_steps == 0:  # measured once per run, with nothing else running
+            step_requests = run._requests(run.rows.take(list(range(args.prompts))), args.group, tag=99)
+            engine["same requests, straight to the worker"] = _engine_tokens_per_s(run, step_requests)
+            engine["rollout.py workload on the worker"] = _engine_tokens_per_s(run, rollout_py_requests(32, 8, 64))
     finally:
         run.shutdown()
         ray.shutdown()
+    profile = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
     # The first step warms up; the last one, when rollouts overlap, has no next batch to generate.
-    return args.prompts * args.group * (args.steps - 2) / sum(times[1:-1])
+    return args.prompts * args.group * (args.steps - 2) / sum(times[1:-1]), {"phases": profile, "rollout": engine}
 
 
 def trl_samples_per_s(ckpt: str, rows: list[dict], args, work: str) -> float:
@@ -156,6 +202,36 @@ def trl_samples_per_s(ckpt: str, rows: list[dict], args, work: str) -> float:
     return args.prompts * args.group * (len(stamps) - 1) / (stamps[-1] - stamps[0])  # steps 2..n
 
 
+def one_run(args) -> dict:
+    rows = list(iter_rows(args.prompts * args.steps, seed=0, split="bench"))
+    out = {"load_before": os.getloadavg()[0]}
+    with tempfile.TemporaryDirectory() as work:
+        ckpt = write_tiny_checkpoint(work)
+        out["trl"] = trl_samples_per_s(ckpt, rows, args, work)  # first: no Ray process left over from a run before
+        out["on_policy"], out["on_policy_profile"] = r1v_samples_per_s(ckpt, rows, args, work, 0)
+        out["overlapped"], out["overlapped_profile"] = r1v_samples_per_s(ckpt, rows, args, work, 1)
+    out["load_after"] = os.getloadavg()[0]
+    return out
+
+
+def print_run(r: dict) -> None:
+    print(
+        f"load average (1 min) before / after: {r['load_before']:.1f} / {r['load_after']:.1f} on {os.cpu_count()} cores"
+    )
+    print(f"TRL GRPO                          : {r['trl']:8.2f} completions/s")
+    for key, name, target in (("on_policy", "on-policy          ", 1.5), ("overlapped", "rollouts overlapped", 2.0)):
+        ratio = r[key] / r["trl"]
+        print(f"r1v_ray GRPO, {name} : {r[key]:8.2f} completions/s  {ratio:5.2f}x (target >= {target}x)")
+    print("per-phase profile, seconds per step (medians over the timed steps): on-policy | overlapped")
+    for k, label in PHASES:
+        on, over = r["on_policy_profile"]["phases"].get(k), r["overlapped_profile"]["phases"].get(k)
+        if on is not None:
+            print(f"  {label:52s} {on:6.3f} | {over:6.3f}")
+    for mode in ("on_policy", "overlapped"):
+        for k, v in r[f"{mode}_profile"]["rollout"].items():
+            print(f"  rollout tokens/s, {mode}: {k:40s} {v:9.0f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6)
@@ -163,23 +239,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--runs", type=int, default=3, help="each in its own process; medians printed at the end")
+    ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one run, its result as JSON
     args = ap.parse_args(argv)
-    rows = list(iter_rows(args.prompts * args.steps, seed=0, split="bench"))
-    with tempfile.TemporaryDirectory() as work:
-        ckpt = write_tiny_checkpoint(work)
-        trl = trl_samples_per_s(ckpt, rows, args, work)  # first: no Ray process left over from a run before it
-        on_policy = r1v_samples_per_s(ckpt, rows, args, work, 0)
-        overlapped = r1v_samples_per_s(ckpt, rows, args, work, 1)
+    if args.json:
+        print("RESULT " + json.dumps(one_run(args)))
+        return
     print(
-        f"{args.steps - 2} (r1v_ray) / {args.steps - 1} (TRL) timed steps x {args.prompts} prompts x {args.group} completions, <= {args.max_tokens} tokens"
+        f"{args.steps - 2} (r1v_ray) / {args.steps - 1} (TRL) timed steps x {args.prompts} prompts x "
+        f"{args.group} completions, <= {args.max_tokens} tokens; {args.runs} runs"
     )
-    print(f"TRL GRPO                          : {trl:8.2f} completions/s")
-    print(
-        f"r1v_ray GRPO, on-policy           : {on_policy:8.2f} completions/s  {on_policy / trl:5.2f}x (target >= 1.5x)"
-    )
-    print(
-        f"r1v_ray GRPO, rollouts overlapped : {overlapped:8.2f} completions/s  {overlapped / trl:5.2f}x (target >= 1.5x)"
-    )
+    runs = []
+    for i in range(args.runs):
+        cmd = [sys.executable, os.path.abspath(__file__), "--json", *(argv if argv is not None else sys.argv[1:])]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        runs.append(json.loads(proc.stdout.split("RESULT ", 1)[1]))
+        print(f"--- run {i + 1}")
+        print_run(runs[-1])
+    on = [r["on_policy"] / r["trl"] for r in runs]
+    over = [r["overlapped"] / r["trl"] for r in runs]
+    print(f"--- medians over {len(runs)} runs (range)")
+    print(f"on-policy  / TRL: {statistics.median(on):5.2f}x ({min(on):.2f}-{max(on):.2f}), target >= 1.5x")
+    print(f"overlapped / TRL: {statistics.median(over):5.2f}x ({min(over):.2f}-{max(over):.2f}), target >= 2.0x")
 
 
 if __name__ == "__main__":

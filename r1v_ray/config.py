@@ -244,6 +244,15 @@ class GRPOConfig:
     scale_by_std: bool = True
     drop_zero_variance_groups: bool = True
     inner_epochs: int = 1
+    # token: PPO's per-token ratio; sequence: GSPO's one ratio per sequence (its clip range is ~1e-3, not 0.2).
+    policy_ratio: Literal["token", "sequence"] = "token"
+    # Truncated importance sampling (meant for off_policy_steps: 1): the ratio is taken against the learner's
+    # own log-probs before the update, and each token's loss is weighted by min(pi_learner / pi_rollout, cap).
+    tis_cap: float | None = None
+    # R1V2's Selective Sample Buffer: up to this many samples with |advantage| >= ssb_min_abs_advantage are kept
+    # and replayed into the slots of zero-variance groups still missing after resampling (0: off).
+    ssb_capacity: int = 0
+    ssb_min_abs_advantage: float = 0.5
     accuracy_weight: float = 1.0
     format_weight: float = 0.5
     reward_functions: list[str] = field(default_factory=list)  # "module:function"

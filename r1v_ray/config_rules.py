@@ -115,6 +115,15 @@ def _grpo(cfg: Any) -> list[str]:
         )
     if g.weight_sync == "nccl" and not (g.use_gpu and cfg.rollout.backend == "vllm"):
         out.append("grpo.weight_sync=nccl needs grpo.use_gpu=true and rollout.backend=vllm (else: object_store)")
+    if g.tis_cap is not None and not g.tis_cap >= 1.0:
+        out.append(f"grpo.tis_cap={g.tis_cap} must be >= 1 (2.0 is usual), or null to turn it off")
+    if g.ssb_capacity < 0 or g.ssb_min_abs_advantage < 0:
+        out.append("grpo.ssb_capacity and grpo.ssb_min_abs_advantage must be >= 0 (ssb_capacity 0: no buffer)")
+    if g.ssb_capacity and not g.drop_zero_variance_groups:
+        out.append(
+            "grpo.ssb_capacity > 0 replays samples into the slots of dropped zero-variance groups: "
+            "set grpo.drop_zero_variance_groups=true (or ssb_capacity: 0)"
+        )
     return out
 
 

@@ -14,9 +14,19 @@ Only trainable tensors travel (the projector by default: a few MB even at 38B).
 
 from __future__ import annotations
 
+import logging
 import time
 
 import ray
+
+logger = logging.getLogger(__name__)
+# Set to True once tests/gpu/check_gpu_paths.py runs the NCCL transport (today it checks object_store on GPU).
+NCCL_VERIFIED = False
+NCCL_UNVERIFIED = (
+    "grpo.weight_sync=nccl has not been run by this project's GPU check (tests/gpu/check_gpu_paths.py "
+    "verifies the object_store transport only): check on your GPUs that the rollout engines' log-probs "
+    "follow the learners' after a sync, or use grpo.weight_sync=object_store"
+)
 
 
 class ObjectStoreSync:
@@ -35,6 +45,8 @@ class ObjectStoreSync:
 
 class NCCLSync:
     def __init__(self, ranks_per_worker: int):
+        if not NCCL_VERIFIED:
+            logger.warning(NCCL_UNVERIFIED)
         self.ranks_per_worker = ranks_per_worker  # vLLM workers per engine (tensor parallel size)
         self.meta: list = []
 

@@ -1,4 +1,5 @@
-"""GRPO: pure algorithm functions and (later) the Ray actor topology."""
+"""GRPO: pure algorithm functions (`algorithms`, `advantages`), the learner actors (`learner`), the batch
+layout (`batch`), rewards (`reward`), the prompt sampler and sample buffer, and the driver (`trainer`)."""
 
 from r1v_ray.grpo.advantages import group_advantages
 

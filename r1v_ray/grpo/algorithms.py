@@ -3,7 +3,11 @@
 Shapes: per-token tensors are [batch, tokens] with a 0/1 `mask` of completion tokens.
 Variants by configuration: GRPO (seq-mean of token-means, std-scaled advantages),
 Dr.GRPO (token-sum normalized by a constant length, mean-centred advantages),
-DAPO (token-mean over the batch, decoupled clip range eps_low / eps_high).
+DAPO (token-mean over the batch, decoupled clip range eps_low / eps_high),
+GSPO (one importance ratio per sequence: `sequence_clipped_surrogate`),
+truncated importance sampling against the rollout engine's log-probs (`truncated_is_weights`), and
+R1V2's Selective Sample Buffer (`ssb_keep`, `ssb_replay`: high-|advantage| samples replayed into steps
+whose groups have no variance).
 """
 
 from __future__ import annotations
@@ -31,6 +35,78 @@ def clipped_surrogate(
     loss = -torch.minimum(unclipped, clipped)
     clip_active = (clipped < unclipped).float() * mask
     return loss * mask, clip_active
+
+
+def sequence_clipped_surrogate(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    eps_low: float = 3e-4,
+    eps_high: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GSPO (Zheng et al. 2025): the PPO-clip loss with one ratio per sequence, s_i = exp(mean_t(logp - old)).
+
+    logp, old_logp, mask: [batch, tokens]; advantages: [batch]. Returns the per-token loss [batch, tokens]
+    (every token of sequence i holds -min(s_i A_i, clip(s_i) A_i)) and where clipping was active. As GSPO-token
+    (the paper's eq. 13), the token's value is sg[s_i] * pi_t / sg[pi_t]: equal to s_i, with the gradient of
+    s_i spread over the tokens; `aggregate(..., "seq_mean_token_mean")` then gives the paper's objective.
+    """
+    eps_high = eps_low if eps_high is None else eps_high
+    lengths = mask.sum(-1).clamp(min=1)
+    seq_log_ratio = ((logp - old_logp) * mask).sum(-1) / lengths  # [batch]
+    log_ratio = logp - logp.detach() + seq_log_ratio.detach().unsqueeze(-1)
+    ratio = torch.exp(torch.clamp(log_ratio, max=10.0))  # the clamp keeps exp finite on outliers
+    adv = advantages.unsqueeze(-1)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
+    loss = -torch.minimum(unclipped, clipped)
+    clip_active = (clipped < unclipped).float() * mask
+    return loss * mask, clip_active
+
+
+def truncated_is_weights(
+    proximal_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """Truncated importance sampling (Yao et al. 2025, "off-policy RL in disguise"): per-token weights
+    min(pi_learner / pi_rollout, cap), no gradient, [batch, tokens], zero off the mask.
+
+    The tokens were sampled by the rollout engine (older weights when rollouts overlap the update, and vLLM's
+    kernels either way); the clipped ratio is then taken against the learner's own log-probs before the
+    update (`proximal_logp`) and the loss of each token is weighted by how much likelier the learner finds it.
+    """
+    if cap <= 0:
+        raise ValueError(f"grpo.tis_cap={cap}: must be > 0 (2.0 is usual), or null to turn it off")
+    log_w = (proximal_logp - rollout_logp).detach()
+    return torch.exp(torch.clamp(log_w, max=torch.log(torch.tensor(float(cap))).item())) * mask
+
+
+def ssb_keep(advantages: torch.Tensor, min_abs_advantage: float) -> torch.Tensor:
+    """R1V2's Selective Sample Buffer, which samples to keep: [n] advantages -> [n] bool, |A| >= threshold
+    (and never a zero advantage: it would replay no signal)."""
+    magnitude = advantages.abs()
+    return (magnitude >= min_abs_advantage) & (magnitude > 0)
+
+
+def ssb_replay(buffer_advantages: torch.Tensor, need: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which buffered samples fill `need` slots left by zero-variance groups: the largest |A| first (ties: the
+    earlier entry). [m] advantages -> (indices to replay [min(need, m)], indices that stay [m - that])."""
+    if need < 0:
+        raise ValueError(f"need={need} must be >= 0")
+    order = torch.sort(buffer_advantages.abs(), descending=True, stable=True).indices
+    take = min(need, buffer_advantages.numel())
+    return order[:take].sort().values, order[take:].sort().values
+
+
+def ssb_evict(buffer_advantages: torch.Tensor, capacity: int) -> torch.Tensor:
+    """Indices to keep when the buffer holds more than `capacity` samples: the largest |A|, newer entries
+    (higher index) winning ties. [m] -> [min(m, capacity)], ascending."""
+    m = buffer_advantages.numel()
+    if m <= capacity:
+        return torch.arange(m)
+    newest_first = torch.arange(m - 1, -1, -1)
+    order = newest_first[torch.sort(buffer_advantages.abs()[newest_first], descending=True, stable=True).indices]
+    return order[:capacity].sort().values
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import ray
 import torch
 
 from r1v_ray import store
 from r1v_ray.config import GRPOConfig
-from r1v_ray.grpo.algorithms import aggregate, clipped_surrogate, kl_penalty, logprob_gap, masked_mean
+from r1v_ray.grpo.algorithms import (
+    aggregate,
+    clipped_surrogate,
+    kl_penalty,
+    logprob_gap,
+    masked_mean,
+    sequence_clipped_surrogate,
+    truncated_is_weights,
+)
 from r1v_ray.grpo.batch import Trajectory, completion_logprobs, encode
 
 
@@ -25,8 +34,12 @@ class LearnerWorker:
         use_gpu: bool = False,
         dtype: str = "float32",
         max_model_len: int = 16384,
+        reference_checkpoint: str | None = None,
     ):
+        """`reference_checkpoint`: the KL term's reference model (the stage's initial model; a resumed run
+        starts its learner from a later checkpoint). None: `checkpoint`."""
         self.checkpoint, self.cfg, self.prefixes = checkpoint, cfg, trainable_prefixes
+        self.reference_checkpoint = reference_checkpoint or checkpoint
         self.rank, self.world, self.use_gpu, self.dtype, self.max_model_len = rank, world, use_gpu, dtype, max_model_len
 
     def address(self) -> tuple[str, int]:
@@ -64,7 +77,7 @@ class LearnerWorker:
         self.ref = None
         if self.cfg.kl_coef > 0:  # reference-free unless a KL term is asked for
             # Loaded before the learner: under ZeRO-3 the learner's loading partitions what it builds.
-            self.ref, _ = load_checkpoint(self.checkpoint, dtype=self.dtype, device=self.device)
+            self.ref, _ = load_checkpoint(self.reference_checkpoint, dtype=self.dtype, device=self.device)
             use_varlen_attention(self.ref)
             self.ref.requires_grad_(False)
         self.learner = LearnerEngine(
@@ -86,7 +99,8 @@ class LearnerWorker:
         return out
 
     def train_step(self, trajectories: list[Trajectory], padding: bool = False) -> dict:
-        """`inner_epochs` updates on this rank's share, against the rollout-time log-probs.
+        """`inner_epochs` updates on this rank's share, against the rollout-time log-probs (or, with
+        `tis_cap`, the learner's own before the update, each token weighted by truncated importance sampling).
 
         The loss is normalized by the whole batch's token (or sequence) count, summed over ranks, so that
         unequal shares weigh what they hold. `padding`: this rank got nothing this step and runs a
@@ -94,7 +108,9 @@ class LearnerWorker:
         """
         import torch.distributed as dist
 
+        clock = time.perf_counter()
         groups = encode(trajectories, self.processor, self.builder)
+        stats: dict[str, float] = {"encode_s": time.perf_counter() - clock}
         adv = torch.tensor([t.advantage for t in trajectories], device=self.device)
         counts = torch.tensor(
             [
@@ -104,40 +120,35 @@ class LearnerWorker:
             device=self.device,
         )
         dist.all_reduce(counts)
-        total_tokens, total_seqs = counts.tolist()
         weight = 0.0 if padding else float(self.world)  # DeepSpeed averages gradients over the ranks
-        ref_logp = None
+        ref_logp, clock = None, time.perf_counter()
         if self.ref is not None:
             with torch.no_grad():
                 ref_logp, _, _ = completion_logprobs(self.ref, groups, self.device)
-        stats: dict[str, float] = {}
+        stats["ref_logprobs_s"] = time.perf_counter() - clock
+        rollout, proximal = None, None
+        stats.update(forward_s=0.0, backward_s=0.0, optimizer_s=0.0)
         for epoch in range(self.cfg.inner_epochs):
+            clock = time.perf_counter()
             logp, mask, entropy = completion_logprobs(self.engine, groups, self.device, with_entropy=(epoch == 0))
-            old = self._padded([t.rollout_logprobs for t in trajectories], logp.shape[1])
-            per_token, clipped = clipped_surrogate(logp, old, adv, mask, self.cfg.clip_eps, self.cfg.clip_eps_high)
-            kl = torch.zeros_like(per_token)
-            if ref_logp is not None:
-                kl = kl_penalty(logp, ref_logp, self.cfg.kl_estimator) * mask
-                per_token = per_token + self.cfg.kl_coef * kl
-            loss = weight * aggregate(
-                per_token, mask, self.cfg.loss_agg, self.cfg.max_completion_tokens, total_tokens, total_seqs
-            )
-            # Every rank must stop together: one rank raising alone would leave the others waiting in
-            # backward's gradient all-reduce.
-            finite = torch.tensor([float(torch.isfinite(loss))], device=self.device)
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if finite.item() < 1.0:
-                raise FloatingPointError(
-                    f"GRPO loss is non-finite on a learner (this rank: {loss.item()}) at inner "
-                    f"epoch {epoch}; the step is stopped before any update is applied or "
-                    "checkpointed"
-                )
             if epoch == 0:
+                rollout = self._rollout_logprobs(trajectories, logp.shape[1], padding)
+                proximal = logp.detach()  # the learner's log-probs before this step's updates
                 stats.update(
-                    entropy=masked_mean(entropy, mask).item(), logprob_gap=logprob_gap(logp.detach(), old, mask)
+                    entropy=masked_mean(entropy, mask).item(), logprob_gap=logprob_gap(proximal, rollout, mask)
                 )
+            per_token, clipped, kl = self._token_loss(logp, rollout, proximal, ref_logp, adv, mask)
+            loss = weight * aggregate(
+                per_token, mask, self.cfg.loss_agg, self.cfg.max_completion_tokens, *counts.tolist()
+            )
+            self._stop_together_unless_finite(loss, epoch)
+            stats["forward_s"] += time.perf_counter() - clock
+            clock = time.perf_counter()
             self.engine.backward(loss)
+            stats["backward_s"] += time.perf_counter() - clock  # gradient all-reduce included
+            clock = time.perf_counter()
             self.engine.step()
+            stats["optimizer_s"] += time.perf_counter() - clock
             stats.update(
                 loss=loss.item(),
                 kl=masked_mean(kl, mask).item(),
@@ -145,6 +156,43 @@ class LearnerWorker:
                 grad_norm=float(self.engine.get_global_grad_norm() or 0.0),
             )
         return stats
+
+    def _stop_together_unless_finite(self, loss: torch.Tensor, epoch: int) -> None:
+        """Every rank must stop together: one rank raising alone would leave the others waiting in
+        backward's gradient all-reduce."""
+        import torch.distributed as dist
+
+        finite = torch.tensor([float(torch.isfinite(loss))], device=self.device)
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() < 1.0:
+            raise FloatingPointError(
+                f"GRPO loss is non-finite on a learner (this rank: {loss.item()}) at inner "
+                f"epoch {epoch}; the step is stopped before any update is applied or "
+                "checkpointed"
+            )
+
+    def _rollout_logprobs(self, trajectories: list[Trajectory], width: int, padding: bool) -> torch.Tensor:
+        missing = [t.request.request_id for t in trajectories if len(t.rollout_logprobs) != len(t.completion_ids)]
+        if missing and not padding:
+            raise ValueError(
+                f"{len(missing)} trajectories (first: {missing[0]}) lack one rollout log-prob per completion "
+                "token: the rollout engine must return per-token logprobs (Sampling.logprobs=True)"
+            )
+        return self._padded([t.rollout_logprobs for t in trajectories], width)
+
+    def _token_loss(self, logp, rollout, proximal, ref_logp, adv, mask):
+        """Per-token loss [n, T] (surrogate, truncated-IS weight, KL term), clip indicator and KL, by config."""
+        cfg = self.cfg
+        old = rollout if cfg.tis_cap is None else proximal
+        surrogate = sequence_clipped_surrogate if cfg.policy_ratio == "sequence" else clipped_surrogate
+        per_token, clipped = surrogate(logp, old, adv, mask, cfg.clip_eps, cfg.clip_eps_high)
+        if cfg.tis_cap is not None:
+            per_token = per_token * truncated_is_weights(proximal, rollout, mask, cfg.tis_cap)
+        kl = torch.zeros_like(per_token)
+        if ref_logp is not None:
+            kl = kl_penalty(logp, ref_logp, cfg.kl_estimator) * mask
+            per_token = per_token + cfg.kl_coef * kl
+        return per_token, clipped, kl
 
     @torch.no_grad()
     def logprobs(self, trajectories: list[Trajectory]) -> list[list[float]]:

@@ -14,7 +14,6 @@ import statistics
 import time
 from concurrent import futures
 
-import numpy as np
 import ray
 import torch
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -30,6 +29,8 @@ from r1v_ray.grpo.algorithms import nonzero_variance_groups
 from r1v_ray.grpo.batch import Trajectory
 from r1v_ray.grpo.learner import LearnerWorker
 from r1v_ray.grpo.reward import RewardWorker
+from r1v_ray.grpo.sample_buffer import SelectiveSampleBuffer, fill_step
+from r1v_ray.grpo.sampler import PromptSampler
 from r1v_ray.metrics import StageMetrics, read_jsonl, truncate_after
 from r1v_ray.prompts import paper_request, row_choices
 from r1v_ray.run_dir import LATEST, METRICS, checkpoint_step
@@ -44,44 +45,10 @@ class Rollouts:
     rewards: list[float] = dataclasses.field(default_factory=list)
     scores: list[dict] = dataclasses.field(default_factory=list)
     groups_dropped: int = 0
+    replayed: int = 0  # trajectories replayed from the Selective Sample Buffer into dropped groups' slots
     rejected: int = 0
     generation_s: float = 0.0
     reward_s: float = 0.0
-
-
-class PromptSampler:
-    """Epoch-wise permutations by seed: the position (epoch, index) fully determines what comes next.
-
-    A draw never holds a row twice: when it runs into the next epoch, rows it took at the end of the last
-    one are passed over there (they were just seen), so no two groups of a step share a prompt.
-    """
-
-    def __init__(self, n: int, seed: int, epoch: int = 0, index: int = 0):
-        if n <= 0:
-            raise ValueError("the GRPO prompt set is empty: nothing to sample")
-        self.n, self.seed, self.epoch, self.index = n, seed, epoch, index
-        self._order: tuple[int, np.ndarray] | None = None
-
-    def _permutation(self) -> np.ndarray:
-        if self._order is None or self._order[0] != self.epoch:
-            self._order = (self.epoch, np.random.default_rng([self.seed, self.epoch]).permutation(self.n))
-        return self._order[1]
-
-    def take(self, k: int) -> list[int]:
-        if k > self.n:
-            raise ValueError(f"cannot draw {k} distinct prompts from {self.n} rows")
-        out: list[int] = []
-        while len(out) < k:
-            i = int(self._permutation()[self.index])
-            if i not in out:
-                out.append(i)
-            self.index += 1
-            if self.index == self.n:
-                self.epoch, self.index = self.epoch + 1, 0
-        return out
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
 
 
 class GRPORun:
@@ -112,6 +79,7 @@ class GRPORun:
             store.remove(self.metrics.path)
         self.sync = make_sync(self.g.weight_sync, cfg.rollout.tensor_parallel_size)
         self.restarts = 0
+        self.buffer = SelectiveSampleBuffer(self.g.ssb_capacity, self.g.ssb_min_abs_advantage)
         self._background = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpo-rollouts")
         self._prefetched: futures.Future | None = None  # next step's rollouts (off_policy_steps: 1)
         self._start_actors(latest is not None)
@@ -146,7 +114,17 @@ class GRPORun:
                 num_gpus=share if g.use_gpu else 0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.learner_pg, placement_group_bundle_index=i),
             )
-            .remote(self.model_path, g, prefixes, i, g.num_learners, g.use_gpu, dtype, cfg.rollout.max_model_len)
+            .remote(
+                self.model_path,
+                g,
+                prefixes,
+                i,
+                g.num_learners,
+                g.use_gpu,
+                dtype,
+                cfg.rollout.max_model_len,
+                reference_checkpoint=self.init_checkpoint,
+            )  # fmt: skip
             for i in range(g.num_learners)
         ]
         addr, port = ray.get(self.learners[0].address.remote())
@@ -298,6 +276,9 @@ class GRPORun:
                             float(rewards[gi * g.group_size + ci]),
                         )
                     )
+        fresh = len(out.trajectories)
+        out.trajectories = fill_step(self.buffer, out.trajectories, g.prompts_per_step * g.group_size)
+        out.replayed = len(out.trajectories) - fresh
         return out
 
     def learn(self, trajectories: list[Trajectory]) -> dict:
@@ -334,17 +315,21 @@ class GRPORun:
         """
         t0 = time.perf_counter()
         batch = self._prefetched.result() if self._prefetched is not None else self.collect(self.step)
+        rollout_wait_s = time.perf_counter() - t0  # on-policy: the whole collect; overlapped: what was left of it
         self._prefetched = None
         if self.g.off_policy_steps and self.step + 1 < self.g.steps:
             self._prefetched = self._background.submit(self.collect, self.step + 1)
         t = time.perf_counter()
         learner_stats = self.learn(batch.trajectories) if batch.trajectories else {}
         update_s = time.perf_counter() - t
+        t = time.perf_counter()
         if self._prefetched is not None:  # the sync must not land in the middle of the next step's rollouts
             futures.wait([self._prefetched])
+        wait_s = time.perf_counter() - t
         sync = self._sync() if batch.trajectories else {"sync_s": 0.0}
         self.step += 1
-        lengths = [len(tr.completion_ids) for tr in batch.trajectories]
+        fresh = batch.trajectories[: len(batch.trajectories) - batch.replayed]  # replays: an earlier step's
+        lengths = [len(tr.completion_ids) for tr in fresh]
         scores = batch.scores
         return {
             "reward_mean": statistics.fmean(batch.rewards) if batch.rewards else 0.0,
@@ -354,11 +339,15 @@ class GRPORun:
             "accuracy_timeouts": sum(s.get("accuracy_timeout", 0) for s in scores),  # answer checks past deadline
             "response_length": statistics.fmean(lengths) if lengths else 0.0,
             "groups_dropped": batch.groups_dropped,
+            "ssb_replayed": batch.replayed,
+            "ssb_size": len(self.buffer),
             "prompts_rejected": batch.rejected,
             "trajectories": len(batch.trajectories),
             "generation_s": batch.generation_s,
             "reward_s": batch.reward_s,
             "update_s": update_s,
+            "rollout_wait_s": rollout_wait_s,  # the step's wall time spent waiting for its batch
+            "prefetch_wait_s": wait_s,  # overlapped: after the update, waiting for the next batch before the sync
             "sync_s": sync["sync_s"],
             "step_s": time.perf_counter() - t0,
             "rollout_restarts": self.restarts,

@@ -127,6 +127,9 @@ def test_generation_lengths_beyond_the_engine_context_fail_at_load_naming_both_k
         ("sft.global_batch_size=12", "sft.global_batch_size"),
         ("grpo.clip_eps_high=0.1", "grpo.clip_eps_high"),
         ("grpo.colocate=true", "grpo.colocate"),
+        ("grpo.tis_cap=0.5", "grpo.tis_cap"),
+        ("grpo.ssb_capacity=-1", "grpo.ssb_capacity"),
+        ("grpo.policy_ratio=seq", "grpo.policy_ratio"),
     ],
 )
 def test_out_of_range_and_inconsistent_values_fail_at_load(override, names):

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from r1v_ray.grpo.reward import RewardWorker, load_function
-from r1v_ray.grpo.trainer import PromptSampler
+from r1v_ray.grpo.sampler import PromptSampler
 
 GOOD = "<think>\ncount them\n</think>\n\nAnswer: \\boxed{3}"
 
