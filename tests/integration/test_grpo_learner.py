@@ -15,7 +15,7 @@ import torch
 from r1v_ray.config import GRPOConfig
 from r1v_ray.data.synthetic import iter_rows
 from r1v_ray.engines.rollout.types import PromptBuilder
-from r1v_ray.eval.scoring import eval_request
+from r1v_ray.prompts import paper_request
 from r1v_ray.grpo.batch import Trajectory, completion_logprobs, encode
 from r1v_ray.grpo.learner import LearnerWorker
 from r1v_ray.model import load_checkpoint, save_checkpoint
@@ -65,7 +65,7 @@ def trajectories():
     rng = random.Random(0)
     out = []
     for row in iter_rows(2, seed=2):
-        request = eval_request(row, 2, 16, 1.0, 1.0, seed=0)
+        request = paper_request(row, 2, 16, 1.0, 1.0, seed=0)
         for _ in range(2):
             out.append(Trajectory(request, [], [], 0.0, 0.0))
     for traj, n, adv in zip(out, LENGTHS, ADVANTAGES):
