@@ -15,11 +15,11 @@ import torch
 from r1v_ray.config import GRPOConfig
 from r1v_ray.data.synthetic import iter_rows
 from r1v_ray.engines.rollout.types import PromptBuilder
-from r1v_ray.prompts import paper_request
 from r1v_ray.grpo.batch import Trajectory, completion_logprobs, encode
 from r1v_ray.grpo.learner import LearnerWorker
 from r1v_ray.model import load_checkpoint, save_checkpoint
 from r1v_ray.model.varlen import use_varlen_attention
+from r1v_ray.prompts import paper_request
 
 pytestmark = [pytest.mark.slow]
 LENGTHS = (3, 7, 12, 5)  # two groups of two completions; 27 tokens
