@@ -16,28 +16,11 @@ from collections.abc import Iterator
 from typing import Any
 
 
-def _tmp_name(path: str) -> str:
-    return f"{path}.{os.getpid()}.tmp"
-
-
 def write_text_atomic(path: str, text: str) -> None:
-    """`text` into `path`; readers see the old file, or the new one whole."""
-    if "://" in path:
-        from r1v_ray import store
+    """`text` into `path` (a local path or a URI); readers see the old file, or the new one whole."""
+    from r1v_ray import store  # the store imports atomic_dir from here
 
-        store.write_text(path, text)
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    store.write_text(path, text)
 
 
 def write_json_atomic(path: str, value: Any, **dump_kwargs: Any) -> None:

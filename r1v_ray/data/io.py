@@ -41,12 +41,9 @@ def exists(uri: str) -> bool:
 
 def remove(uri: str) -> None:
     """Delete a dataset folder (or file) if it exists."""
-    fs, path = resolve_fs(uri)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.Directory:
-        fs.delete_dir(path)
-    elif info.type == pafs.FileType.File:
-        fs.delete_file(path)
+    from r1v_ray import store  # the store builds on this module
+
+    store.remove(uri)
 
 
 def makedirs(uri: str) -> None:
