@@ -213,30 +213,37 @@ def _tally(cfg: R1VConfig, stage: str, metrics_path: str) -> Tally:
     )
 
 
-def distill(cfg: R1VConfig, ds: ray.data.Dataset, model: str, out_dir: str, stage: str = "distill") -> dict:
-    """Both passes over `ds`; writes `assessed/`, `data/`, `rejected_assess/`, `rejected/` under `out_dir`."""
-    d, bs = cfg.distill, cfg.distill.batch_size
-    metrics_path = store.join(out_dir, METRICS)
+def assess(cfg: R1VConfig, ds: ray.data.Dataset, out_dir: str, stage: str = "distill") -> dict:
+    """Pass 1, the model-independent query assessment (QDAM S_v, S_t; VTIA S_I): `assessed/` and
+    `rejected_assess/` under `out_dir`, then `bounds.json` (the score bounds, whole and last: it vouches for
+    `assessed/`); done once, then read back."""
     bounds_path = store.join(out_dir, BOUNDS)
-    assessed = store.join(out_dir, "assessed")
     if store.is_file(bounds_path):  # pass 1 finished earlier: its output and bounds are complete
-        pass1 = store.read_json(bounds_path)
-    else:
-        minmax, tally = MinMax(), _tally(cfg, f"{stage}/assess", metrics_path)
-        rejected_assess = store.join(out_dir, "rejected_assess")
-        drain(judge_stage(ds, Assess, cfg, bs), assessed, rejected_assess, tally, observe=minmax.observe)
-        check_judge_failures(cfg, tally, rejected_assess)  # before bounds.json: a failed pass 1 is redone
-        pass1 = {"bounds": minmax.as_dict(), **tally.summary()}
-        write_json_atomic(bounds_path, pass1)  # written last, whole: it vouches for assessed/
-    if pass1["rows_out"] == 0:
-        raise ValueError(f"{stage}: every row was rejected while scoring; see {out_dir}/rejected_assess")
-    bounds = {s: tuple(v) for s, v in pass1["bounds"].items()}
+        return store.read_json(bounds_path)
+    minmax, tally = MinMax(), _tally(cfg, f"{stage}/assess", store.join(out_dir, METRICS))
+    rejected_assess = store.join(out_dir, "rejected_assess")
+    drain(
+        judge_stage(ds, Assess, cfg, cfg.distill.batch_size),
+        store.join(out_dir, "assessed"),
+        rejected_assess,
+        tally,
+        observe=minmax.observe,
+    )
+    check_judge_failures(cfg, tally, rejected_assess)  # before bounds.json: a failed pass 1 is redone
+    pass1 = {"bounds": minmax.as_dict(), **tally.summary()}
+    write_json_atomic(bounds_path, pass1)
+    return pass1
+
+
+def _generated(cfg: R1VConfig, assessed: str, bounds: dict, model: str) -> ray.data.Dataset:
+    """Pass 2's dataset: each row's DRLC penalty from the normalized scores, then generation, verification
+    and revision by a pool of engine actors."""
+    d, rollout = cfg.distill, cfg.rollout
     scored = ray.data.read_parquet(assessed).map_batches(
         add_penalty, fn_kwargs=dict(bounds=bounds, alpha=d.alpha, beta=d.beta, gamma=d.gamma), batch_format="pyarrow"
     )
-    rollout = cfg.rollout
     bundle = worker_resources(rollout)
-    generated = scored.map_batches(
+    return scored.map_batches(
         SelfDistill,
         fn_constructor_args=(
             model,
@@ -249,7 +256,7 @@ def distill(cfg: R1VConfig, ds: ray.data.Dataset, model: str, out_dir: str, stag
             cfg.seed,
             judge_api_key(cfg.judge),
         ),
-        batch_size=bs,
+        batch_size=d.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=rollout.num_workers),
         num_cpus=bundle["CPU"],
@@ -257,6 +264,15 @@ def distill(cfg: R1VConfig, ds: ray.data.Dataset, model: str, out_dir: str, stag
         runtime_env=worker_runtime_env(rollout),
         resources={k: v for k, v in bundle.items() if k not in ("CPU", "GPU")} or None,
     )
+
+
+def distill(cfg: R1VConfig, ds: ray.data.Dataset, model: str, out_dir: str, stage: str = "distill") -> dict:
+    """Both passes over `ds`; writes `assessed/`, `data/`, `rejected_assess/`, `rejected/` under `out_dir`."""
+    pass1 = assess(cfg, ds, out_dir, stage)
+    if pass1["rows_out"] == 0:
+        raise ValueError(f"{stage}: every row was rejected while scoring; see {out_dir}/rejected_assess")
+    bounds = {s: tuple(v) for s, v in pass1["bounds"].items()}
+    generated = _generated(cfg, store.join(out_dir, "assessed"), bounds, model)
     corr, counts = Correlation(), {"correct": 0, "revised": 0}
     penalty = {"min": math.inf, "max": -math.inf}
 
@@ -267,7 +283,7 @@ def distill(cfg: R1VConfig, ds: ray.data.Dataset, model: str, out_dir: str, stag
         counts["correct"] += int(pc.sum(table.column("correct").cast(pa.int64())).as_py() or 0)
         counts["revised"] += int(pc.sum(table.column("revised").cast(pa.int64())).as_py() or 0)
 
-    tally = _tally(cfg, f"{stage}/generate", metrics_path)
+    tally = _tally(cfg, f"{stage}/generate", store.join(out_dir, METRICS))
     drain(generated, store.join(out_dir, "data"), store.join(out_dir, "rejected"), tally, observe=observe)
     check_judge_failures(cfg, tally, store.join(out_dir, "rejected"))
     if tally.rows_out == 0:

@@ -45,6 +45,19 @@ def _tagged(uri: str, tag: str) -> ray.data.Dataset:
     return ray.data.read_parquet(uri).select_columns(EVAL_COLUMNS).map_batches(tag_batch, batch_format="pyarrow")
 
 
+def _write_outputs(out_dir: str, title: str, report: dict, per_row: list[dict], rejected: list[dict]) -> None:
+    """rejected/, eval.md, per_row.jsonl, then eval.json: last and whole, its presence means this evaluation
+    is complete (iterative SFT resumes on it)."""
+    makedirs(out_dir)
+    remove(os.path.join(out_dir, "rejected"))  # no part files of an earlier attempt
+    with ParquetSink(os.path.join(out_dir, "rejected"), schema=REJECTED_SCHEMA) as sink:
+        if rejected:
+            sink.write(rejected_table(rejected))
+    write_text_atomic(os.path.join(out_dir, "eval.md"), markdown_table(report, title))
+    write_text_atomic(os.path.join(out_dir, PER_ROW), per_row_text(per_row))
+    write_text_atomic(os.path.join(out_dir, EVAL_JSON), json.dumps(report, indent=2))
+
+
 def run_eval(
     cfg: R1VConfig, checkpoint: str, data_uri: str, out_dir: str, name: str = "eval", side: SidePass | None = None
 ) -> dict:
@@ -100,15 +113,5 @@ def run_eval(
         wall_s=round(time.time() - start, 2),
         mean_completion_tokens=round(sum(lengths) / max(1, len(lengths)), 2),
     )
-    makedirs(out_dir)
-    remove(os.path.join(out_dir, "rejected"))  # no part files of an earlier attempt
-    with ParquetSink(os.path.join(out_dir, "rejected"), schema=REJECTED_SCHEMA) as sink:
-        if rejected:
-            sink.write(rejected_table(rejected))
-    write_text_atomic(
-        os.path.join(out_dir, "eval.md"), markdown_table(report, f"{name}: {os.path.basename(checkpoint.rstrip('/'))}")
-    )
-    write_text_atomic(os.path.join(out_dir, PER_ROW), per_row_text(per_row))
-    # Last and whole: its presence means this evaluation is complete (iterative SFT resumes on it).
-    write_text_atomic(os.path.join(out_dir, EVAL_JSON), json.dumps(report, indent=2))
+    _write_outputs(out_dir, f"{name}: {os.path.basename(checkpoint.rstrip('/'))}", report, per_row, rejected)
     return {**report, "per_row": per_row}
