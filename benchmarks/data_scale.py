@@ -141,10 +141,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="SFT / GRPO steps read in each measurement")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temp dir; needs ~2.5 GB at N=2000)")
     args = ap.parse_args()
+    from r1v_ray.data.synthetic import corpus
     from r1v_ray.model.factory import write_tiny_checkpoint
 
     with tempfile.TemporaryDirectory(dir=args.work) as work:
-        ckpt = write_tiny_checkpoint(work)
+        ckpt = write_tiny_checkpoint(work, corpus)
         sizes = {"N": args.rows, "10N": 10 * args.rows}
         rss: dict[str, dict[str, list[int]]] = {s: {k: [] for k in sizes} for s in STEPS}
         for label, n in sizes.items():

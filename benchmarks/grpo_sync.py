@@ -24,6 +24,7 @@ import ray
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from r1v_ray.config import RolloutConfig, TinyModelConfig  # noqa: E402
+from r1v_ray.data.synthetic import corpus  # noqa: E402
 from r1v_ray.engines.rollout.actor import create_rollout_workers  # noqa: E402
 from r1v_ray.engines.sync import ObjectStoreSync  # noqa: E402
 from r1v_ray.model import load_checkpoint  # noqa: E402
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     sync = ObjectStoreSync()
     with tempfile.TemporaryDirectory() as work:
         for size, sizes in (("tiny", TinyModelConfig()), ("wide", wide)):
-            ckpt = write_tiny_checkpoint(work, sizes, name=size)
+            ckpt = write_tiny_checkpoint(work, corpus, sizes, name=size)
             model, _ = load_checkpoint(ckpt)
             states = {
                 "projector": {n: p.detach() for n, p in model.named_parameters() if "multi_modal_projector" in n},

@@ -37,7 +37,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from r1v_ray.config import load_config  # noqa: E402
 from r1v_ray.data.io import write_parquet  # noqa: E402
 from r1v_ray.data.schema import canonical_table  # noqa: E402
-from r1v_ray.data.synthetic import iter_rows  # noqa: E402
+from r1v_ray.data.synthetic import (
+    corpus,  # noqa: E402
+    iter_rows,  # noqa: E402
+)
 from r1v_ray.model.factory import write_tiny_checkpoint  # noqa: E402
 from r1v_ray.prompts import build_question_text  # noqa: E402
 from r1v_ray.rewards import accuracy_reward, format_reward  # noqa: E402
@@ -206,7 +209,7 @@ def one_run(args) -> dict:
     rows = list(iter_rows(args.prompts * args.steps, seed=0, split="bench"))
     out = {"load_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as work:
-        ckpt = write_tiny_checkpoint(work)
+        ckpt = write_tiny_checkpoint(work, corpus)
         out["trl"] = trl_samples_per_s(ckpt, rows, args, work)  # first: no Ray process left over from a run before
         out["on_policy"], out["on_policy_profile"] = r1v_samples_per_s(ckpt, rows, args, work, 0)
         out["overlapped"], out["overlapped_profile"] = r1v_samples_per_s(ckpt, rows, args, work, 1)

@@ -14,7 +14,7 @@ import tempfile
 import time
 
 from r1v_ray.config import RolloutConfig
-from r1v_ray.data.synthetic import make_row
+from r1v_ray.data.synthetic import corpus, make_row
 from r1v_ray.engines.rollout import GenerationRequest, Sampling, make_engine
 from r1v_ray.model.factory import write_tiny_checkpoint
 
@@ -47,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as work:
         os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(work, "vllm"))
-        ckpt = write_tiny_checkpoint(work)
+        ckpt = write_tiny_checkpoint(work, corpus)
         reqs = requests(args.prompts, args.n, args.max_tokens)
         cfg = dict(device="cpu", max_model_len=1024, cpu_kvcache_gib=1)
         hf_tps, hf_tok, hf_s = tokens_per_second(make_engine(ckpt, RolloutConfig(backend="hf", **cfg), "float32"), reqs)

@@ -34,7 +34,10 @@ import httpx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from r1v_ray.data.synthetic import make_row  # noqa: E402
+from r1v_ray.data.synthetic import (
+    corpus,  # noqa: E402
+    make_row,  # noqa: E402
+)
 from r1v_ray.model.factory import write_tiny_checkpoint  # noqa: E402
 
 TOKEN = "bench-token-not-a-secret"
@@ -250,7 +253,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as work:
         os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(work, "vllm"))
-        ckpt = args.checkpoint or write_tiny_checkpoint(work)
+        ckpt = args.checkpoint or write_tiny_checkpoint(work, corpus)
         if args.engines:
             engine_rounds(ckpt, args)
             return

@@ -21,7 +21,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from r1v_ray.data.synthetic import iter_rows  # noqa: E402
+from r1v_ray.data.synthetic import (
+    corpus,  # noqa: E402
+    iter_rows,  # noqa: E402
+)
 from r1v_ray.model import load_checkpoint, set_trainable  # noqa: E402
 from r1v_ray.model.factory import write_tiny_checkpoint  # noqa: E402
 from r1v_ray.model.varlen import use_varlen_attention  # noqa: E402
@@ -57,7 +60,7 @@ def main() -> None:
     ap.add_argument("--capacity", type=int, default=None, help="tokens per packed row (default: one row per batch)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as work:
-        ckpt = write_tiny_checkpoint(work)
+        ckpt = write_tiny_checkpoint(work, corpus)
         model, processor = load_checkpoint(ckpt)
         set_trainable(model, ["projector", "llm", "lm_head"])
         use_varlen_attention(model)  # packed rows: attention per sample; padded batches: plain SDPA

@@ -21,9 +21,10 @@ def tiny_cfg():
 
 @pytest.fixture(scope="session")
 def tiny_parts(tmp_path_factory, tiny_cfg):
+    from r1v_ray.data.synthetic import corpus
     from r1v_ray.model.factory import write_tiny_parts
 
-    return write_tiny_parts(tiny_cfg, str(tmp_path_factory.mktemp("tiny_parts")))
+    return write_tiny_parts(tiny_cfg, str(tmp_path_factory.mktemp("tiny_parts")), corpus)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import ray
 from r1v_ray import store
 from r1v_ray.atomic import write_json_atomic
 from r1v_ray.config import R1VConfig
+from r1v_ray.data import synthetic
 from r1v_ray.data.sources import dataset_uris
 from r1v_ray.distill.stage import distill, score
 from r1v_ray.model.factory import assemble_initial
@@ -41,7 +42,9 @@ def generation_model(cfg: R1VConfig, reuse_finished: bool = True) -> str:
         if run.complete:
             return run.manifest["outputs"]["model"]
     # Outside distill/: a forced re-run empties that folder after this model was chosen.
-    return assemble_initial(cfg.model, cfg.run_dir, RunLayout(cfg.run_dir).base_model(), seed=cfg.seed)
+    return assemble_initial(
+        cfg.model, cfg.run_dir, RunLayout(cfg.run_dir).base_model(), seed=cfg.seed, corpus=synthetic.corpus
+    )
 
 
 def distill_stage(cfg: R1VConfig, run: StageRun, model: str, train_uri: str) -> tuple[dict, dict]:

@@ -7,6 +7,7 @@ the same `load_*` functions real checkpoints go through: there is one path.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -26,9 +27,10 @@ from transformers import (
 
 from r1v_ray import store
 from r1v_ray.config import ModelConfig, TinyModelConfig
-from r1v_ray.data.synthetic import corpus
 from r1v_ray.model.tokenizer import train_bpe_tokenizer
 from r1v_ray.run_dir import RunLayout
+
+Corpus = Callable[..., Iterable[str]]  # corpus(n, seed=...): task text for tokenizers
 
 
 def _round_up(n: int, multiple: int = 64) -> int:
@@ -81,13 +83,14 @@ class PartPaths:
     reasoning_llm: str
 
 
-def write_tiny_parts(t: TinyModelConfig, out_dir: str) -> PartPaths:
+def write_tiny_parts(t: TinyModelConfig, out_dir: str, corpus: Corpus) -> PartPaths:
     """Build and save a tiny vision encoder and two tiny Qwen2 LLMs of one architecture.
 
     The substitute LLM's tokenizer has the image tokens; the reasoning LLM's
     tokenizer is trained on other text, with another vocabulary and without
     image tokens, as a real reasoning LLM's would be: re-assembly must add them.
-    `out_dir` is the parts' own folder: it is replaced, whole, once all three are written.
+    `out_dir` is the parts' own folder: it is replaced, whole, once all three are written. `corpus(n, seed=)`
+    yields the task text the tokenizers train on (the model layer does not import the data layer).
     """
     names = ("vision", "substitute_llm", "reasoning_llm")
     with store.writing_dir(out_dir) as tmp:  # the parts appear together, each whole, or not at all
@@ -106,15 +109,18 @@ def write_tiny_parts(t: TinyModelConfig, out_dir: str) -> PartPaths:
     return PartPaths(*(store.join(out_dir, n) for n in names))
 
 
-def part_paths(cfg: ModelConfig, work_dir: str) -> PartPaths:
-    """Where the parts are: built under `work_dir` for source=tiny (once), else the configured paths."""
+def part_paths(cfg: ModelConfig, work_dir: str, corpus: Corpus | None = None) -> PartPaths:
+    """Where the parts are: built under `work_dir` for source=tiny (once, tokenizers trained on `corpus`),
+    else the configured paths."""
     from r1v_ray.model.assemble import checkpoint_complete
 
+    if cfg.source == "tiny" and corpus is None:
+        raise ValueError("model.source=tiny builds its parts: pass corpus= (r1v_ray.data.synthetic.corpus)")
     if cfg.source == "tiny":
         out = RunLayout(work_dir).tiny_parts()
         paths = PartPaths(*(store.join(out, n) for n in ("vision", "substitute_llm", "reasoning_llm")))
         if not all(checkpoint_complete(p) for p in vars(paths).values()):
-            paths = write_tiny_parts(cfg.tiny, out)
+            paths = write_tiny_parts(cfg.tiny, out, corpus)
         return paths
     missing = [k for k in ("vision_path", "llm_path", "substitute_llm_path") if getattr(cfg, k) is None]
     if missing:
@@ -140,24 +146,24 @@ def load_llm(path: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedM
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
 
-def assemble_initial(cfg: ModelConfig, work_dir: str, out: str, seed: int = 0) -> str:
+def assemble_initial(cfg: ModelConfig, work_dir: str, out: str, seed: int = 0, corpus: Corpus | None = None) -> str:
     """The MLP-initialization starting point (paper 2.1): vision encoder + fresh projector + substitute LLM."""
     from r1v_ray.model.assemble import assemble_from_parts, checkpoint_complete
 
     if checkpoint_complete(out):
         return out
-    parts = part_paths(cfg, work_dir)
+    parts = part_paths(cfg, work_dir, corpus)
     meta = {"stage": "assembled", "vision": parts.vision, "llm": parts.substitute_llm}
     return assemble_from_parts(parts.vision, parts.substitute_llm, out, cfg.projector, cfg.max_image_tiles, seed, meta)
 
 
-def write_tiny_checkpoint(work: str, sizes: TinyModelConfig | None = None, name: str = "ckpt") -> str:
+def write_tiny_checkpoint(work: str, corpus: Corpus, sizes: TinyModelConfig | None = None, name: str = "ckpt") -> str:
     """A tiny R1V checkpoint at `work/name` (parts under `work/name-parts`): tiny vision encoder + substitute
     LLM + fresh projector, one tile per image. For benchmarks and hardware checks that need a model to run."""
     from r1v_ray.config import ProjectorConfig
     from r1v_ray.model.assemble import assemble, build_processor, save_checkpoint
 
-    parts = write_tiny_parts(sizes or TinyModelConfig(), os.path.join(work, f"{name}-parts"))
+    parts = write_tiny_parts(sizes or TinyModelConfig(), os.path.join(work, f"{name}-parts"), corpus)
     llm, tok = load_llm(parts.substitute_llm)
     projector = ProjectorConfig()
     model = assemble(load_vision(parts.vision), llm, tok, projector)

@@ -36,6 +36,7 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from r1v_ray.data.synthetic import corpus  # noqa: E402
 from r1v_ray.model.factory import write_tiny_checkpoint  # noqa: E402
 
 # bf16 keeps 8 mantissa bits: a log-prob of about -5 is exact to ~0.02, and the learner's packed
@@ -250,7 +251,7 @@ def main() -> None:
     ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=True)
     try:
         with tempfile.TemporaryDirectory() as work:
-            init = write_tiny_checkpoint(work)  # tiny vision + substitute LLM + fresh projector
+            init = write_tiny_checkpoint(work, corpus)  # tiny vision + substitute LLM + fresh projector
             summary["zero3_sharded_load"] = check_zero3_sharded_load(work, init)
             summary["sft"] = check_sft(work, init)
             summary["grpo"] = check_grpo(work, init)

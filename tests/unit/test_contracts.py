@@ -48,3 +48,23 @@ def test_group_advantages_unscaled_and_errors():
     assert torch.allclose(group_advantages(r, 2, scale_by_std=False), torch.tensor([-1.0, 1.0, 0.0, 0.0]))
     with pytest.raises(ValueError, match="multiple of group_size"):
         group_advantages(torch.ones(5), 2)
+
+
+def test_the_model_layer_does_not_import_the_data_layer():
+    """Layers run one way (jobs -> stages -> engines -> model / data): model/ takes the task's text as an argument.
+    File access (`data.io`, the store) sits below both."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2] / "r1v_ray" / "model"
+    found = []
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            found += [
+                f"{path.name}: {n}"
+                for n in names
+                if n.startswith(("r1v_ray.data", "r1v_ray.distill")) and n != "r1v_ray.data.io"
+            ]
+    assert not found, found

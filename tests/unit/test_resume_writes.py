@@ -11,6 +11,7 @@ import pytest
 
 from r1v_ray.config import TinyModelConfig, load_config
 from r1v_ray.data.io import ParquetSink, read_parquet, write_parquet
+from r1v_ray.data.synthetic import corpus
 from r1v_ray.metrics import StageMetrics, read_jsonl, truncate_after
 from r1v_ray.runs import StageRun, run_stage
 
@@ -158,9 +159,9 @@ def test_tiny_parts_killed_mid_write_are_rebuilt(tmp_path, monkeypatch):
     cfg = ModelConfig(tiny=TinyModelConfig(text_layers=1, vision_layers=1))
     monkeypatch.setattr(mu, "safe_save_file", save_dies)
     with pytest.raises(KeyboardInterrupt):
-        part_paths(cfg, str(tmp_path))
+        part_paths(cfg, str(tmp_path), corpus)
     monkeypatch.undo()
-    paths = part_paths(cfg, str(tmp_path))
+    paths = part_paths(cfg, str(tmp_path), corpus)
     load_llm(paths.reasoning_llm)  # whole weights, not the torn file
 
 
@@ -176,9 +177,9 @@ def test_assembled_checkpoint_killed_mid_save_is_redone(tiny_parts, tmp_path, mo
     out = str(tmp_path / "assembled")
     monkeypatch.setattr(InternVLProcessor, "save_pretrained", lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):  # weights and config written, processor not
-        assemble_initial(cfg, str(tmp_path), out)
+        assemble_initial(cfg, str(tmp_path), out, corpus=corpus)
     monkeypatch.undo()
-    assert assemble_initial(cfg, str(tmp_path), out) == out
+    assert assemble_initial(cfg, str(tmp_path), out, corpus=corpus) == out
     load_checkpoint(out)  # processor and tokenizer are there
 
 
