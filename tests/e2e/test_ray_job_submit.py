@@ -23,6 +23,7 @@ import pytest
 import requests
 import torch
 from local_cluster import LocalCluster, Node
+from ray._private.authentication_test_utils import reset_auth_token_state  # Ray's own test helper
 from s3_server import moto_s3
 
 from r1v_ray import store
@@ -119,6 +120,13 @@ def _stray_paths(clusters: list[LocalCluster]) -> list[str]:
 
 
 @pytest.fixture
+def auth_state():
+    """Ray's cached auth mode and token are read again after the test, when its variables are gone."""
+    yield
+    reset_auth_token_state()
+
+
+@pytest.fixture
 def short_root():
     """Cluster roots under a short path: Ray's AF_UNIX socket paths (temp dir + session + socket name) must
     stay within 107 bytes, which pytest's tmp_path exceeds."""
@@ -127,7 +135,7 @@ def short_root():
     shutil.rmtree(root, ignore_errors=True)
 
 
-def test_pipeline_on_three_nodes_survives_losing_its_cluster(tmp_path, short_root, monkeypatch):
+def test_pipeline_on_three_nodes_survives_losing_its_cluster(tmp_path, short_root, auth_state, monkeypatch):
     token = tmp_path / "auth_token"
     token.write_text(secrets.token_hex(32))
     top_level = set(os.listdir(ROOT))
@@ -136,6 +144,7 @@ def test_pipeline_on_three_nodes_survives_losing_its_cluster(tmp_path, short_roo
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
         for k, v in (("RAY_AUTH_MODE", "token"), ("RAY_AUTH_TOKEN_PATH", str(token))):
             monkeypatch.setenv(k, v)  # this process's state-API calls carry the token too
+        reset_auth_token_state()  # Ray caches the auth mode it first read (disabled, earlier in this process)
         first = LocalCluster(short_root / "a", env)
         first.start(_nodes(short_root / "a"))
         try:

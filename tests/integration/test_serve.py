@@ -283,7 +283,7 @@ def test_several_engine_replicas_route_through_the_model_server(base_url, two_ch
     from ray import serve
 
     from r1v_ray.serve.app import build_app, token_digest
-    from r1v_ray.serve.endpoint import app_url
+    from r1v_ray.serve.endpoint import app_url, proxy_port
 
     cfg = R1VConfig()
     cfg.model.dtype = "float32"
@@ -293,7 +293,10 @@ def test_several_engine_replicas_route_through_the_model_server(base_url, two_ch
     serve.run(app, name="r1v-hf", route_prefix="/hf")
     try:
         url = app_url("r1v-hf", "/hf", cfg.serve)
-        assert url == f"http://127.0.0.1:{cfg.serve.port + 1}/hf"  # this app's own ingress replica
+        # This app's own ingress replica: a port of the direct-ingress range past the first app's, not the proxy's
+        # (Serve takes the next free one, so another process holding port + 1 moves it up).
+        port = int(url.rsplit(":", 1)[1].removesuffix("/hf"))
+        assert url.startswith("http://127.0.0.1:") and cfg.serve.port < port < proxy_port(cfg.serve), url
         client = openai.OpenAI(base_url=url + "/v1", api_key=TOKEN, max_retries=0)
         kwargs = dict(model="mlp_init", messages=_messages(0), temperature=0.0, max_tokens=12)
         full = client.chat.completions.create(**kwargs)
