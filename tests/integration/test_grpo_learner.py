@@ -51,10 +51,15 @@ def learner(tiny_checkpoint, reference_checkpoint):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    worker.init("127.0.0.1", port)
-    yield worker
     import torch.distributed as dist
 
+    if dist.is_initialized():  # an in-process vLLM engine of an earlier test still holds the default group
+        from vllm.distributed import destroy_distributed_environment, destroy_model_parallel
+
+        destroy_model_parallel()
+        destroy_distributed_environment()
+    worker.init("127.0.0.1", port)
+    yield worker
     dist.destroy_process_group()
     os.environ.clear()
     os.environ.update(saved)
