@@ -31,6 +31,10 @@ def main() -> None:
         if args.model
         else (cfg.serve.models or discover_checkpoints(cfg.run_dir))
     )
+    if not models:
+        raise SystemExit(
+            f"serve: no R1V checkpoint under run_dir {cfg.run_dir}; pass --model ID=PATH or set serve.models"
+        )
     token = os.environ.get(cfg.serve.token_env)
     if not token:
         raise SystemExit(

@@ -34,6 +34,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
+from r1v_ray import store
 from r1v_ray.config import R1VConfig
 from r1v_ray.engines.rollout import make_engine
 from r1v_ray.engines.rollout.actor import worker_resources, worker_runtime_env
@@ -97,6 +98,7 @@ class BatchedEngine:
 
 
 def load_serving_engine(checkpoint: str, cfg: R1VConfig):
+    checkpoint = store.stage_in(checkpoint, cfg.scratch_dir)  # on an object store: this node's scratch copy
     if cfg.rollout.backend == "vllm":
         from r1v_ray.engines.rollout.vllm_async import AsyncVLLMEngine
 
@@ -169,24 +171,24 @@ class ModelServer:
 
 
 def discover_checkpoints(run_dir: str) -> dict[str, str]:
-    """{model id: path} for every R1V checkpoint under `run_dir`; the id is the relative path
-    without a trailing `/model`. In a run directory: `mlp_init` (and its sub-stages `mlp_init/full`,
-    ...), `reassemble`, `sft/M0` .. `sft/M<T>` and `sft` (the last), `grpo/checkpoints/step-<N>`
-    and `grpo` (the last)."""
-    import json
-    import os
-
+    """{model id: path or URI} for every R1V checkpoint under `run_dir` (a local folder or an object-store
+    URI, listed once); the id is the relative path without a trailing `/model`. In a run directory:
+    `mlp_init` (and its sub-stages `mlp_init/full`, ...), `reassemble`, `sft/M0` .. `sft/M<T>` and `sft`
+    (the last), `grpo/checkpoints/step-<N>` and `grpo` (the last)."""
+    files: dict[str, set[str]] = {}
+    for rel in store.listing(run_dir):
+        folder, _, name = rel.rpartition("/")
+        files.setdefault(folder, set()).add(name)
     found = {}
-    for root, _, files in os.walk(run_dir):
-        if "config.json" not in files or not any(
-            f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files
+    for folder, names in files.items():
+        if "config.json" not in names or not any(
+            n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names
         ):
             continue
-        with open(os.path.join(root, "config.json")) as f:
-            if json.load(f).get("model_type") != "internvl":
-                continue
-        rel = os.path.relpath(root, run_dir).replace(os.sep, "/")
-        found[rel.removesuffix("/model") if rel != "model" else "model"] = root
+        path = store.join(run_dir, folder) if folder else run_dir
+        if store.read_json(store.join(path, "config.json")).get("model_type") != "internvl":
+            continue
+        found[folder.removesuffix("/model") if folder not in ("model", "") else "model"] = path
     return dict(sorted(found.items()))
 
 

@@ -66,3 +66,32 @@ def test_score_and_eval_against_an_s3_run_directory(tmp_path, monkeypatch, tiny_
     assert sorted(os.listdir(tmp_path)) == ["cwd", "scratch"]
     staged = os.listdir(scratch / "staged" / "s3" / "r1v-it" / "run" / "checkpoints")
     assert staged == ["tiny"] or sorted(staged) == ["tiny", "tiny.lock"]  # the engine's local copy, once
+
+
+def test_serving_discovers_and_stages_checkpoints_in_an_s3_run_directory(tmp_path, tiny_checkpoint):
+    """`jobs/serve.py` on a run directory in a bucket: the checkpoints the stages wrote there are found
+    (and nothing else), and the one a request names is loaded from this node's scratch copy."""
+    from r1v_ray import store
+    from r1v_ray.config import load_config
+    from r1v_ray.serve.app import discover_checkpoints, load_serving_engine
+
+    with moto_s3("r1v-serve") as s3:
+        run = "s3://r1v-serve/run"
+        for model in ("sft/M0/model", "sft/model", "grpo/checkpoints/step-2/model"):
+            store.publish_dir(tiny_checkpoint, store.join(run, model))
+        store.write_json(store.join(run, "grpo", "checkpoints", "step-2", "ds", "config.json"), {"zero": 3})
+        store.write_text(store.join(run, "sft", "eval", "M0", "eval.json"), "{}")
+        found = discover_checkpoints(run)
+        assert found == {
+            "grpo/checkpoints/step-2": f"{run}/grpo/checkpoints/step-2/model",
+            "sft": f"{run}/sft/model",
+            "sft/M0": f"{run}/sft/M0/model",
+        }
+        cfg = load_config(
+            os.path.join(ROOT, "configs", "demo", "tiny.yaml"),
+            [f"run_dir={run}", "rollout.backend=hf", f"scratch_dir={tmp_path / 'scratch'}"],
+        )
+        engine = load_serving_engine(found["sft/M0"], cfg)
+        assert s3.keys("run/sft/M0/model/")  # still only in the bucket, and now staged here
+        staged = tmp_path / "scratch" / "staged" / "s3" / "r1v-serve" / "run" / "sft" / "M0" / "model"
+        assert (staged / "config.json").is_file() and engine.engine is not None
