@@ -9,8 +9,7 @@ import os
 import time
 import warnings
 
-from r1v_ray import store
-from r1v_ray.atomic import write_text_atomic
+from r1v_ray import append_log, store
 
 
 class StageMetrics:
@@ -49,7 +48,7 @@ class StageMetrics:
             if gauge is not None and isinstance(value, (int, float)):
                 gauge.set(float(value), tags={"stage": self.stage})
         if self.path:
-            store.append_text(self.path, json.dumps(record) + "\n")
+            append_log.append(self.path, json.dumps(record) + "\n")
         numbers = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         for tracker in self.trackers:
             tracker.log(step, numbers)
@@ -65,9 +64,7 @@ class StageMetrics:
 def read_jsonl(path: str) -> list[dict]:
     """The records of a JSONL file. A torn last line (a writer killed mid-append) is skipped with a
     warning; a corrupt line before it is an error, naming the file and the line."""
-    if not store.is_file(path):
-        return []
-    lines = [(n, line) for n, line in enumerate(store.read_text(path).splitlines(keepends=True), 1) if line.strip()]
+    lines = [(n, line) for n, line in enumerate(append_log.read(path).splitlines(keepends=True), 1) if line.strip()]
     records = []
     for i, (n, line) in enumerate(lines):
         try:
@@ -96,4 +93,4 @@ def drop_torn_tail(path: str) -> None:
 def truncate_after(path: str, step: int) -> None:
     """Drop records of steps after `step` (they were computed by a run that is being resumed)."""
     keep = [r for r in read_jsonl(path) if r["step"] <= step]
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
+    append_log.rewrite(path, "".join(json.dumps(r) + "\n" for r in keep))

@@ -3,7 +3,7 @@ URI fsspec resolves (`data.io.resolve_fs`). Every read and write of the run dire
 
 Writes are atomic where the store allows: a local file is written to a temporary sibling and renamed; an
 object store publishes an object only once its upload completes (one put per file), so remote files are
-written directly. Object stores cannot append: `append_text` rewrites the object (metrics files stay small).
+written directly. Object stores cannot append: logs are segmented (`r1v_ray.append_log`).
 A folder is published with the files that vouch for it (`config.json`, an index) written last, after any
 old copy is removed, so a reader that finds those files finds the whole folder.
 
@@ -129,16 +129,12 @@ def write_json(uri: str, value: Any, **dump_kwargs: Any) -> None:
     write_text(uri, json.dumps(value, **dump_kwargs))
 
 
-def append_text(uri: str, text: str) -> None:
-    """Append to a local file; rewrite a remote object with `text` added (object stores cannot append)."""
-    if not is_remote(uri):
-        path = local_path(uri)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "a") as f:
-            f.write(text)
-        return
-    old = read_bytes(uri) if is_file(uri) else b""
-    write_bytes(uri, old + text.encode())
+def append_local(path: str, text: str) -> None:
+    """Append to a local file (remote logs: `r1v_ray.append_log`)."""
+    path = local_path(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(text)
 
 
 def makedirs(uri: str) -> None:

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from r1v_ray import store
+from r1v_ray import append_log, store
 from r1v_ray.sft.data import WorkerShard, interleave_ranks
 from r1v_ray.sft.trainer import (
     METRICS_FILE,
@@ -80,7 +80,7 @@ class SFTRecipe:
             truncate_after(self.seen_path, self.global_step)
             truncate_after(self.metrics.path, self.global_step)
             record = {"resumed_at_step": self.global_step, "time": time.time()}
-            store.append_text(store.join(self.job.output_dir, RESUMES_FILE), json.dumps(record) + "\n")
+            append_log.append(store.join(self.job.output_dir, RESUMES_FILE), json.dumps(record) + "\n")
 
     def train_step(self) -> dict:
         """One optimizer step over this rank's micro-batches; the loss is a token mean over the global batch."""
@@ -140,7 +140,7 @@ class SFTRecipe:
         dist.all_gather_object(per_rank, mine)
         if self.rank == 0:
             record = {"step": self.global_step, "epoch": epoch, "ids": interleave_ranks(per_rank)}
-            store.append_text(self.seen_path, json.dumps(record) + "\n")
+            append_log.append(self.seen_path, json.dumps(record) + "\n")
 
     def _logs_now(self) -> bool:
         return self.global_step % self.job.sft.log_every_steps == 0 or self.global_step == self.total_steps

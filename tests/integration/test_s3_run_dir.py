@@ -95,3 +95,46 @@ def test_serving_discovers_and_stages_checkpoints_in_an_s3_run_directory(tmp_pat
         assert s3.keys("run/sft/M0/model/")  # still only in the bucket, and now staged here
         staged = tmp_path / "scratch" / "staged" / "s3" / "r1v-serve" / "run" / "sft" / "M0" / "model"
         assert (staged / "config.json").is_file() and engine.engine is not None
+
+
+def test_logs_on_an_object_store_are_appended_a_segment_at_a_time(monkeypatch):
+    """A long run's metrics on S3: each append rewrites at most one small segment (not the whole log, which
+    made uploads grow with the square of the run), and readers, resumes and forced re-runs see one log."""
+    import json
+
+    from r1v_ray import append_log, store
+    from r1v_ray.metrics import read_jsonl, truncate_after
+
+    monkeypatch.setattr(append_log, "SEGMENT_BYTES", 256)
+    monkeypatch.setattr(append_log, "_tails", {})
+    with moto_s3("r1v-logs") as s3:
+        log = "s3://r1v-logs/run/sft/metrics.jsonl"
+
+        def append(step):
+            append_log.append(log, json.dumps({"step": step, "loss": 1.0 / (step + 1)}) + "\n")
+
+        for step in range(20):
+            append(step)
+        sizes = {o["Key"]: o["Size"] for o in s3.client().list_objects_v2(Bucket="r1v-logs")["Contents"]}
+        assert len(sizes) > 3 and max(sizes.values()) <= 256, sizes
+        append_log._tails.clear()  # a new process (a resumed run) continues the same log
+        for step in range(20, 25):
+            append(step)
+        assert [r["step"] for r in read_jsonl(log)] == list(range(25))
+
+        truncate_after(log, 9)  # a resume from step 9 drops the records it will redo
+        append(10)
+        assert [r["step"] for r in read_jsonl(log)] == [*range(10), 10]
+        assert store.find("s3://r1v-logs/run", "metrics.jsonl") == [log]  # finders still see the log by name
+
+        def crash(uri):
+            raise RuntimeError("killed while deleting old segments")
+
+        monkeypatch.setattr(append_log.store, "remove", crash)
+        with pytest.raises(RuntimeError):
+            truncate_after(log, 4)
+        assert [r["step"] for r in read_jsonl(log)] == list(range(5))  # the rewrite had landed; leftovers skipped
+        monkeypatch.undo()
+        store.remove("s3://r1v-logs/run/sft")  # a forced re-run starts the stage over
+        append(0)
+        assert [r["step"] for r in read_jsonl(log)] == [0]
