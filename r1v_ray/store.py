@@ -292,10 +292,12 @@ def _locked(path: str) -> Iterator[None]:
 
 def stage_in(uri: str, scratch: str | None = None) -> str:
     """A local folder holding `uri`'s files: `uri` itself when local, else a copy in the node's scratch
-    folder. A copy already there whose recorded listing (names, sizes, times) still matches is not fetched again."""
+    folder. A copy already there whose recorded listing (names, sizes, times) still matches is not fetched again;
+    old copies make room when the disk is short (`r1v_ray.scratch`)."""
     if not is_remote(uri):
         return local_path(uri)
     from r1v_ray.run_dir import scratch_root
+    from r1v_ray.scratch import make_room
 
     target = os.path.join(scratch_root(scratch), "staged", _slug(uri))
     fs, path = resolve_fs(uri)
@@ -307,13 +309,15 @@ def stage_in(uri: str, scratch: str | None = None) -> str:
         if os.path.isfile(record):
             with open(record) as f:
                 if json.load(f) == remote:
+                    os.utime(record)  # used now: the last copy eviction would take
                     return target
         partial = target + ".partial"
-        shutil.rmtree(partial, ignore_errors=True)
+        for stale in (target, partial):  # the remote files changed, or a copy was cut short
+            shutil.rmtree(stale, ignore_errors=True)
+        make_room(scratch_root(scratch), sum(size for size, _ in remote.values()), target)
         copy_tree_fs(fs, path, partial, replace=False)
         with open(os.path.join(partial, STAGED), "w") as f:
             json.dump(remote, f)
-        shutil.rmtree(target, ignore_errors=True)
         os.replace(partial, target)
     return target
 

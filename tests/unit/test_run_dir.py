@@ -167,3 +167,52 @@ def test_a_relative_run_dir_is_refused_under_ray_job_submit(monkeypatch, tmp_pat
         load_job_config(args)
     assert load_job_config(argparse.Namespace(config=None, set=["run_dir=/shared/run"])).run_dir == "/shared/run"
     assert load_job_config(argparse.Namespace(config=None, set=["run_dir=s3://b/run"])).run_dir == "s3://b/run"
+
+
+def test_scratch_makes_room_least_recently_used_first(tmp_path, monkeypatch):
+    """Staging on a short disk: the copy unused longest goes; one used within the hour, one being staged and
+    the one asked for stay; when that frees too little, staging stops before it copies, naming the folder."""
+    import collections
+    import fcntl
+
+    from r1v_ray import scratch
+
+    scratch_dir = tmp_path / "scratch"
+    capacity = 3 * 1000 + 500  # room for three 1000-byte copies (and their records)
+
+    def usage(path):
+        used = sum(
+            os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(scratch_dir) for f in fs if f != scratch.STAGED
+        )
+        return collections.namedtuple("usage", "total used free")(capacity, used, capacity - used)
+
+    monkeypatch.setattr(scratch.shutil, "disk_usage", usage)
+    monkeypatch.setattr(scratch, "HEADROOM", 1.0)
+
+    def stage(name, age_s=0.0):
+        store.write_bytes(f"memory://ckpt/{name}/model.safetensors", bytes(1000))
+        local = store.stage_in(f"memory://ckpt/{name}", str(scratch_dir))
+        record = os.path.join(local, scratch.STAGED)
+        os.utime(record, (time.time() - age_s, time.time() - age_s))
+        return local
+
+    old, older = stage("old", 7200), stage("older", 9000)
+    recent = stage("recent")
+    staged = os.path.dirname(old)
+    with open(os.path.join(staged, "busy.lock"), "w") as held:  # another process staging a fourth copy
+        fcntl.flock(held, fcntl.LOCK_EX)
+        os.makedirs(os.path.join(staged, "busy"))
+        with open(os.path.join(staged, "busy", scratch.STAGED), "w") as f:
+            f.write("{}")
+        os.utime(os.path.join(staged, "busy", scratch.STAGED), (0, 0))  # the least recent of all, but locked
+        busy = os.path.join(staged, "busy")
+        new = stage("new")
+    assert sorted(n for n in os.listdir(staged) if not n.endswith(".lock")) == ["busy", "new", "old", "recent"]
+    assert os.path.isdir(old) and os.path.isdir(busy) and os.path.isdir(recent) and os.path.isdir(new)
+    assert not os.path.exists(older)  # unused longest (busy was older still, but locked)
+    assert store.stage_in("memory://ckpt/recent", str(scratch_dir)) == recent  # reused, not fetched again
+
+    store.write_bytes("memory://ckpt/huge/model.safetensors", bytes(5000))
+    with pytest.raises(OSError, match=r"scratch folder .* needs .*R1V_SCRATCH_DIR"):
+        store.stage_in("memory://ckpt/huge", str(scratch_dir))
+    assert not os.path.exists(os.path.join(staged, "huge.partial"))
