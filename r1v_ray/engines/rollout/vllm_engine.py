@@ -6,15 +6,8 @@ import logging
 import os
 
 from r1v_ray.config import RolloutConfig
-from r1v_ray.engines.rollout.types import (
-    Completion,
-    GenerationRequest,
-    GenerationResult,
-    PromptBuilder,
-    RequestRejected,
-    RolloutEngine,
-    resolve_device,
-)
+from r1v_ray.engines.rollout.types import Completion, GenerationResult, RolloutEngine, resolve_device
+from r1v_ray.prompts import GenerationRequest, PromptBuilder, RequestRejected
 
 # vLLM warnings that are expected here and would drown a run's log, by logger:
 # - vLLM's CPU worker replaces torch.set_num_threads with a warning, and vLLM's own renderer calls it around
