@@ -1,9 +1,11 @@
-"""GRPO topology on CPU: weight sync makes rollout log-probs equal the learner's, a dead rollout worker is
-restarted and the step retried, and a new run resumes from the last checkpoint at the exact prompt position."""
+"""GRPO topology on CPU: weight sync makes rollout log-probs equal the learner's, only the thread that built
+the topology may change it, a dead rollout worker is restarted and the step retried, and a new run resumes
+from the last checkpoint at the exact prompt position."""
 
 import json
 import math
 import os
+from concurrent import futures
 
 import pytest
 import ray
@@ -80,6 +82,10 @@ def test_sync_makes_rollout_logprobs_equal_the_learners_and_dead_workers_restart
             got = ray.get(worker.sequence_logprobs.remote(traj.request, traj.completion_ids))
             assert max(abs(a - b) for a, b in zip(got, expected)) < LOGPROB_TOL
         assert max(abs(a - b) for a, b in zip(before, learner[0])) > 1e-3  # the weights really moved
+        with futures.ThreadPoolExecutor(1) as other:  # only the thread that built the topology may change it
+            for change in (topology.sync_weights, topology.shutdown):
+                with pytest.raises(AssertionError, match="only the thread that built the topology"):
+                    other.submit(change).result()
 
         ray.kill(worker)  # a rollout worker dies between steps
         values = run.train_step()
