@@ -9,8 +9,8 @@ peak RSS, on the same classes the stages use:
 * SFT worker: one rank of two reading and encoding its rows of the first steps (`sft.data.WorkerShard`,
   `sft.samples.encode_sample`), as `train_loop_per_worker` does before its forward pass;
 * GRPO driver: D_rm(tau = 5) written as GRPO's prompt set, then the first steps' prompts drawn and their
-  rows read and turned into generation requests (`grpo.trainer.PromptSampler`, `data.io.RowReader`,
-  `prompts.paper_request`), as `GRPORun.collect` does before it calls the rollout workers.
+  rows read and turned into generation requests (`grpo.sampler.PromptSampler`, `data.io.RowReader`,
+  `prompts.paper_request`), as `RolloutCollector.collect` does before it calls the rollout workers.
 
 Prints each step's peak RSS at both sizes and the ratio RSS(10·N) / RSS(N), as medians of --runs runs
 with the range.
@@ -103,7 +103,7 @@ def _sft_worker(data: str, ckpt: str, work: str, steps: int) -> None:
 def _grpo_driver(data: str, ckpt: str, work: str, steps: int) -> None:
     from r1v_ray.data.io import RowReader
     from r1v_ray.data.select import d_rm
-    from r1v_ray.grpo.trainer import PromptSampler
+    from r1v_ray.grpo.sampler import PromptSampler
     from r1v_ray.prompts import paper_request
 
     prompts = os.path.join(work, "grpo_data")

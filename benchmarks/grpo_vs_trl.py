@@ -77,7 +77,7 @@ def _engine_tokens_per_s(run, requests: list) -> float:
     import ray
 
     start = time.perf_counter()
-    results = ray.get(run.rollout_workers[0].generate.remote(requests))
+    results = ray.get(run.topology.rollout_workers[0].generate.remote(requests))
     seconds = time.perf_counter() - start
     return sum(len(c.token_ids) for r in results for c in r.completions) / seconds
 
@@ -88,6 +88,7 @@ def r1v_samples_per_s(ckpt: str, rows: list[dict], args, work: str, off_policy_s
     import ray
 
     from benchmarks.rollout import requests as rollout_py_requests
+    from r1v_ray.grpo.rollouts import step_requests
     from r1v_ray.grpo.trainer import GRPORun
 
     sets = {
@@ -121,8 +122,8 @@ def r1v_samples_per_s(ckpt: str, rows: list[dict], args, work: str, off_policy_s
                 step_tps.append(values["response_length"] * values["trajectories"] / values["generation_s"])
         engine = {"rollout tok/s in the steps": statistics.median(step_tps)}
         if off_policy_steps == 0:  # measured once per run, with nothing else running
-            step_requests = run._requests(run.rows.take(list(range(args.prompts))), args.group, tag=99)
-            engine["same requests, straight to the worker"] = _engine_tokens_per_s(run, step_requests)
+            same = step_requests(run.g, run.rollouts.rows.take(list(range(args.prompts))), args.group, tag=99)
+            engine["same requests, straight to the worker"] = _engine_tokens_per_s(run, same)
             engine["rollout.py workload on the worker"] = _engine_tokens_per_s(run, rollout_py_requests(32, 8, 64))
     finally:
         run.shutdown()

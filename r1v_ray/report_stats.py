@@ -153,16 +153,15 @@ def _penalty_block(title: str, data_uri: str, bins: int = 5) -> list[str]:
     t = read_parquet(data_uri, columns=["rep_penalty", "generated_tokens"])
     x, y = t.column("rep_penalty").to_pylist(), t.column("generated_tokens").to_pylist()
     r = pearson(x, y)
-    lines = [
-        f"{title}: {len(x)} rows, Pearson r(penalty, generated tokens) = {'n/a' if r is None else f'{r:+.3f}'}",
-        "",
-        "| penalty | rows | mean generated tokens |",
-        "|---|---:|---:|",
-    ]
-    lines += [
-        f"| {b['x_min']:.3f} – {b['x_max']:.3f} | {b['n']} | {b['y_mean']:.1f} |" for b in binned_means(x, y, bins)
-    ]
-    return lines + [""]
+    summary = f"{title}: {len(x)} rows, Pearson r(penalty, generated tokens) = {'n/a' if r is None else f'{r:+.3f}'}"
+    rows = [f"| {b['x_min']:.3f} – {b['x_max']:.3f} | {b['n']} | {b['y_mean']:.1f} |" for b in binned_means(x, y, bins)]
+    return _binned_table(summary, ["penalty", "rows", "mean generated tokens"], rows)
+
+
+def _binned_table(summary: str, columns: list[str], rows: list[str]) -> list[str]:
+    """A summary line, then a Markdown table of binned means (the first column the bin, the others numbers)."""
+    header = ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+    return [summary, "", *header, *rows, ""]
 
 
 def penalty_length_lines(run_dir: str) -> list[str]:
@@ -225,17 +224,14 @@ def response_length_lines(run_dir: str, bins: int = 5) -> list[str]:
         return ["(no GRPO steps in this run)", ""]
     steps, lengths = [r["step"] for r in records], [r["response_length"] for r in records]
     r, b = pearson(steps, lengths), slope(steps, lengths)
-    lines = [
+    summary = (
         f"{len(records)} steps; Pearson r(step, response length) = {'n/a' if r is None else f'{r:+.3f}'}, "
-        f"slope {'n/a' if b is None else f'{b:+.3f}'} tokens per step",
-        "",
-        "| steps | mean response length (tokens) |",
-        "|---|---:|",
-    ]
-    lines += [
+        f"slope {'n/a' if b is None else f'{b:+.3f}'} tokens per step"
+    )
+    rows = [
         f"| {int(v['x_min'])} – {int(v['x_max'])} | {v['y_mean']:.1f} |" for v in binned_means(steps, lengths, bins)
     ]
-    return lines + [""]
+    return _binned_table(summary, ["steps", "mean response length (tokens)"], rows)
 
 
 def stats_markdown(run_dir: str) -> list[str]:

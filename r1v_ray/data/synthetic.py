@@ -65,45 +65,47 @@ def _cells(rng: random.Random, size: int, n: int) -> list[tuple[int, int, int, i
     ]
 
 
-def shape_kind(rng: random.Random, size: int) -> dict:
+def _canvas(size: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
     img = Image.new("RGB", (size, size), "white")
+    return img, ImageDraw.Draw(img)
+
+
+def _letter(choices: list[str], correct: str) -> str:
+    return "ABC"[choices.index(correct)]
+
+
+def _row(img: Image.Image, question: str, answer: str, rationale: str, choices: list[str] | None = None) -> dict:
+    """A generated row; `make_row` encodes its image and adds the id, source and category."""
+    return dict(image=img, question=question, choices=choices, answer=answer, rationale=rationale)
+
+
+def shape_kind(rng: random.Random, size: int) -> dict:
+    img, draw = _canvas(size)
     kind = rng.choice(SHAPES)
     color = rng.choice(list(COLORS))
     m = size // 6
-    _draw_shape(ImageDraw.Draw(img), kind, (m, m, size - m, size - m), COLORS[color])
+    _draw_shape(draw, kind, (m, m, size - m, size - m), COLORS[color])
     choices = SHAPES[:]
     rng.shuffle(choices)
-    letter = "ABC"[choices.index(kind)]
-    return dict(
-        image=img,
-        question="Which shape is shown in the image?",
-        choices=choices,
-        answer=letter,
-        rationale=f"The image shows a single {color} {kind}. The {kind} is option {letter}.",
-    )
+    letter = _letter(choices, kind)
+    rationale = f"The image shows a single {color} {kind}. The {kind} is option {letter}."
+    return _row(img, "Which shape is shown in the image?", letter, rationale, choices)
 
 
 def count_color(rng: random.Random, size: int) -> dict:
-    img = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(img)
+    img, draw = _canvas(size)
     target = rng.choice(list(COLORS))
     n_shapes = rng.randint(2, 6)
     colors = [rng.choice(list(COLORS)) for _ in range(n_shapes)]
     for box, color in zip(_cells(rng, size, n_shapes), colors):
         _draw_shape(draw, rng.choice(SHAPES), box, COLORS[color])
     count = colors.count(target)
-    return dict(
-        image=img,
-        question=f"How many {target} shapes are in the image?",
-        choices=None,
-        answer=str(count),
-        rationale=f"There are {n_shapes} shapes in the image. Counting the {target} ones gives {count}.",
-    )
+    rationale = f"There are {n_shapes} shapes in the image. Counting the {target} ones gives {count}."
+    return _row(img, f"How many {target} shapes are in the image?", str(count), rationale)
 
 
 def tallest_bar(rng: random.Random, size: int) -> dict:
-    img = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(img)
+    img, draw = _canvas(size)
     names = rng.sample(list(COLORS), 3)
     heights = rng.sample(range(size // 5, size - 4, max(1, size // 12)), 3)
     width = size // 4
@@ -112,14 +114,9 @@ def tallest_bar(rng: random.Random, size: int) -> dict:
         draw.rectangle((x0, size - 2 - h, x0 + width, size - 2), fill=COLORS[name])
     tallest = names[heights.index(max(heights))]
     choices = sorted(names, key=lambda _: rng.random())
-    letter = "ABC"[choices.index(tallest)]
-    return dict(
-        image=img,
-        question="Which colour is the tallest bar in the chart?",
-        choices=choices,
-        answer=letter,
-        rationale=f"The chart has {', '.join(names)} bars. The {tallest} bar is the tallest, which is option {letter}.",
-    )
+    letter = _letter(choices, tallest)
+    rationale = f"The chart has {', '.join(names)} bars. The {tallest} bar is the tallest, which is option {letter}."
+    return _row(img, "Which colour is the tallest bar in the chart?", letter, rationale, choices)
 
 
 def missing_angle(rng: random.Random, size: int) -> dict:
@@ -131,41 +128,31 @@ def missing_angle(rng: random.Random, size: int) -> dict:
     regular = total / sides
     known = [int(regular + rng.randint(-15, 15)) for _ in range(sides - 1)]
     missing = total - sum(known)
-    img = Image.new("RGB", (size, size), "white")
+    img, draw = _canvas(size)
     c, r = size / 2, size * 0.4
     start = rng.random() * math.pi
     points = [
         (c + r * math.cos(start + 2 * math.pi * k / sides), c + r * math.sin(start + 2 * math.pi * k / sides))
         for k in range(sides)
     ]
-    ImageDraw.Draw(img).polygon(points, outline=(0, 0, 0), fill=COLORS[rng.choice(list(COLORS))])
+    draw.polygon(points, outline=(0, 0, 0), fill=COLORS[rng.choice(list(COLORS))])
     listed = ", ".join(str(a) for a in known)
-    return dict(
-        image=img,
-        question=f"The polygon in the image has interior angles of {listed} degrees and one unknown angle x. What is x in degrees?",
-        choices=None,
-        answer=str(missing),
-        rationale=(
-            f"The polygon has {sides} sides, so it is a {POLYGONS[sides]} and its interior angles sum to "
-            f"({sides} - 2) * 180 = {total}. The known angles sum to {sum(known)}, so x = {total} - {sum(known)} = {missing}."
-        ),
+    question = f"The polygon in the image has interior angles of {listed} degrees and one unknown angle x. What is x in degrees?"
+    rationale = (
+        f"The polygon has {sides} sides, so it is a {POLYGONS[sides]} and its interior angles sum to "
+        f"({sides} - 2) * 180 = {total}. The known angles sum to {sum(known)}, so x = {total} - {sum(known)} = {missing}."
     )
+    return _row(img, question, str(missing), rationale)
 
 
 def sum_digits(rng: random.Random, size: int) -> dict:
-    img = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(img)
+    img, draw = _canvas(size)
     n = rng.randint(2, 3)
     digits = [rng.randint(1, 9) for _ in range(n)]
     for i, d in enumerate(digits):
         draw.text((4 + i * size // n, size // 3), str(d), fill=(0, 0, 0), font_size=max(10, size // 3))
-    return dict(
-        image=img,
-        question="What is the sum of the digits written in the image?",
-        choices=None,
-        answer=str(sum(digits)),
-        rationale=f"The digits in the image are {', '.join(map(str, digits))}. Their sum is {sum(digits)}.",
-    )
+    rationale = f"The digits in the image are {', '.join(map(str, digits))}. Their sum is {sum(digits)}."
+    return _row(img, "What is the sum of the digits written in the image?", str(sum(digits)), rationale)
 
 
 GENERATORS = {name: globals()[name] for name in TASKS}

@@ -27,9 +27,16 @@ def clipped_surrogate(
 
     `advantages` is per sequence ([batch]) or per token ([batch, tokens]).
     """
-    eps_high = eps_low if eps_high is None else eps_high
     adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
-    ratio = torch.exp(logp - old_logp)
+    return _ppo_clip(torch.exp(logp - old_logp), adv, mask, eps_low, eps_high)
+
+
+def _ppo_clip(
+    ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, eps_low: float, eps_high: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-min(r A, clip(r, 1-eps_low, 1+eps_high) A) on the mask, and where clipping was active; `ratio`
+    [batch, tokens], `adv` [batch, 1] or [batch, tokens]; eps_high None: eps_low."""
+    eps_high = eps_low if eps_high is None else eps_high
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
     loss = -torch.minimum(unclipped, clipped)
@@ -52,17 +59,11 @@ def sequence_clipped_surrogate(
     (the paper's eq. 13), the token's value is sg[s_i] * pi_t / sg[pi_t]: equal to s_i, with the gradient of
     s_i spread over the tokens; `aggregate(..., "seq_mean_token_mean")` then gives the paper's objective.
     """
-    eps_high = eps_low if eps_high is None else eps_high
     lengths = mask.sum(-1).clamp(min=1)
     seq_log_ratio = ((logp - old_logp) * mask).sum(-1) / lengths  # [batch]
     log_ratio = logp - logp.detach() + seq_log_ratio.detach().unsqueeze(-1)
     ratio = torch.exp(torch.clamp(log_ratio, max=10.0))  # the clamp keeps exp finite on outliers
-    adv = advantages.unsqueeze(-1)
-    unclipped = ratio * adv
-    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
-    loss = -torch.minimum(unclipped, clipped)
-    clip_active = (clipped < unclipped).float() * mask
-    return loss * mask, clip_active
+    return _ppo_clip(ratio, advantages.unsqueeze(-1), mask, eps_low, eps_high)
 
 
 def truncated_is_weights(

@@ -4,8 +4,8 @@ groups had no reward variance (the "vanishing advantages" of a batch the policy 
 The choices are the pure functions `ssb_keep`, `ssb_replay` and `ssb_evict` (r1v_ray.grpo.algorithms); this
 class only holds the trajectories between steps. A sample is replayed once, with the advantage and the
 rollout log-probs it was sampled with (the clipped ratio, and `grpo.tis_cap` where set, correct for its
-age). Only `GRPORun.collect` touches it, and one collect runs at a time (the prefetched one is waited for
-before the next starts). The buffer is a cache: a resumed run starts with it empty.
+age). Only `RolloutCollector.collect` touches it, and one collect runs at a time (the prefetched one is
+waited for before the next starts). The buffer is a cache: a resumed run starts with it empty.
 """
 
 from __future__ import annotations

@@ -110,29 +110,18 @@ def varlen_sdpa_forward(
     return out.transpose(1, 2).contiguous(), None
 
 
-def varlen_mask(
-    batch_size: int,
-    q_length: int,
-    kv_length: int,
-    q_offset: int = 0,
-    kv_offset: int = 0,
-    attention_mask: torch.Tensor | None = None,
-    **kwargs,
-):
+def varlen_mask(**kwargs):
     """No mask for rows without padding or cache (packed or single samples): the attention above is causal per
     sample, and building transformers' block-diagonal mask for a packed row costs O(L^2) for nothing.
-    Anything else (padding, a KV cache) gets SDPA's mask unchanged."""
-    if attention_mask is None and q_length == kv_length and q_offset == 0 and kv_offset == 0:
-        return None
-    return sdpa_mask(
-        batch_size=batch_size,
-        q_length=q_length,
-        kv_length=kv_length,
-        q_offset=q_offset,
-        kv_offset=kv_offset,
-        attention_mask=attention_mask,
-        **kwargs,
-    )
+    Anything else (padding, a KV cache) gets SDPA's mask unchanged. transformers passes every argument by
+    name (masking_utils' `mask_interface(batch_size=..., ...)`), and they all go on to `sdpa_mask` as they are."""
+    return None if _causal_per_sample(**kwargs) else sdpa_mask(**kwargs)
+
+
+def _causal_per_sample(
+    q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0, attention_mask=None, **_
+) -> bool:
+    return attention_mask is None and q_length == kv_length and q_offset == 0 and kv_offset == 0
 
 
 AttentionInterface.register(NAME, varlen_sdpa_forward)

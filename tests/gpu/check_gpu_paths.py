@@ -112,6 +112,7 @@ def check_grpo(work: str, init: str) -> dict:
     from r1v_ray.config import load_config
     from r1v_ray.data.synthetic import iter_rows, write_split
     from r1v_ray.grpo.batch import Trajectory
+    from r1v_ray.grpo.rollouts import step_requests
     from r1v_ray.grpo.trainer import GRPORun
 
     sets = {
@@ -139,18 +140,18 @@ def check_grpo(work: str, init: str) -> dict:
     write_split(data[1], 4, seed=5, split="test")
     run = GRPORun(cfg, init, *data, os.path.join(work, "grpo"))
     try:
-        results = run.generate(run._requests(rows[:2], 2, tag=3))
+        results = run.generate(step_requests(run.g, rows[:2], 2, tag=3))
         trajs = [
-            Trajectory(run._requests([rows[i]], 1, tag=0)[0], c.token_ids, c.logprobs, adv, 0.0)
+            Trajectory(step_requests(run.g, [rows[i]], 1, tag=0)[0], c.token_ids, c.logprobs, adv, 0.0)
             for i, res in enumerate(results)
             for c, adv in zip(res.completions, (1.0, -1.0))
         ]
-        worker = run.rollout_workers[0]
+        worker = run.topology.rollout_workers[0]
         before = ray.get(worker.sequence_logprobs.remote(trajs[0].request, trajs[0].completion_ids))
-        stats = ray.get(run.learners[0].train_step.remote(trajs))
+        stats = ray.get(run.topology.learners[0].train_step.remote(trajs))
         check("grpo learner step finite", all(map(lambda v: v == v, stats.values())), stats)
-        sync = run._sync()
-        learner = ray.get(run.learners[0].logprobs.remote(trajs))
+        sync = run.topology.sync_weights()
+        learner = ray.get(run.topology.learners[0].logprobs.remote(trajs))
         gaps = []
         for traj, expected in zip(trajs, learner):
             got = ray.get(worker.sequence_logprobs.remote(traj.request, traj.completion_ids))

@@ -1,9 +1,11 @@
-"""GRPO topology on CPU: weight sync makes rollout log-probs equal the learner's, a dead rollout worker is
-restarted and the step retried, and a new run resumes from the last checkpoint at the exact prompt position."""
+"""GRPO topology on CPU: weight sync makes rollout log-probs equal the learner's, only the thread that built
+the topology may change it, a dead rollout worker is restarted and the step retried, and a new run resumes
+from the last checkpoint at the exact prompt position."""
 
 import json
 import math
 import os
+from concurrent import futures
 
 import pytest
 import ray
@@ -11,6 +13,7 @@ import ray
 from r1v_ray.config import load_config
 from r1v_ray.data.synthetic import iter_rows, write_split
 from r1v_ray.grpo.batch import Trajectory
+from r1v_ray.grpo.rollouts import step_requests
 from r1v_ray.grpo.trainer import GRPORun
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -59,26 +62,32 @@ def test_sync_makes_rollout_logprobs_equal_the_learners_and_dead_workers_restart
     local_ray, tiny_checkpoint, data, tmp_path
 ):
     run = GRPORun(_cfg(), tiny_checkpoint, *data, str(tmp_path / "grpo"))
+    topology, g = run.topology, run.g
     try:
-        requests = run._requests(ROWS[:2], 2, tag=3)
+        requests = step_requests(g, ROWS[:2], 2, tag=3)
         results = run.generate(requests)
         trajs = [
-            Trajectory(run._requests([ROWS[i]], 1, tag=0)[0], c.token_ids, c.logprobs, adv, 0.0)
+            Trajectory(step_requests(g, [ROWS[i]], 1, tag=0)[0], c.token_ids, c.logprobs, adv, 0.0)
             for i, res in enumerate(results)
             for c, adv in zip(res.completions, (1.0, -1.0))
         ]
-        before = ray.get(run.rollout_workers[0].sequence_logprobs.remote(trajs[0].request, trajs[0].completion_ids))
+        worker = topology.rollout_workers[0]
+        before = ray.get(worker.sequence_logprobs.remote(trajs[0].request, trajs[0].completion_ids))
         # A real update (non-zero advantages), then the sync.
-        ray.get([learner.train_step.remote(trajs[i::2]) for i, learner in enumerate(run.learners)])
-        sync = run._sync()
+        ray.get([learner.train_step.remote(trajs[i::2]) for i, learner in enumerate(topology.learners)])
+        sync = topology.sync_weights()
         assert sync["tensors"] > 0 and sync["buckets"] >= 1
-        learner = ray.get(run.learners[0].logprobs.remote(trajs))
+        learner = ray.get(topology.learners[0].logprobs.remote(trajs))
         for traj, expected in zip(trajs, learner):
-            got = ray.get(run.rollout_workers[0].sequence_logprobs.remote(traj.request, traj.completion_ids))
+            got = ray.get(worker.sequence_logprobs.remote(traj.request, traj.completion_ids))
             assert max(abs(a - b) for a, b in zip(got, expected)) < LOGPROB_TOL
         assert max(abs(a - b) for a, b in zip(before, learner[0])) > 1e-3  # the weights really moved
+        with futures.ThreadPoolExecutor(1) as other:  # only the thread that built the topology may change it
+            for change in (topology.sync_weights, topology.shutdown):
+                with pytest.raises(AssertionError, match="only the thread that built the topology"):
+                    other.submit(change).result()
 
-        ray.kill(run.rollout_workers[0])  # a rollout worker dies between steps
+        ray.kill(worker)  # a rollout worker dies between steps
         values = run.train_step()
         assert values["rollout_restarts"] == 1 and values["trajectories"] == 16
         assert {
@@ -114,7 +123,10 @@ def test_resume_from_the_last_checkpoint(local_ray, tiny_checkpoint, data, tmp_p
 
     def checkpoint_then_crash():
         checkpoint()
-        assert first.sampler.state() == {"epoch": 0, "index": 12}  # step 3's prompts were drawn in the background
+        assert first.rollouts.sampler.state() == {
+            "epoch": 0,
+            "index": 12,
+        }  # step 3's prompts were drawn in the background
         raise RuntimeError("killed after the step-2 checkpoint")
 
     first.checkpoint = checkpoint_then_crash
@@ -128,7 +140,7 @@ def test_resume_from_the_last_checkpoint(local_ray, tiny_checkpoint, data, tmp_p
     assert [m["step"] for m in _metrics(out)] == [0, 1, 2]
     second = GRPORun(_cfg(**cfg), tiny_checkpoint, *data, out)
     try:
-        assert second.step == 2 and second.sampler.state() == {"epoch": 0, "index": 8}
+        assert second.step == 2 and second.rollouts.sampler.state() == {"epoch": 0, "index": 8}
         assert second.model_path.endswith(os.path.join("step-2", "model"))
         result = second.run()
     finally:
@@ -149,24 +161,27 @@ def test_colocated_rollout_shares_the_learner_bundles_and_a_nan_loss_stops_every
         *data,
         str(tmp_path / "grpo"),
     )
+    topology, g = run.topology, run.g
     try:
-        learner_pg = run.learner_pg.id.hex()
-        assert [ray.get(w.placement_group_id.remote()) for w in run.rollout_workers] == [learner_pg] * 2
-        assert run.rollout_pg is None
+        learner_pg = topology.learner_pg.id.hex()
+        assert [ray.get(w.placement_group_id.remote()) for w in topology.rollout_workers] == [learner_pg] * 2
+        assert topology.rollout_pg is None
         values = run.train_step()
         assert values["trajectories"] == 16 and values["sync_s"] > 0
 
         # Two groups, one per learner; only row 0's carries a NaN advantage. Both learners stop (one raising
         # alone would leave the other in the gradient all-reduce) and nothing is applied.
-        results = run.generate(run._requests(ROWS[:2], 2, tag=5))
+        results = run.generate(step_requests(g, ROWS[:2], 2, tag=5))
         trajs = [
-            Trajectory(run._requests([ROWS[i]], 1, tag=0)[0], c.token_ids, c.logprobs, math.nan if i == 0 else 1.0, 0.0)
+            Trajectory(
+                step_requests(g, [ROWS[i]], 1, tag=0)[0], c.token_ids, c.logprobs, math.nan if i == 0 else 1.0, 0.0
+            )
             for i, res in enumerate(results)
             for c in res.completions
         ]
-        before = ray.get([learner.logprobs.remote(trajs) for learner in run.learners])
+        before = ray.get([learner.logprobs.remote(trajs) for learner in topology.learners])
         with pytest.raises(FloatingPointError, match="non-finite on a learner"):
-            run.learn(trajs)
-        assert ray.get([learner.logprobs.remote(trajs) for learner in run.learners]) == before
+            topology.learn(trajs)
+        assert ray.get([learner.logprobs.remote(trajs) for learner in topology.learners]) == before
     finally:
         run.shutdown()

@@ -4,8 +4,6 @@ If one stage built its own prompt (GRPO training on other text than eval scores,
 text than the policy later sees), these fail.
 """
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
@@ -38,21 +36,21 @@ def _user(row: dict) -> dict:
 def _stage_requests(row: dict) -> dict:
     """The request (or user turn) each stage builds for `row`, through the stage's own code."""
     from r1v_ray.distill.udfs import distill_request
-    from r1v_ray.engines.judge.openai_judge import OpenAIJudge
-    from r1v_ray.grpo.trainer import GRPORun
+    from r1v_ray.engines.judge.openai_judge import judge_query
+    from r1v_ray.grpo.rollouts import step_requests
     from r1v_ray.sft.samples import sft_messages
     from r1v_ray.sft.stages import ErrorSetPass
 
     cfg = R1VConfig()
     e = cfg.eval
-    grpo = GRPORun._requests(SimpleNamespace(g=cfg.grpo), [row], cfg.grpo.group_size, tag=0)[0]
+    grpo = step_requests(cfg.grpo, [row], cfg.grpo.group_size, tag=0)[0]
     return {
         "eval": paper_request(row, e.runs, e.max_tokens, e.temperature, e.top_p, seed=cfg.seed),
         "grpo": grpo,
         "sft_error_set": ErrorSetPass(cfg, "unused").build(row),
         "self_distill": distill_request({**row, "rep_penalty": 1.3}, DistillConfig(), seed=0),
         "sft_train": sft_messages(row)[0],
-        "judge": OpenAIJudge._query(row),
+        "judge": judge_query(row),
     }
 
 

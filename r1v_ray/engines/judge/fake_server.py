@@ -33,6 +33,64 @@ FAULT_SCHEDULE = ["429", "ok", "500", "timeout", "badjson", "ok", "429", "500"]
 class _Server(ThreadingHTTPServer):
     request_queue_size = 256  # the default backlog of 5 drops bursts of concurrent connections
     daemon_threads = True
+    fake: FakeJudgeServer  # what answers (set by FakeJudgeServer)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """HTTP in and out; what to answer is the FakeJudgeServer's."""
+
+    server: _Server
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _send(self, code: int, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self._send(*self.server.fake.models(self.path))
+
+    def do_POST(self):
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        reply = self.server.fake.chat(raw, self.headers.get("Authorization", ""))
+        try:
+            self._send(*reply)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
+            pass
+
+
+ERRORS = {
+    "429": b'{"error": {"message": "rate limited", "type": "rate_limit"}}',
+    "500": b'{"error": {"message": "internal error", "type": "server_error"}}',
+}
+
+
+def _unauthorized(authorization: str) -> bytes:
+    """OpenAI's 401 for a wrong key, echoing it masked."""
+    key = authorization.removeprefix("Bearer ")
+    message = f"Incorrect API key provided: {key[:3]}{'*' * 20}{key[-4:]}. You can find your API key."
+    return json.dumps({"error": {"message": message, "code": "invalid_api_key"}}).encode()
+
+
+def _digest(request: dict) -> int:
+    """One request across its resamples (the judge changes seed and temperature after a bad answer), so that
+    its later attempts still succeed."""
+    same = {k: v for k, v in request.items() if k not in ("seed", "temperature")}
+    return int(hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()[:12], 16)
+
+
+def _request_text(request: dict) -> str:
+    return "\n".join(
+        p.get("text", "")
+        for m in request["messages"]
+        if isinstance(m["content"], list)
+        for p in m["content"]
+        if p.get("type") == "text"
+    )
 
 
 def _answer(kind: str, text: str, digest: int) -> dict:
@@ -74,97 +132,66 @@ class FakeJudgeServer:
         self.served: Counter = Counter()  # outcome -> count ("ok", "429", "500", "timeout", "badjson")
         self.attempts: Counter = Counter()  # request hash -> attempts seen
         self.lock = threading.Lock()
-        self.httpd = _Server(("127.0.0.1", port), self._handler())
+        self.httpd = _Server(("127.0.0.1", port), _Handler)
+        self.httpd.fake = self
         self.thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
-    def _handler(self):
-        server = self
+    def models(self, path: str) -> tuple[int, bytes]:
+        """`GET /v1/models`: one model, owned by `owned_by`."""
+        if not path.rstrip("/").endswith("/models"):
+            return 404, b'{"error": {"message": "not found"}}'
+        body = {"object": "list", "data": [{"id": "fake", "object": "model", "owned_by": self.owned_by}]}
+        return 200, json.dumps(body).encode()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
+    def chat(self, raw: bytes, authorization: str) -> tuple[int, bytes]:
+        """`POST /v1/chat/completions`: the status and body for this attempt of the request."""
+        request = json.loads(raw)
+        with self.lock:
+            self.requests.append(request)
+        if self.answers == "unauthorized":
+            return 401, _unauthorized(authorization)
+        digest = _digest(request)
+        outcome = self._outcome(digest)
+        time.sleep(self.latency_s)
+        if outcome in ERRORS:
+            return int(outcome), ERRORS[outcome]
+        if outcome == "timeout":
+            time.sleep(self.timeout_sleep_s)
+        return 200, json.dumps(self._completion(request, len(raw), digest, outcome)).encode()
 
-            def _send(self, code: int, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+    def _outcome(self, digest: int) -> str:
+        """With `faults`, the first two attempts of a request follow FAULT_SCHEDULE; every other one is "ok"."""
+        with self.lock:
+            attempt = self.attempts[digest]
+            self.attempts[digest] += 1
+            outcome = FAULT_SCHEDULE[(digest + attempt) % len(FAULT_SCHEDULE)] if self.faults and attempt < 2 else "ok"
+            self.served[outcome] += 1
+        return outcome
 
-            def do_GET(self):
-                if not self.path.rstrip("/").endswith("/models"):
-                    return self._send(404, b'{"error": {"message": "not found"}}')
-                body = {"object": "list", "data": [{"id": "fake", "object": "model", "owned_by": server.owned_by}]}
-                self._send(200, json.dumps(body).encode())
-
-            def do_POST(self):
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                request = json.loads(raw)
-                with server.lock:
-                    server.requests.append(request)
-                if server.answers == "unauthorized":
-                    key = self.headers.get("Authorization", "").removeprefix("Bearer ")
-                    message = f"Incorrect API key provided: {key[:3]}{'*' * 20}{key[-4:]}. You can find your API key."
-                    return self._send(
-                        401, json.dumps({"error": {"message": message, "code": "invalid_api_key"}}).encode()
-                    )
-                # One request across its resamples (the judge changes seed and temperature after a bad
-                # answer): its later attempts still succeed.
-                same = {k: v for k, v in request.items() if k not in ("seed", "temperature")}
-                digest = int(hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()[:12], 16)
-                with server.lock:
-                    attempt = server.attempts[digest]
-                    server.attempts[digest] += 1
-                outcome = (
-                    FAULT_SCHEDULE[(digest + attempt) % len(FAULT_SCHEDULE)] if server.faults and attempt < 2 else "ok"
-                )
-                with server.lock:
-                    server.served[outcome] += 1
-                time.sleep(server.latency_s)
-                if outcome == "429":
-                    return self._send(429, b'{"error": {"message": "rate limited", "type": "rate_limit"}}')
-                if outcome == "500":
-                    return self._send(500, b'{"error": {"message": "internal error", "type": "server_error"}}')
-                if outcome == "timeout":
-                    time.sleep(server.timeout_sleep_s)
-                kind = _kind(request)
-                text = "\n".join(
-                    p.get("text", "")
-                    for m in request["messages"]
-                    if isinstance(m["content"], list)
-                    for p in m["content"]
-                    if p.get("type") == "text"
-                )
-                content = json.dumps(_answer(kind, text, digest))
-                finish = "stop"
-                if outcome == "badjson" or server.answers == "junk":
-                    content = "{not json"
-                elif server.answers == "length":
-                    content, finish = content[: len(content) // 2], "length"
-                body = {
-                    "id": f"fake-{digest:x}",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": request.get("model", "fake"),
-                    "choices": [
-                        {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": content}}
-                    ],
-                    "usage": {
-                        "prompt_tokens": len(raw) // 4,
-                        "completion_tokens": len(content) // 4,
-                        "total_tokens": len(raw) // 4 + len(content) // 4,
-                    },
-                }
-                try:
-                    self._send(200, json.dumps(body).encode())
-                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
-                    pass
-
-        return Handler
+    def _completion(self, request: dict, raw_len: int, digest: int, outcome: str) -> dict:
+        """The chat completion: the schema's deterministic answer, or the broken one `answers` asks for."""
+        content = json.dumps(_answer(_kind(request), _request_text(request), digest))
+        finish = "stop"
+        if outcome == "badjson" or self.answers == "junk":
+            content = "{not json"
+        elif self.answers == "length":
+            content, finish = content[: len(content) // 2], "length"
+        return {
+            "id": f"fake-{digest:x}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request.get("model", "fake"),
+            "choices": [{"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": content}}],
+            "usage": {
+                "prompt_tokens": raw_len // 4,
+                "completion_tokens": len(content) // 4,
+                "total_tokens": raw_len // 4 + len(content) // 4,
+            },
+        }
 
     def start(self) -> FakeJudgeServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -210,6 +210,15 @@ def _image_url(image: bytes) -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode()
 
 
+def judge_query(row: dict, extra: str = "") -> list[dict]:
+    """The user content of every judge request for a row: its image, then the paper's question text and `extra`."""
+    text = question_text(row)
+    return [
+        {"type": "image_url", "image_url": {"url": _image_url(row["image"])}},
+        {"type": "text", "text": f"Query:\n{text}{extra}"},
+    ]
+
+
 class UnusableAnswer(ValueError):
     """An answer that arrived but cannot be used (not JSON, fields missing or out of range)."""
 
@@ -349,34 +358,26 @@ class OpenAIJudge(Judge):
                 pass
         return min(30.0, 0.25 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)  # exponential, jittered
 
-    @staticmethod
-    def _query(row: dict, extra: str = "") -> list[dict]:
-        text = question_text(row)
-        return [
-            {"type": "image_url", "image_url": {"url": _image_url(row["image"])}},
-            {"type": "text", "text": f"Query:\n{text}{extra}"},
-        ]
-
     def assess(self, row: dict) -> tuple[Assessment, Usage]:
-        answer, usage = self._call("assessment", self._query(row))
+        answer, usage = self._call("assessment", judge_query(row))
         return Assessment(**{k: float(answer[k]) / 10.0 for k in SCHEMAS["assessment"]}), usage
 
     def verify(self, row: dict, completion: str) -> tuple[bool, Usage]:
         _, response = split_think(completion)
         answer, usage = self._call(
-            "verdict", self._query(row, f"\n\nReference answer: {row['answer']}\n\nResponse:\n{response}")
+            "verdict", judge_query(row, f"\n\nReference answer: {row['answer']}\n\nResponse:\n{response}")
         )
         return bool(answer["correct"]), usage
 
     def revise(self, row: dict, completion: str, regenerate: Regenerate | None) -> tuple[str, Usage]:
         think, response = split_think(completion)
         extra = f"\n\nReference answer: {row['answer']}\n\nModel reasoning:\n{think}\n\nModel answer:\n{response}"
-        answer, usage = self._call("revision", self._query(row, extra))
+        answer, usage = self._call("revision", judge_query(row, extra))
         return f"<think>\n{answer['think'].strip()}\n</think>\n\nAnswer: \\boxed{{{row['answer']}}}", usage
 
     def rm_score(self, row: dict) -> tuple[int, str, Usage]:
         think = row.get("think") or row.get("rationale") or ""
         response = row.get("response") or f"Answer: \\boxed{{{row['answer']}}}"
         extra = f"\n\nReference answer: {row['answer']}\n\nReasoning:\n{think}\n\nResponse:\n{response}"
-        answer, usage = self._call("rm", self._query(row, extra))
+        answer, usage = self._call("rm", judge_query(row, extra))
         return int(answer["score"]), str(answer["reason"])[:300], usage

@@ -5,15 +5,8 @@ from __future__ import annotations
 import torch
 
 from r1v_ray.config import RolloutConfig
-from r1v_ray.engines.rollout.types import (
-    Completion,
-    GenerationRequest,
-    GenerationResult,
-    PromptBuilder,
-    RequestRejected,
-    RolloutEngine,
-    resolve_device,
-)
+from r1v_ray.engines.rollout.types import Completion, GenerationResult, RolloutEngine, resolve_device
+from r1v_ray.prompts import GenerationRequest, PromptBuilder, RequestRejected
 
 
 class HFEngine(RolloutEngine):

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
 from r1v_ray.config import RolloutConfig
-from r1v_ray.engines.rollout.types import (
-    Completion,
-    GenerationRequest,
-    GenerationResult,
-    PromptBuilder,
-    RequestRejected,
-    RolloutEngine,
-    resolve_device,
-)
+from r1v_ray.engines.rollout.types import Completion, GenerationResult, RolloutEngine, resolve_device
+from r1v_ray.prompts import GenerationRequest, PromptBuilder, RequestRejected, Sampling
 
 # vLLM warnings that are expected here and would drown a run's log, by logger:
 # - vLLM's CPU worker replaces torch.set_num_threads with a warning, and vLLM's own renderer calls it around
@@ -84,21 +78,12 @@ def engine_kwargs(checkpoint: str, cfg: RolloutConfig, dtype: str, gpu_memory_ut
     return kwargs
 
 
-def sampling_params(s, **extra):
-    """vLLM's SamplingParams for a request's `Sampling`; `extra`: the engine path's own options."""
+def sampling_params(s: Sampling, **extra):
+    """vLLM's SamplingParams for a request's `Sampling`, whose fields carry vLLM's names (`logprobs` is a count
+    there: 0 returns the sampled token's); `extra`: the engine path's own options."""
     from vllm import SamplingParams
 
-    return SamplingParams(
-        n=s.n,
-        temperature=s.temperature,
-        top_p=s.top_p,
-        max_tokens=s.max_tokens,
-        repetition_penalty=s.repetition_penalty,
-        stop=s.stop,
-        seed=s.seed,
-        logprobs=0 if s.logprobs else None,
-        **extra,
-    )
+    return SamplingParams(**{**dataclasses.asdict(s), "logprobs": 0 if s.logprobs else None}, **extra)
 
 
 class VLLMEngine(RolloutEngine):
