@@ -19,7 +19,9 @@ CI has no GPU; run it on a GPU box after `./setup.sh gpu`):
 4. Packed and shared-prompt attention as CUDA runs it (FlexAttention, compiled, bf16, GQA) against the
    per-sample SDPA loop: outputs and q/k/v gradients within twice the loop's own bf16 error (both measured
    against the loop in float32), with the speedup of the fused kernel (forward + backward, medians).
-   The GRPO and SFT checks above run it inside the model.
+   The GRPO and SFT checks above run it inside the model. This check alone (about a minute, most of it
+   compiling): `python -c "import sys; sys.path[:0] = ['.', 'tests/gpu']; import check_gpu_paths as c;
+   c.check_flex_attention()"`.
 
 Exits non-zero on the first failed check; writes a JSON summary to --out.
 """
@@ -338,10 +340,11 @@ def compare_flex(case: dict, compiled: bool, backward: bool, repeats: int = 5) -
     }
 
 
-def check_flex_attention() -> dict:
+def check_flex_attention(device="cuda", dtype=torch.bfloat16, scale=1.0, compiled=True, backward=True, repeats=5):
+    """As CUDA runs it by default; the unit tests run it on CPU, small, eager and forward only."""
     results = {}
-    for case in flex_cases("cuda", torch.bfloat16):
-        got = compare_flex(case, compiled=True, backward=True)
+    for case in flex_cases(device, dtype, scale):
+        got = compare_flex(case, compiled, backward, repeats)
         worst = {
             n: got["error_vs_fp32"]["flex"][n] / max(got["error_vs_fp32"]["loop"][n], 1e-3) for n in got["max_abs_diff"]
         }

@@ -176,11 +176,19 @@ def test_kernel_choice():
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-def test_gpu_check_cases_run_on_cpu():
-    """The GPU check's comparison (its CUDA run is compiled, in bf16, with backward) on CPU, small and eager."""
-    for case in check_gpu_paths.flex_cases("cpu", torch.float32, scale=0.01):
-        got = check_gpu_paths.compare_flex(case, compiled=False, backward=False, repeats=1)
-        assert got["max_abs_diff"]["out"] < 1e-5, got
+def test_gpu_check_runs_on_cpu():
+    """The GPU check's comparison (on CUDA: compiled, bf16, with backward) on CPU, small, eager, forward only;
+    its backward step on the loop."""
+    results = check_gpu_paths.check_flex_attention(
+        "cpu", torch.float32, 0.01, compiled=False, backward=False, repeats=1
+    )
+    assert set(results) == {"packed", "shared_prompt"}
+    assert all(r["max_abs_diff"]["out"] < 1e-5 and r["speedup"] > 0 for r in results.values()), results
+    case = check_gpu_paths.flex_cases("cpu", torch.float32, 0.01)[1]
+    q = case["qkv"][0]
+    grad_out = torch.randn(q.shape[0], q.shape[2], q.shape[1], q.shape[3])
+    out, dq, dk, dv = check_gpu_paths._attend(case, "loop", torch.float32, False, True, grad_out)
+    assert dq.shape == q.shape and dk.shape == dv.shape == case["qkv"][1].shape and bool(dk.abs().sum() > 0)
 
 
 def test_block_mask_is_rebuilt_for_a_changed_row():
