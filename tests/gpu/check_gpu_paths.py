@@ -19,8 +19,8 @@ CI has no GPU; run it on a GPU box after `./setup.sh gpu`):
 4. Packed and shared-prompt attention as CUDA runs it (FlexAttention, compiled, bf16, GQA) against the
    per-sample SDPA loop: outputs and q/k/v gradients within twice the loop's own bf16 error (both measured
    against the loop in float32), with the speedup of the fused kernel (forward + backward, medians).
-   The GRPO and SFT checks above run it inside the model. This check alone (about a minute, most of it
-   compiling): `python -c "import sys; sys.path[:0] = ['.', 'tests/gpu']; import check_gpu_paths as c;
+   The GRPO and SFT checks above run it inside the model. This check alone (most of its time compiling):
+   `python -c "import sys; sys.path[:0] = ['.', 'tests/gpu']; import check_gpu_paths as c;
    c.check_flex_attention()"`.
 
 Exits non-zero on the first failed check; writes a JSON summary to --out.
