@@ -1,12 +1,13 @@
 """Packed-row attention on CPU: FlexAttention (eager and compiled) against the per-sample SDPA loop.
 
 Same random queries/keys/values (the tiny model's attention shape by default: 4 query heads, 2 key/value
-heads, head_dim 32), forward only (torch has no FlexAttention backward on CPU). For each layout prints the
-median and range over --repeats of one layer's attention, the block mask's build time (once per forward,
-shared by the layers), and the ratio loop / flex per forward of a --layers model, from the same run.
+heads, head_dim 32), forward only (torch has no FlexAttention backward on CPU). For each layout prints one
+layer's attention time, the block mask's build time (once per forward, shared by the layers), and the
+ratios loop / flex per layer and per forward of a --layers model: medians over --repeats with the range,
+each repeat timing all variants back to back.
 CUDA runs the compiled path; tests/gpu/check_gpu_paths.py measures it there, with backward.
 
-    .venv/bin/python benchmarks/varlen_attention.py [--repeats 7] [--layers 2]
+    .venv/bin/python benchmarks/varlen_attention.py [--repeats 5] [--layers 2]
 """
 
 from __future__ import annotations
@@ -46,57 +47,68 @@ def cases(seed: int = 0) -> list[tuple[str, int, dict]]:
     ]
 
 
-def seconds(fn, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
-def show(name: str, times: list[float]) -> str:
-    return f"{name} {times[len(times) // 2] * 1e3:.1f} ms [{times[0] * 1e3:.1f}-{times[-1] * 1e3:.1f}]"
+def spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    values = sorted(values)
+    return f"{fmt.format(values[len(values) // 2])} [{fmt.format(values[0])}-{fmt.format(values[-1])}]"
 
 
 def bench(tokens: int, kwargs: dict, args) -> None:
+    """Each repeat times every variant back to back, so load changes on the shared host hit them alike; the
+    ratios are per repeat, then their median and range."""
     g = torch.Generator().manual_seed(0)
     heads = (args.heads, args.kv_heads, args.kv_heads)
     q, k, v = (torch.randn(1, h, tokens, args.head_dim, generator=g) for h in heads)
     scale = args.head_dim**-0.5
     pos, layout = kwargs.get("position_ids"), kwargs.get("r1v_shared_prompts")
+    runs = {"loop": lambda: varlen._varlen_forward("loop", None, q, k, v, None, scaling=scale, **kwargs)[0]}
+    for name, compiled in (("flex_eager", False), ("flex_compiled", True)):
+        runs[name] = lambda c=compiled: varlen._flex_forward(q, k, v, scale, pos, layout, c)[0]
+        runs[name + "_mask"] = lambda c=compiled: varlen._block_mask(1, tokens, torch.device("cpu"), pos, layout, c)
     with torch.no_grad():
-        reference = varlen._varlen_forward("loop", None, q, k, v, None, scaling=scale, **kwargs)[0]
-        loop = seconds(
-            lambda: varlen._varlen_forward("loop", None, q, k, v, None, scaling=scale, **kwargs), args.repeats
-        )
-        print(f"  {show('loop', loop)} per layer", flush=True)
-        for compiled in (False, True):
+        reference = runs["loop"]()
+        for name in ("flex_eager", "flex_compiled"):
             start = time.perf_counter()
-            diff = (varlen._flex_forward(q, k, v, scale, pos, layout, compiled)[0] - reference).abs().max().item()
-            first = time.perf_counter() - start  # compiles where compiled
-            flex = seconds(lambda c=compiled: varlen._flex_forward(q, k, v, scale, pos, layout, c), args.repeats)
-            mask = seconds(lambda c=compiled: varlen._block_mask(1, tokens, "cpu", pos, layout, c), args.repeats)
-            loop_s, flex_s, mask_s = (t[len(t) // 2] for t in (loop, flex, mask))
-            print(
-                f"  {show('flex_' + ('compiled' if compiled else 'eager'), flex)} per layer (mask cached), "
-                f"{show('mask build', mask)}, first call {first:.2f} s, max |diff| vs loop {diff:.1e}; "
-                f"loop/flex: per layer {loop_s / flex_s:.2f}x, per {args.layers}-layer forward "
-                f"{loop_s * args.layers / (mask_s + flex_s * args.layers):.2f}x",
-                flush=True,
-            )
+            diff = (runs[name]() - reference).abs().max().item()
+            runs[name + "_mask"]()
+            print(f"  {name}: first call (compiles where compiled) {time.perf_counter() - start:.2f} s, "
+                  f"max |diff| vs loop {diff:.1e}", flush=True)  # fmt: skip
+        times = {name: [] for name in runs}
+        for _ in range(args.repeats):
+            for name, run in runs.items():
+                times[name].append(timed(run))
+    print(f"  loop {spread([t * 1e3 for t in times['loop']], '{:.1f}')} ms per layer", flush=True)
+    for name in ("flex_eager", "flex_compiled"):
+        layer = [a / b for a, b in zip(times["loop"], times[name])]
+        forward = [
+            a * args.layers / (m + b * args.layers)
+            for a, b, m in zip(times["loop"], times[name], times[name + "_mask"])
+        ]
+        print(
+            f"  {name} {spread([t * 1e3 for t in times[name]], '{:.1f}')} ms per layer (mask cached), mask build "
+            f"{spread([t * 1e3 for t in times[name + '_mask']], '{:.1f}')} ms; loop/flex per layer {spread(layer)}x, "
+            f"per {args.layers}-layer forward {spread(forward)}x",
+            flush=True,
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--layers", type=int, default=2, help="layers sharing one block mask per forward (tiny model: 2)")
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--head-dim", type=int, default=32)
     args = ap.parse_args()
     warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, medians of {args.repeats} [range]")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, medians of {args.repeats} [range]", flush=True
+    )
     for name, tokens, kwargs in cases():
         print(f"{name}: {tokens} tokens", flush=True)
         bench(tokens, kwargs, args)
