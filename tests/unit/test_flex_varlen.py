@@ -2,7 +2,7 @@
 dense-mask reference built here from the row's structure, on packed rows and shared-prompt rows, with GQA.
 
 torch has no FlexAttention backward on CPU: gradients are checked through torch's dense rendering of the
-same mask_mod (`create_mask`); the fused backward on CUDA runs in tests/gpu/check_gpu_paths.py."""
+same mask_mod (`create_mask`); the fused backward on CUDA runs in tests/gpu/check_flex_attention.py."""
 
 import os
 import sys
@@ -17,6 +17,7 @@ from r1v_ray.model import flex_varlen, varlen
 from r1v_ray.model.varlen import SharedPromptLayout
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "gpu"))
+import check_flex_attention  # noqa: E402
 import check_gpu_paths  # noqa: E402
 
 SCALE = 0.25
@@ -24,7 +25,7 @@ HQ, HKV, DIM = 4, 2, 16  # grouped-query attention: two query heads per key/valu
 
 # Two rows with different samples, crossing flex's 128-token blocks; the second ends in a pad tail (own block).
 PACKED = [[200, 37, 150, 113], [90, 300, 80, 30]]
-# Two groups: a prompt, then its completions (one empty); a third group without completions.
+# Three groups: each prompt, then its completions (one of them empty); the third has none.
 SHARED = SharedPromptLayout(
     (
         (0, 150, ((150, 60), (210, 0), (210, 140), (350, 1))),
@@ -179,15 +180,15 @@ def test_kernel_choice():
 def test_gpu_check_runs_on_cpu():
     """The GPU check's comparison (on CUDA: compiled, bf16, with backward) on CPU, small, eager, forward only;
     its backward step on the loop."""
-    results = check_gpu_paths.check_flex_attention(
+    results = check_flex_attention.check_flex_attention(
         "cpu", torch.float32, 0.01, compiled=False, backward=False, repeats=1
     )
     assert set(results) == {"packed", "shared_prompt"}
     assert all(r["max_abs_diff"]["out"] < 1e-5 and r["speedup"] > 0 for r in results.values()), results
-    case = check_gpu_paths.flex_cases("cpu", torch.float32, 0.01)[1]
+    case = check_flex_attention.flex_cases("cpu", torch.float32, 0.01)[1]
     q = case["qkv"][0]
     grad_out = torch.randn(q.shape[0], q.shape[2], q.shape[1], q.shape[3])
-    out, dq, dk, dv = check_gpu_paths._attend(case, "loop", torch.float32, False, True, grad_out)
+    out, dq, dk, dv = check_flex_attention._attend(case, "loop", torch.float32, False, True, grad_out)
     assert dq.shape == q.shape and dk.shape == dv.shape == case["qkv"][1].shape and bool(dk.abs().sum() > 0)
 
 
@@ -201,3 +202,11 @@ def test_block_mask_is_rebuilt_for_a_changed_row():
     assert get(pos) == get(pos) == 1  # the layers of one forward
     pos[0, 5] = 0  # the same tensor changed in place: its version counter moved
     assert get(pos) == 2 and get(pos.clone()) == 3 and get(SHARED) == 4
+
+
+def test_the_gpu_check_script_runs_the_flex_check():
+    """check_gpu_paths.py imports without a GPU, and its main() runs this check first."""
+    import inspect
+
+    assert check_gpu_paths.check_flex_attention is check_flex_attention.check_flex_attention
+    assert "check_flex_attention()" in inspect.getsource(check_gpu_paths.main)
