@@ -1,9 +1,10 @@
 """FlexAttention block masks for packed rows and shared-prompt rows (the fused path of `r1v_ray.model.varlen`).
 
 One `flex_attention` call per layer replaces the per-sample SDPA loop: a mask_mod says which key each query
-may see, `create_block_mask` turns it into a block-sparse mask once per forward (blocks no query may see are
-skipped, so the cost stays O(sum of Li^2) like the loop), and grouped-query attention runs without repeating
-key/value heads (`enable_gqa=True`).
+may see, `create_block_mask` turns it into a block-sparse mask once per forward, shared by all layers (the
+kernel skips 128x128 blocks no query may see, so attention costs about O(sum of Li^2) like the loop; the
+build evaluates the mask_mod over all L^2 pairs, fused when compiled), and grouped-query attention runs
+without repeating key/value heads (`enable_gqa=True`).
 
 * Packed rows: positions restart at 0 per sample; a token sees the earlier tokens of its own sample.
 * Shared prompts (`SharedPromptLayout`): a prompt token sees its prompt causally; a completion token sees its
