@@ -16,6 +16,9 @@ CI has no GPU; run it on a GPU box after `./setup.sh gpu`):
    slice of each weight), the GPU's peak allocation while loading stays under the model's bf16 bytes plus
    its largest tensor (never a second whole copy), and the export, gathered one parameter at a time and
    streamed into several safetensors shards with HF's index, equals the checkpoint in bf16 bit for bit.
+4. Packed and shared-prompt attention as CUDA runs it (FlexAttention, compiled, bf16, GQA) against the
+   per-sample SDPA loop, with the fused kernel's speedup (tests/gpu/check_flex_attention.py, which also
+   runs alone). The GRPO and SFT checks above run it inside the model.
 
 Exits non-zero on the first failed check; writes a JSON summary to --out.
 """
@@ -38,6 +41,9 @@ from safetensors.torch import load_file  # noqa: E402
 
 from r1v_ray.data.synthetic import corpus  # noqa: E402
 from r1v_ray.model.factory import write_tiny_checkpoint  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from check_flex_attention import check_flex_attention  # noqa: E402
 
 # bf16 keeps 8 mantissa bits: a log-prob of about -5 is exact to ~0.02, and the learner's packed
 # attention sums in another order than the rollout engine's, so the two may differ by a few of those.
@@ -249,6 +255,7 @@ def main() -> None:
         torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU",
     )
     summary = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    summary["flex_attention"] = check_flex_attention()
     ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=True)
     try:
         with tempfile.TemporaryDirectory() as work:
