@@ -136,15 +136,32 @@ class LearnerEngine:
 
 
 def _partitioning_init(ds_config: dict):
-    """`deepspeed.zero.Init` that only partitions. The stock one broadcasts each new parameter from rank 0 so
-    random inits agree, which writes the whole tensor on every other rank; here every element of every
-    partition is read from the checkpoint right after (a tensor missing there is an error), so nothing is
-    written to the full-size tensors, their pages are never touched, and they are freed once partitioned."""
+    """`deepspeed.zero.Init` that only partitions, into partitions the checkpoint fills afterwards.
+
+    The stock one broadcasts each new parameter from rank 0 so random inits agree, which writes the whole
+    tensor on every other rank, then copies the rank's slice of it into the partition. Here every element of
+    every partition is read from the checkpoint right after (a tensor missing there is an error), so neither
+    happens: the partition is allocated as DeepSpeed's `_partition_param` allocates it but left unwritten,
+    so its pages become resident only as its weights are read (a tied head's partition, dropped before
+    loading, never does), and the full-size tensors are never touched and are freed once partitioned."""
     import deepspeed
+    from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum
+    from deepspeed.runtime.zero.partition_parameters import PartitionedParamStatus
 
     class PartitioningInit(deepspeed.zero.Init):
         def _zero_init_param(self, param):
             self._convert_to_deepspeed_param(param)
+            if not (
+                self.pin_memory or self.quantized_nontrainable_weights or self.remote_device == OffloadDeviceEnum.nvme
+            ):
+                # deepspeed==0.19.8 `_partition_param`'s first-partition branch, less its copy; with
+                # `ds_tensor` set, `partition()` only frees the full-size data
+                size = self._aligned_size(param) // self._partition_world_size(param)
+                device = self.local_device if param.ds_persist else self.remote_device
+                part = torch.empty(size, dtype=param.dtype, device=device)
+                part.requires_grad = False
+                part.ds_numel, part.status, part.final_location = size, PartitionedParamStatus.AVAILABLE, None
+                param.ds_tensor, param.ds_numel_aligned = part, self._aligned_size(param)
             param.partition()
 
     return PartitioningInit(config_dict_or_path=ds_config)
@@ -153,7 +170,8 @@ def _partitioning_init(ds_config: dict):
 def _return_freed_memory_promptly() -> None:
     """glibc serves blocks below its (self-raising, up to 32 MB) mmap threshold from a heap that keeps freed
     pages resident; with a fixed 1 MB threshold each full-size layer tensor built, partitioned and freed
-    goes back to the OS at once (measured: -0.6 GB per rank at 1.86B). No-op where mallopt is absent."""
+    goes back to the OS at once (measured at 1.86B: -0.6 GB per rank peak while parameters were still
+    gathered during the build; since then -0.05 GB, in deepspeed.initialize). No-op where mallopt is absent."""
     import ctypes
 
     try:
@@ -169,7 +187,7 @@ def load_zero3(checkpoint: str, dtype: str, ds_config: dict):
     import torch.distributed as dist
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
     from transformers.initialization import no_init_weights
-    from transformers.modeling_utils import local_torch_dtype
+    from transformers.modeling_utils import local_torch_dtype, set_zero3_state
 
     from r1v_ray.model.assemble import DTYPES, part_refs
     from r1v_ray.model.safetensors_io import load_flat_range, load_tensor
@@ -182,9 +200,13 @@ def load_zero3(checkpoint: str, dtype: str, ds_config: dict):
     if dtype != precision:
         raise ValueError(f"ZeRO-3 builds {precision} parameters (DeepSpeed bf16.enabled), not model.dtype={dtype!r}")
     # Parameters are born in `dtype` (no float32 copy to convert) and partitioned module by module as each
-    # is built; no random init: the weights come from the checkpoint.
+    # is built; no random init: the weights come from the checkpoint. `set_zero3_state` tells the sub-models'
+    # `from_config` (InternVL builds its vision tower and LLM that way) that zero.Init is already on;
+    # otherwise each nests the stock zero.Init and then runs `initialize_weights_zero3`, which gathers every
+    # module's full parameters on each rank (measured at 1.86B: +0.9 GB peak per rank, the embedding) to
+    # random-init them on rank 0 and broadcast, only for the checkpoint to overwrite them.
     _return_freed_memory_promptly()
-    with local_torch_dtype(DTYPES[dtype]), no_init_weights(), _partitioning_init(ds_config):
+    with local_torch_dtype(DTYPES[dtype]), no_init_weights(), _partitioning_init(ds_config), set_zero3_state():
         model = model_cls(config)
     model.tie_weights()  # now, so a tied head's own partition is dropped before the weights are read
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())

@@ -1,6 +1,7 @@
 """The shared learner engine under ZeRO-3: two gloo ranks each hold about half of the model's parameters
-once it is loaded (created sharded, each rank reading its own slices), never all of it, and the HF export,
-gathered one parameter at a time, streams the whole model into safetensors shards with HF's index."""
+once it is loaded (created sharded, each rank reading its own slices), never all of it, without a byte of
+weights going between them (no broadcast of fresh parameters, no gather to random-init them), and the HF
+export, gathered one parameter at a time, streams the whole model into safetensors shards with HF's index."""
 
 import json
 import os
@@ -23,15 +24,21 @@ def _rank(rank: int, world: int, port: int, checkpoint: str, out: str, results) 
     from r1v_ray.engines.learner import LearnerEngine
 
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    import deepspeed.comm
+
+    deepspeed.comm.configure(enabled=True, prof_all=True)  # DeepSpeed's log of its collectives, by size
     engine = LearnerEngine(
         checkpoint, ["projector"], zero_stage=3, use_gpu=False, dtype="float32", device="cpu", world=world
     )
+    logged = deepspeed.comm.comms_logger.comms_dict
+    moved = {op: sum(size * rec[0] for size, rec in sizes.items()) for op, sizes in logged.items()}
+    deepspeed.comm.configure(enabled=False)
     params = list(engine.model.parameters())
     held = sum(p.numel() for p in params)  # this rank's partitions
     full = sum(p.ds_numel for p in params)
     engine.start(torch.optim.AdamW(engine.trainable_parameters(), lr=1e-3))
     engine.export_hf(out, rank, {"stage": "test"}, max_shard_bytes=256 * 1024)  # several shards
-    results[rank] = (held, full)
+    results[rank] = (held, full, {op: n for op, n in moved.items() if n})
     dist.destroy_process_group()
 
 
@@ -46,8 +53,9 @@ def test_zero3_ranks_hold_their_shards_only_and_export_the_whole_model(tiny_chec
     mp.spawn(_rank, args=(2, port, tiny_checkpoint, out, results), nprocs=2, join=True)
     full = results[0][1]
     for rank in (0, 1):
-        held, total = results[rank]
+        held, total, moved = results[rank]
         assert total == full and held <= 0.55 * full, (rank, held, full)  # about half each, never all
+        assert not moved, (rank, moved)  # bytes by collective while loading: each rank reads its own slices
     before = load_file(os.path.join(tiny_checkpoint, "model.safetensors"))
     with open(os.path.join(out, "model.safetensors.index.json")) as f:
         shards = sorted(set(json.load(f)["weight_map"].values()))
