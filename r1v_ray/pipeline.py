@@ -34,11 +34,12 @@ def distill_job(cfg: R1VConfig, force: bool = False) -> dict:
 
 
 def score_job(cfg: R1VConfig, force: bool = False, data: str | None = None) -> dict:
-    from r1v_ray.distill.recipes import score_stage, training_data
+    from r1v_ray.distill.recipes import score_stage
 
     init_ray()
     distilled = StageRun(cfg, "distill")
-    data = data or (distilled.manifest["outputs"]["data"] if distilled.complete else training_data(cfg))
+    # Not training_data(): once score has finished, that is score's own output.
+    data = data or (distilled.manifest["outputs"]["data"] if distilled.complete else dataset_uris(cfg)[0])
     return run_stage(cfg, "score", lambda run: score_stage(cfg, run, data), {"data": data}, force)
 
 

@@ -1,0 +1,36 @@
+"""Which data a stage reads from the run directory: the newest output of the stages before it."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from r1v_ray.config import load_config
+from r1v_ray.data.io import write_parquet
+
+
+def _cfg(tmp_path):
+    for split in ("train", "test"):
+        write_parquet(pa.table({"id": [f"{split}-{i}" for i in range(3)]}), str(tmp_path / split))
+    sets = [f"run_dir={tmp_path / 'run'}", "data.source=parquet"]
+    return load_config(None, sets + [f"data.train_path={tmp_path / 'train'}", f"data.test_path={tmp_path / 'test'}"])
+
+
+def test_a_resubmitted_score_without_distillation_skips(tmp_path, monkeypatch):
+    """Score without a finished distill stage scores the train split; resubmitted, it skips rather than
+    reading its own output as its input (which stopped it with StageChanged)."""
+    from r1v_ray import pipeline
+    from r1v_ray.distill import recipes
+
+    cfg, seen = _cfg(tmp_path), []
+
+    def fake_score(cfg, run, data_uri):
+        seen.append(data_uri)
+        write_parquet(pa.table({"id": ["train-0"], "rm_score": [3]}), run.path_for("data"))
+        return {"data": run.path_for("data")}, {"rows_out": 1}
+
+    monkeypatch.setattr(pipeline, "init_ray", lambda: None)
+    monkeypatch.setattr(recipes, "score_stage", fake_score)
+    first = pipeline.score_job(cfg)
+    again = pipeline.score_job(cfg)
+    assert seen == [cfg.data.train_path]
+    assert again["status"] == "complete" and again["inputs"] == first["inputs"]
