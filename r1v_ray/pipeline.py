@@ -14,8 +14,8 @@ from r1v_ray import store
 from r1v_ray.config import R1VConfig
 from r1v_ray.data.sources import dataset_uris
 from r1v_ray.run_dir import RunLayout
-from r1v_ray.runs import StageRun, run_stage
 from r1v_ray.runtime import init_ray, stage_output
+from r1v_ray.stages.manifest import StageRun, run_stage
 
 
 def distill_job(cfg: R1VConfig, force: bool = False) -> dict:

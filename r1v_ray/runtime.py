@@ -52,7 +52,7 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> str | None
 
 def stage_output(cfg: R1VConfig, stage: str, key: str = "model") -> str:
     """An earlier stage's output, or a clear error naming the job to run first."""
-    from r1v_ray.runs import StageRun
+    from r1v_ray.stages.manifest import StageRun
 
     run = StageRun(cfg, stage)
     if not run.complete:

@@ -21,7 +21,7 @@ from r1v_ray.data.sources import dataset_uris
 from r1v_ray.distill.stage import distill, score
 from r1v_ray.model.factory import assemble_initial
 from r1v_ray.run_dir import BOUNDS, RunLayout
-from r1v_ray.runs import StageRun
+from r1v_ray.stages.manifest import StageRun
 
 MODEL_STAGES = ("grpo", "sft", "reassemble", "mlp_init")  # newest first
 

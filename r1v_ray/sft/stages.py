@@ -26,10 +26,10 @@ from r1v_ray.model.factory import assemble_initial, part_paths
 from r1v_ray.prompts import paper_request, row_choices
 from r1v_ray.rewards import accuracy_reward
 from r1v_ray.run_dir import ERROR_IDS, EVAL_JSON, TRAIN_DATA, TRAIN_MODEL, TRAIN_REJECTED, TRAIN_SUMMARY
-from r1v_ray.runs import StageRun
 from r1v_ray.sft.data import filter_by_length
 from r1v_ray.sft.run import run_sft
 from r1v_ray.sft.trainer import SFTJob
+from r1v_ray.stages.manifest import StageRun
 
 
 def _model_done(path: str) -> bool:

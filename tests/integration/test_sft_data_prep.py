@@ -13,8 +13,8 @@ from r1v_ray.data import io
 from r1v_ray.data.io import read_parquet
 from r1v_ray.data.select import all_rows, subset
 from r1v_ray.data.synthetic import write_split
-from r1v_ray.runs import StageRun
 from r1v_ray.sft import stages
+from r1v_ray.stages.manifest import StageRun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

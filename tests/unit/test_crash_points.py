@@ -26,7 +26,7 @@ from r1v_ray.config import load_config
 from r1v_ray.data.io import ParquetSink, read_parquet, write_parquet
 from r1v_ray.data.schema import canonical_table
 from r1v_ray.data.synthetic import make_row
-from r1v_ray.runs import StageRun, run_stage
+from r1v_ray.stages.manifest import StageRun, run_stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "configs", "demo", "tiny.yaml")

@@ -149,8 +149,8 @@ def test_report_sections(tmp_path):
 def test_iterative_sft_table_entries_carry_std_and_ci(tmp_path, monkeypatch):
     """The SFT manifest's table (built while the stage runs) gains std, runs and the CI to the model before."""
     from r1v_ray.config import load_config
-    from r1v_ray.runs import StageRun
     from r1v_ray.sft import stages
+    from r1v_ray.stages.manifest import StageRun
 
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "sft.iterations=0"])
     monkeypatch.setattr(

@@ -13,7 +13,7 @@ from r1v_ray.config import TinyModelConfig, load_config
 from r1v_ray.data.io import ParquetSink, read_parquet, write_parquet
 from r1v_ray.data.synthetic import corpus
 from r1v_ray.metrics import StageMetrics, read_jsonl, truncate_after
-from r1v_ray.runs import StageRun, run_stage
+from r1v_ray.stages.manifest import StageRun, run_stage
 
 
 def test_read_jsonl_skips_only_a_torn_last_line(tmp_path):
