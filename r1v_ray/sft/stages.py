@@ -8,88 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pyarrow as pa
-import pyarrow.compute as pc
-from transformers import AutoProcessor
-
 from r1v_ray import store
-from r1v_ray.atomic import write_json_atomic
 from r1v_ray.config import R1VConfig
 from r1v_ray.data import synthetic
-from r1v_ray.data.io import ParquetSink, count_rows, read_parquet, remove
-from r1v_ray.data.schema import REJECTED_SCHEMA, rejected_table
-from r1v_ray.data.select import Selection, all_rows, d_rm, subset, with_errors
-from r1v_ray.eval.stage import SidePass, run_eval
+from r1v_ray.data.io import read_parquet
+from r1v_ray.data.select import all_rows, d_rm, subset, with_errors
+from r1v_ray.eval.stage import run_eval
 from r1v_ray.eval.table import stage_entry
-from r1v_ray.model.assemble import checkpoint_complete, read_meta
+from r1v_ray.model.assemble import read_meta
 from r1v_ray.model.factory import assemble_initial, part_paths
-from r1v_ray.prompts import paper_request, row_choices
-from r1v_ray.rewards import accuracy_reward
-from r1v_ray.run_dir import ERROR_IDS, EVAL_JSON, TRAIN_DATA, TRAIN_MODEL, TRAIN_REJECTED, TRAIN_SUMMARY
-from r1v_ray.sft.data import filter_by_length
-from r1v_ray.sft.run import run_sft
-from r1v_ray.sft.trainer import SFTJob
+from r1v_ray.run_dir import ERROR_IDS, EVAL_JSON
+from r1v_ray.sft.error_set import ErrorSetPass, error_set
+from r1v_ray.sft.training_folder import publish, train
 from r1v_ray.stages.manifest import StageRun
-
-
-def _model_done(path: str) -> bool:
-    return checkpoint_complete(path)  # config.json is written before the weights: not proof enough
-
-
-def train(
-    cfg: R1VConfig,
-    run: StageRun,
-    name: str,
-    init: str,
-    selection: Selection,
-    lr: float,
-    prefixes: list[str],
-    epochs: int = 1,
-) -> dict:
-    """One SFT run under `run.dir/name`: the selection streamed through the length filter into `name/data`,
-    Ray Train, HF checkpoint at `name/model`. An empty training set stops here, before any worker starts."""
-    out = run.path_for(name)
-    final = store.join(out, TRAIN_MODEL)
-    summary_path = store.join(out, TRAIN_SUMMARY)
-    if _model_done(final) and store.is_file(summary_path):
-        return store.read_json(summary_path)
-    processor = AutoProcessor.from_pretrained(store.stage_in(init))
-    data, rejected = store.join(out, TRAIN_DATA), store.join(out, TRAIN_REJECTED)
-
-    def write_data(target: str) -> None:
-        remove(rejected)  # a crashed attempt's parts
-        filter_by_length(selection, processor, cfg.sft.max_length, target, rejected, stage=f"{run.stage}/{name}")
-
-    store.write_dir_once(data, write_data)  # `data` is complete only once the filter has written all of it
-    n_rows, too_long = count_rows(data), count_rows(rejected)
-    if n_rows == 0:
-        raise ValueError(
-            f"{run.stage}/{name}: no training rows: {selection.description} of {selection.uri} keeps none "
-            f"({too_long} selected rows are longer than sft.max_length={cfg.sft.max_length}, see {rejected}); "
-            "widen the selection (sft.taus, sft.mlp_init_stages sources / min_score) or raise sft.max_length"
-        )
-    job = SFTJob(
-        init_checkpoint=init,
-        data_uri=data,
-        output_dir=out,
-        learning_rate=lr,
-        sft=cfg.sft,
-        stage=f"{run.stage}/{name}",
-        epochs=epochs,
-        dtype=cfg.model.dtype if cfg.sft.use_gpu else "float32",
-        trainable_prefixes=prefixes,
-    )
-    run_sft(job)
-    summary = {
-        "model": final,
-        "rows": n_rows,
-        "rows_in": n_rows + too_long,
-        "learning_rate": lr,
-        "init": init,
-        "trainable_prefixes": prefixes,
-    }
-    write_json_atomic(summary_path, summary, indent=2)
-    return summary
 
 
 def mlp_init(cfg: R1VConfig, run: StageRun, train_uri: str) -> tuple[dict, dict]:
@@ -102,12 +33,8 @@ def mlp_init(cfg: R1VConfig, run: StageRun, train_uri: str) -> tuple[dict, dict]
         sub_stages.append({"name": sub.name, "subset": rows.description, **summary})
         current = summary["model"]
     final = run.path_for("model")
-    _publish(current, final)
+    publish(current, final)
     return {"model": final}, {"sub_stages": sub_stages}
-
-
-def _publish(src: str, dst: str) -> None:
-    store.copy_tree(src, dst)  # whole, or (a crash) without its config.json: redone
 
 
 def reassemble_stage(cfg: R1VConfig, run: StageRun, mlp_init_model: str) -> tuple[dict, dict]:
@@ -122,57 +49,6 @@ def reassemble_stage(cfg: R1VConfig, run: StageRun, mlp_init_model: str) -> tupl
         mlp_init_model, parts.reasoning_llm, final, cfg.model.max_image_tiles, meta, cfg.seed
     )
     return {"model": final}, {**record, **lineage}
-
-
-class ErrorSetPass:
-    """E's ids by greedy generation over the training rows: those whose Φ(M(x)) != y (paper 2.2). Rides along
-    with M's evaluation (`SidePass`), so one engine start serves both."""
-
-    def __init__(self, cfg: R1VConfig, train_uri: str):
-        self.cfg, self.train_uri = cfg, train_uri
-        self.wrong: list[str] = []
-        self.rejected: list[dict] = []
-        self.generated = 0
-
-    def side_pass(self) -> SidePass:
-        return SidePass(self.train_uri, self.build, self.consume)
-
-    def build(self, row: dict):
-        return paper_request(row, 1, self.cfg.sft.error_set_max_tokens, 0.0, 1.0, seed=self.cfg.seed)
-
-    def consume(self, row: dict) -> None:
-        self.generated += 1
-        if row["error"] is not None:
-            self.rejected.append(
-                {"id": str(row["id"]), "stage": "error_set", "reason": row["error"], "row": None, "image": None}
-            )
-            return
-        if accuracy_reward(row["completions"][0], row["answer"], row_choices(row)) == 0.0:
-            self.wrong.append(str(row["id"]))
-
-    def save(self, out_dir: str) -> None:
-        with ParquetSink(store.join(out_dir, "errors_rejected"), schema=REJECTED_SCHEMA) as sink:
-            if self.rejected:
-                sink.write(rejected_table(self.rejected))
-        scored = self.generated - len(self.rejected)
-        record = {
-            "generated": self.generated,
-            "wrong": len(self.wrong),
-            "rejected": len(self.rejected),
-            "train_accuracy": 1 - len(self.wrong) / max(1, scored),
-            "ids": self.wrong,
-        }
-        store.write_json(store.join(out_dir, ERROR_IDS), record)  # present only when complete
-
-
-def error_set(out_dir: str, train_uri: str) -> tuple[str, dict]:
-    """E_{t-1} as rows of the current training data (re-distilled before this iteration or not: whether an
-    answer is right depends on image, question and answer only), written to `out_dir/errors`."""
-    record = store.read_json(store.join(out_dir, ERROR_IDS))
-    wrong = pc.field("id").isin(pa.array(record.pop("ids"), pa.string()))
-    path = store.join(out_dir, "errors")
-    Selection(train_uri, [wrong], "E").write(path, row_group_rows=None)  # a streaming scan, ids pushed down
-    return path, record
 
 
 def iterative_sft(
@@ -232,5 +108,5 @@ def iterative_sft(
         current = summary["model"]
         evaluate(name, current, train_uri, errors_for=f"M{t + 1}" if t < s.iterations else None)
     final = run.path_for("model")
-    _publish(current, final)
+    publish(current, final)
     return {"model": final}, {"table": table_rows, "iterations": iterations, "stage1": m0}

@@ -40,8 +40,8 @@ def _stage_requests(row: dict) -> dict:
     from r1v_ray.distill.udfs import distill_request
     from r1v_ray.engines.judge.openai_judge import OpenAIJudge
     from r1v_ray.grpo.trainer import GRPORun
+    from r1v_ray.sft.error_set import ErrorSetPass
     from r1v_ray.sft.samples import sft_messages
-    from r1v_ray.sft.stages import ErrorSetPass
 
     cfg = R1VConfig()
     e = cfg.eval

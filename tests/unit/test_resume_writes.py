@@ -131,7 +131,7 @@ def _truncate(path: str, keep: float = 0.5) -> None:
 
 
 def test_a_checkpoint_with_truncated_weights_is_not_done(tiny_checkpoint, tmp_path):
-    from r1v_ray.sft.stages import _model_done
+    from r1v_ray.sft.training_folder import model_done as _model_done
 
     copy = str(tmp_path / "model")
     shutil.copytree(tiny_checkpoint, copy)
