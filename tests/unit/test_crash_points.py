@@ -61,11 +61,13 @@ class LocalDataset:
 
 @pytest.fixture
 def local_ray_data(monkeypatch):
-    from r1v_ray.distill import recipes, stage
+    from r1v_ray.distill import stage
+    from r1v_ray.stages import distill, score
 
     fake = SimpleNamespace(data=SimpleNamespace(read_parquet=LocalDataset, ActorPoolStrategy=lambda size: None))
     monkeypatch.setattr(stage, "ray", fake)
-    monkeypatch.setattr(recipes, "ray", fake)
+    monkeypatch.setattr(distill, "ray", fake)
+    monkeypatch.setattr(score, "ray", fake)
     monkeypatch.setattr(stage, "ParquetSink", lambda *a, **kw: ParquetSink(*a, **{**kw, "rows_per_file": 2}))
 
 
@@ -162,7 +164,8 @@ def _stage_outputs(stage: str, rejected: tuple[str, ...]):
 def test_distill_and_score_killed_at_each_write_point(
     local_ray_data, tmp_path, monkeypatch, tiny_checkpoint, train_data
 ):
-    from r1v_ray.distill.recipes import distill_stage, score_stage
+    from r1v_ray.stages.distill import body as distill_stage
+    from r1v_ray.stages.score import body as score_stage
 
     points = WritePoints(monkeypatch, str(tmp_path))
 
@@ -221,7 +224,7 @@ def _dead_judge(monkeypatch) -> list[str]:
 
 
 def test_judge_outage_fails_the_stage_and_it_resumes(local_ray_data, tmp_path, monkeypatch, train_data):
-    from r1v_ray.distill.recipes import score_stage
+    from r1v_ray.stages.score import body as score_stage
 
     run_dir, outage = str(tmp_path / "run"), _dead_judge(monkeypatch)
 

@@ -149,16 +149,16 @@ def test_report_sections(tmp_path):
 def test_iterative_sft_table_entries_carry_std_and_ci(tmp_path, monkeypatch):
     """The SFT manifest's table (built while the stage runs) gains std, runs and the CI to the model before."""
     from r1v_ray.config import load_config
-    from r1v_ray.sft import stages
+    from r1v_ray.stages import sft
     from r1v_ray.stages.manifest import StageRun
 
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "sft.iterations=0"])
     monkeypatch.setattr(
-        stages, "run_eval", lambda cfg, model, data, out_dir, name, side: _eval_dir(out_dir, CORRECT[name])
+        sft, "run_eval", lambda cfg, model, data, out_dir, name, side: _eval_dir(out_dir, CORRECT[name])
     )
     (tmp_path / "m0").mkdir()
-    monkeypatch.setattr(stages, "train", lambda *args, **kw: {"model": str(tmp_path / "m0")})
-    _, metrics = stages.iterative_sft(cfg, StageRun(cfg, "sft"), "base", "train-uri", "test-uri")
+    monkeypatch.setattr(sft, "train", lambda *args, **kw: {"model": str(tmp_path / "m0")})
+    _, metrics = sft.iterative_sft(cfg, StageRun(cfg, "sft"), "base", "train-uri", "test-uri")
     first, m0 = metrics["table"]
     assert (first["model"], first["pass@1"], first["pass@1_std"], first["vs_previous"]) == (
         "reassembled",

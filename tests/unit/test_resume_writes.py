@@ -82,7 +82,7 @@ def _finished_distill(cfg, rows: int) -> None:
 def test_redistill_never_trusts_a_half_copied_first_pass(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from r1v_ray.distill import recipes
+    from r1v_ray.stages import redistill
 
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "judge.kind=offline"])
     _finished_distill(cfg, rows=10)
@@ -107,10 +107,10 @@ def test_redistill_never_trusts_a_half_copied_first_pass(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         copied.append(real_copy(*args, **kwargs))
 
-    monkeypatch.setattr(recipes, "distill", fake_distill)
-    monkeypatch.setattr(recipes, "score", fake_score)
-    monkeypatch.setattr(recipes, "ray", SimpleNamespace(data=SimpleNamespace(read_parquet=lambda uri: uri)))
-    hook = recipes.redistill_hook(cfg, StageRun(cfg, "sft"))
+    monkeypatch.setattr(redistill, "distill", fake_distill)
+    monkeypatch.setattr(redistill, "score", fake_score)
+    monkeypatch.setattr(redistill, "ray", SimpleNamespace(data=SimpleNamespace(read_parquet=lambda uri: uri)))
+    hook = redistill.redistill_hook(cfg, StageRun(cfg, "sft"))
     monkeypatch.setattr(pafs, "copy_files", copy_dies)
     with pytest.raises(KeyboardInterrupt):
         hook(1, "m0")
@@ -184,8 +184,8 @@ def test_assembled_checkpoint_killed_mid_save_is_redone(tiny_parts, tmp_path, mo
 
 
 def test_forced_distill_keeps_the_model_it_chose(tiny_parts, tmp_path):
-    from r1v_ray.distill.recipes import generation_model
     from r1v_ray.model.assemble import checkpoint_complete
+    from r1v_ray.stages.distill import generation_model
 
     parts = [f"model.{k}={v}" for k, v in (("vision_path", tiny_parts.vision), ("llm_path", tiny_parts.reasoning_llm))]
     cfg = load_config(

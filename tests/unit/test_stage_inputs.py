@@ -18,8 +18,7 @@ def _cfg(tmp_path):
 def test_a_resubmitted_score_without_distillation_skips(tmp_path, monkeypatch):
     """Score without a finished distill stage scores the train split; resubmitted, it skips rather than
     reading its own output as its input (which stopped it with StageChanged)."""
-    from r1v_ray import pipeline
-    from r1v_ray.distill import recipes
+    from r1v_ray.stages import score
 
     cfg, seen = _cfg(tmp_path), []
 
@@ -28,9 +27,9 @@ def test_a_resubmitted_score_without_distillation_skips(tmp_path, monkeypatch):
         write_parquet(pa.table({"id": ["train-0"], "rm_score": [3]}), run.path_for("data"))
         return {"data": run.path_for("data")}, {"rows_out": 1}
 
-    monkeypatch.setattr(pipeline, "init_ray", lambda: None)
-    monkeypatch.setattr(recipes, "score_stage", fake_score)
-    first = pipeline.score_job(cfg)
-    again = pipeline.score_job(cfg)
+    monkeypatch.setattr(score, "init_ray", lambda: None)
+    monkeypatch.setattr(score, "body", fake_score)
+    first = score.run(cfg)
+    again = score.run(cfg)
     assert seen == [cfg.data.train_path]
     assert again["status"] == "complete" and again["inputs"] == first["inputs"]
