@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from r1v_ray.runtime import job_parser, load_job_config  # noqa: E402
+from r1v_ray.job_cli import job_parser, load_job_config  # noqa: E402
 from r1v_ray.stages import distill  # noqa: E402
 
 if __name__ == "__main__":

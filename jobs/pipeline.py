@@ -14,7 +14,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from r1v_ray.runtime import init_ray, job_parser, load_job_config  # noqa: E402
+from r1v_ray.job_cli import job_parser, load_job_config  # noqa: E402
+from r1v_ray.ray_connect import init_ray  # noqa: E402
 from r1v_ray.stages import STAGES, run_pipeline  # noqa: E402
 
 if __name__ == "__main__":

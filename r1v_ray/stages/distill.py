@@ -13,8 +13,8 @@ from r1v_ray.data import synthetic
 from r1v_ray.data.sources import dataset_uris
 from r1v_ray.distill.stage import distill
 from r1v_ray.model.factory import assemble_initial
+from r1v_ray.ray_connect import init_ray
 from r1v_ray.run_dir import RunLayout
-from r1v_ray.runtime import init_ray
 from r1v_ray.stages.inputs import newest_model
 from r1v_ray.stages.manifest import StageRun, run_stage
 

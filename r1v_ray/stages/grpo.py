@@ -6,7 +6,7 @@ from __future__ import annotations
 from r1v_ray import store
 from r1v_ray.config import R1VConfig
 from r1v_ray.data.sources import dataset_uris
-from r1v_ray.runtime import init_ray
+from r1v_ray.ray_connect import init_ray
 from r1v_ray.stages.inputs import stage_output, training_data
 from r1v_ray.stages.manifest import StageRun, run_stage
 

@@ -7,7 +7,7 @@ from r1v_ray.config import R1VConfig
 from r1v_ray.data import synthetic
 from r1v_ray.data.select import subset
 from r1v_ray.model.factory import assemble_initial
-from r1v_ray.runtime import init_ray
+from r1v_ray.ray_connect import init_ray
 from r1v_ray.sft.training_folder import publish, train
 from r1v_ray.stages.inputs import training_data
 from r1v_ray.stages.manifest import StageRun, run_stage

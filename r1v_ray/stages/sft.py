@@ -17,8 +17,8 @@ from r1v_ray.data.select import all_rows, d_rm, with_errors
 from r1v_ray.data.sources import dataset_uris
 from r1v_ray.eval.stage import run_eval
 from r1v_ray.eval.table import stage_entry
+from r1v_ray.ray_connect import init_ray
 from r1v_ray.run_dir import ERROR_IDS, EVAL_JSON
-from r1v_ray.runtime import init_ray
 from r1v_ray.sft.error_set import ErrorSetPass, error_set
 from r1v_ray.sft.training_folder import publish, train
 from r1v_ray.stages.inputs import stage_output, training_data

@@ -155,7 +155,7 @@ def test_an_fsspec_run_directory(empty_cwd):
 def test_a_relative_run_dir_is_refused_under_ray_job_submit(monkeypatch, tmp_path):
     import argparse
 
-    from r1v_ray.runtime import load_job_config
+    from r1v_ray.job_cli import load_job_config
 
     monkeypatch.chdir(tmp_path)
     assert resolve_run_dir("runs/x") == str(tmp_path / "runs" / "x")  # resolved on the submitting machine
