@@ -1,5 +1,5 @@
 """One SFT training run in a stage's folder: the selection streamed through the length filter into
-`name/data`, Ray Train (`sft.ray_train`), the HF checkpoint at `name/model` and a summary.
+`name/data`, Ray Train (`sft.ray_train.run_sft`), the HF checkpoint at `name/model` and a summary.
 
 A finished run (its `model/` and summary) is never redone; an unfinished one resumes from its Ray Train
 checkpoints.
@@ -19,7 +19,7 @@ from r1v_ray.data.select import Selection
 from r1v_ray.model.assemble import checkpoint_complete
 from r1v_ray.run_dir import TRAIN_DATA, TRAIN_MODEL, TRAIN_REJECTED, TRAIN_SUMMARY
 from r1v_ray.sft.data import filter_by_length
-from r1v_ray.sft.run import run_sft
+from r1v_ray.sft.ray_train import run_sft
 from r1v_ray.sft.trainer import SFTJob
 
 if TYPE_CHECKING:
