@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from r1v_ray import store  # noqa: E402
 from r1v_ray.data.synthetic import write_split  # noqa: E402
-from r1v_ray.eval.stage import run_eval  # noqa: E402
+from r1v_ray.eval.evaluate import run_eval  # noqa: E402
 from r1v_ray.job_cli import job_parser, load_job_config  # noqa: E402
 from r1v_ray.ray_connect import init_ray  # noqa: E402
 from r1v_ray.run_dir import RunLayout  # noqa: E402

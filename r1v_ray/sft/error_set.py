@@ -10,7 +10,7 @@ from r1v_ray.config import R1VConfig
 from r1v_ray.data.io import ParquetSink
 from r1v_ray.data.schema import REJECTED_SCHEMA, rejected_table
 from r1v_ray.data.select import Selection
-from r1v_ray.eval.stage import SidePass
+from r1v_ray.eval.evaluate import SidePass
 from r1v_ray.prompts import paper_request, row_choices
 from r1v_ray.rewards import accuracy_reward
 from r1v_ray.run_dir import ERROR_IDS

@@ -11,7 +11,7 @@ import ray
 from r1v_ray.config import R1VConfig
 from r1v_ray.data import synthetic
 from r1v_ray.data.sources import dataset_uris
-from r1v_ray.distill.stage import distill
+from r1v_ray.distill.dataflow import distill
 from r1v_ray.model.factory import assemble_initial
 from r1v_ray.ray_connect import init_ray
 from r1v_ray.run_dir import RunLayout

@@ -28,7 +28,7 @@ def run(cfg: R1VConfig, force: bool = False) -> dict:
 def body(cfg: R1VConfig, run: StageRun, base: str, train_uri: str, test_uri: str) -> tuple[dict, dict]:
     from r1v_ray.data.io import count_rows
     from r1v_ray.data.select import d_rm
-    from r1v_ray.eval.stage import run_eval
+    from r1v_ray.eval.evaluate import run_eval
     from r1v_ray.eval.table import stage_entry
     from r1v_ray.grpo.trainer import GRPORun
 

@@ -12,7 +12,7 @@ import ray
 from r1v_ray import store
 from r1v_ray.atomic import write_json_atomic
 from r1v_ray.config import R1VConfig
-from r1v_ray.distill.stage import distill, score
+from r1v_ray.distill.dataflow import distill, score
 from r1v_ray.run_dir import BOUNDS, RunLayout
 from r1v_ray.stages.manifest import StageRun
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ray
 
 from r1v_ray.config import R1VConfig
-from r1v_ray.distill.stage import score
+from r1v_ray.distill.dataflow import score
 from r1v_ray.ray_connect import init_ray
 from r1v_ray.stages.inputs import training_data
 from r1v_ray.stages.manifest import StageRun, run_stage

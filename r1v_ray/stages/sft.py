@@ -15,7 +15,7 @@ from r1v_ray.config import R1VConfig
 from r1v_ray.data.io import read_parquet
 from r1v_ray.data.select import all_rows, d_rm, with_errors
 from r1v_ray.data.sources import dataset_uris
-from r1v_ray.eval.stage import run_eval
+from r1v_ray.eval.evaluate import run_eval
 from r1v_ray.eval.table import stage_entry
 from r1v_ray.ray_connect import init_ray
 from r1v_ray.run_dir import ERROR_IDS, EVAL_JSON

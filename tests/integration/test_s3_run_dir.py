@@ -20,7 +20,7 @@ def test_score_and_eval_against_an_s3_run_directory(tmp_path, monkeypatch, tiny_
     from r1v_ray.config import load_config
     from r1v_ray.data.io import count_rows
     from r1v_ray.data.sources import dataset_uris
-    from r1v_ray.eval.stage import run_eval
+    from r1v_ray.eval.evaluate import run_eval
     from r1v_ray.run_dir import RunLayout
     from r1v_ray.stages import score
 

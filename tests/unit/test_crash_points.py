@@ -61,14 +61,14 @@ class LocalDataset:
 
 @pytest.fixture
 def local_ray_data(monkeypatch):
-    from r1v_ray.distill import stage
+    from r1v_ray.distill import dataflow
     from r1v_ray.stages import distill, score
 
     fake = SimpleNamespace(data=SimpleNamespace(read_parquet=LocalDataset, ActorPoolStrategy=lambda size: None))
-    monkeypatch.setattr(stage, "ray", fake)
+    monkeypatch.setattr(dataflow, "ray", fake)
     monkeypatch.setattr(distill, "ray", fake)
     monkeypatch.setattr(score, "ray", fake)
-    monkeypatch.setattr(stage, "ParquetSink", lambda *a, **kw: ParquetSink(*a, **{**kw, "rows_per_file": 2}))
+    monkeypatch.setattr(dataflow, "ParquetSink", lambda *a, **kw: ParquetSink(*a, **{**kw, "rows_per_file": 2}))
 
 
 class WritePoints:
@@ -245,7 +245,7 @@ def test_judge_outage_fails_the_stage_and_it_resumes(local_ray_data, tmp_path, m
 
 
 def test_distill_first_pass_outage_is_redone_not_trusted(local_ray_data, tmp_path, monkeypatch, train_data):
-    from r1v_ray.distill.stage import distill
+    from r1v_ray.distill.dataflow import distill
 
     out = str(tmp_path / "d")
     with pytest.raises(RuntimeError, match=r"distill/assess: the judge failed on 4 of 5 rows"):
