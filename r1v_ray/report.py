@@ -16,8 +16,7 @@ from r1v_ray import store
 from r1v_ray.metrics import read_jsonl
 from r1v_ray.report_stats import plot_stage_stats, stats_markdown
 from r1v_ray.run_dir import RunLayout
-
-STAGES = ("distill", "score", "mlp_init", "reassemble", "sft", "grpo")
+from r1v_ray.stages import STAGES
 
 
 def manifests(run_dir: str) -> dict[str, dict]:
