@@ -33,3 +33,20 @@ def test_a_resubmitted_score_without_distillation_skips(tmp_path, monkeypatch):
     again = score.run(cfg)
     assert seen == [cfg.data.train_path]
     assert again["status"] == "complete" and again["inputs"] == first["inputs"]
+
+
+def test_each_stage_reads_the_newest_data_of_the_stages_before_it(tmp_path):
+    from r1v_ray.stages.inputs import newest_model, training_data
+    from r1v_ray.stages.manifest import run_stage
+
+    cfg = _cfg(tmp_path)
+    assert training_data(cfg, "sft") == cfg.data.train_path and newest_model(cfg) is None
+    run_stage(cfg, "distill", lambda run: ({"data": "distilled", "model": "generator"}, {}), {})
+    assert training_data(cfg, "score") == training_data(cfg, "sft") == "distilled"
+    assert newest_model(cfg) is None  # distillation's model is the one it ran with, not one it made
+    run_stage(cfg, "score", lambda run: ({"data": "scored"}, {}), {})
+    assert training_data(cfg, "score") == "distilled"  # never its own output
+    assert [training_data(cfg, s) for s in ("mlp_init", "sft", "grpo")] == ["scored"] * 3
+    run_stage(cfg, "mlp_init", lambda run: ({"model": "projector"}, {}), {})
+    run_stage(cfg, "reassemble", lambda run: ({"model": "reassembled"}, {}), {})
+    assert training_data(cfg, "grpo") == "scored" and newest_model(cfg) == "reassembled"
