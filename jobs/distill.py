@@ -11,8 +11,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from r1v_ray.pipeline import distill_job  # noqa: E402
-from r1v_ray.runtime import job_parser, load_job_config  # noqa: E402
+from r1v_ray.job_cli import job_parser, load_job_config  # noqa: E402
+from r1v_ray.stages import distill  # noqa: E402
 
 if __name__ == "__main__":
     ap = job_parser(__doc__)
@@ -20,7 +20,7 @@ if __name__ == "__main__":
     args = ap.parse_args()
     cfg = load_job_config(args)
     cfg.distill.model = args.model or cfg.distill.model
-    m = distill_job(cfg, args.force)["metrics"]
+    m = distill.run(cfg, args.force)["metrics"]
     print(
         f"distill: {m['rows_out']} rows out, {m['rejected']} rejected, {m['revised']} revised, "
         f"penalty/length correlation {m['penalty_length_correlation']}, judge calls {m['judge_calls']} "

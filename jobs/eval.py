@@ -11,11 +11,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from r1v_ray import store  # noqa: E402
-from r1v_ray.data.synthetic import write_split  # noqa: E402
-from r1v_ray.eval.stage import run_eval  # noqa: E402
-from r1v_ray.run_dir import RunLayout  # noqa: E402
-from r1v_ray.runtime import init_ray, job_parser, load_job_config  # noqa: E402
+from r1v_ray.job_cli import job_parser, load_job_config  # noqa: E402
+from r1v_ray.stages import eval as evaluation  # noqa: E402
 
 
 def main() -> None:
@@ -27,18 +24,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_job_config(args)
     name = args.name or os.path.basename(os.path.normpath(args.checkpoint))
-    data = args.data or cfg.data.test_path
-    if data is None:
-        if cfg.data.source != "synthetic":
-            raise SystemExit("eval: pass --data or set data.test_path (data.source is not synthetic)")
-        s = cfg.data.synthetic
-        data = RunLayout(cfg.run_dir).synthetic("test")
-        store.write_dir_once(  # the same split the pipeline writes, once
-            data,
-            lambda out: write_split(out, s.n_test, seed=s.seed, split="test", image_size=s.image_size, tasks=s.tasks),
-        )
-    init_ray()
-    report = run_eval(cfg, args.checkpoint, data, args.out or RunLayout(cfg.run_dir).eval_out(name), name)
+    report = evaluation.run(cfg, args.checkpoint, args.data, args.out, name)
     o = report["overall"]
     print(
         f"{name}: Pass@1 {o['pass@1_mean']:.2f} ± {o['pass@1_std']:.2f} over {report['runs']} runs "

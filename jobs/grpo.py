@@ -11,12 +11,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from r1v_ray.pipeline import grpo_job  # noqa: E402
-from r1v_ray.runtime import job_parser, load_job_config  # noqa: E402
+from r1v_ray.job_cli import job_parser, load_job_config  # noqa: E402
+from r1v_ray.stages import grpo  # noqa: E402
 
 if __name__ == "__main__":
     args = job_parser(__doc__).parse_args()
-    manifest = grpo_job(load_job_config(args), args.force)
+    manifest = grpo.run(load_job_config(args), args.force)
     print("step  held-out reward")
     for point in manifest["metrics"]["heldout"]:
         print(f"{point['step']:>4}  {point['heldout_reward']:.3f}")

@@ -10,12 +10,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from r1v_ray.pipeline import sft_job  # noqa: E402
+from r1v_ray.job_cli import job_parser, load_job_config  # noqa: E402
 from r1v_ray.report_stats import format_stats_table  # noqa: E402
-from r1v_ray.runtime import job_parser, load_job_config  # noqa: E402
+from r1v_ray.stages import sft  # noqa: E402
 
 if __name__ == "__main__":
     args = job_parser(__doc__).parse_args()
     cfg = load_job_config(args)
-    sft_job(cfg, args.force)
+    sft.run(cfg, args.force)
     print(format_stats_table(cfg.run_dir))  # mean ± std over runs, paired 95% CI to the model before

@@ -14,8 +14,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from r1v_ray.pipeline import STAGES, run_pipeline  # noqa: E402
-from r1v_ray.runtime import init_ray, job_parser, load_job_config  # noqa: E402
+from r1v_ray.job_cli import job_parser, load_job_config  # noqa: E402
+from r1v_ray.ray_connect import init_ray  # noqa: E402
+from r1v_ray.stages import STAGES, run_pipeline  # noqa: E402
 
 if __name__ == "__main__":
     ap = job_parser(__doc__)
@@ -33,7 +34,7 @@ if __name__ == "__main__":
     url = init_ray(dashboard=True)
     if url:
         print(f"[pipeline] Ray dashboard (while this runs): http://{url}")
-    run_pipeline(cfg, force=STAGES if args.force else args.force_stage, only=args.only)
+    run_pipeline(cfg, force=list(STAGES) if args.force else args.force_stage, only=args.only)
     from r1v_ray.report import build_report
     from r1v_ray.report_stats import format_chance_table, format_stats_table
 

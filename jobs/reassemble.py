@@ -8,9 +8,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from r1v_ray.pipeline import reassemble_job  # noqa: E402
-from r1v_ray.runtime import job_parser, load_job_config  # noqa: E402
+from r1v_ray.job_cli import job_parser, load_job_config  # noqa: E402
+from r1v_ray.stages import reassemble  # noqa: E402
 
 if __name__ == "__main__":
     args = job_parser(__doc__).parse_args()
-    print(f"reassemble: {reassemble_job(load_job_config(args), args.force)['outputs']['model']}")
+    print(f"reassemble: {reassemble.run(load_job_config(args), args.force)['outputs']['model']}")

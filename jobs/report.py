@@ -10,9 +10,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from r1v_ray.job_cli import job_parser, load_job_config  # noqa: E402
 from r1v_ray.report import build_report  # noqa: E402
 from r1v_ray.report_stats import format_chance_table, format_stats_table  # noqa: E402
-from r1v_ray.runtime import job_parser, load_job_config  # noqa: E402
 
 if __name__ == "__main__":
     ap = job_parser(__doc__)

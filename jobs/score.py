@@ -11,12 +11,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from r1v_ray.pipeline import score_job  # noqa: E402
-from r1v_ray.runtime import job_parser, load_job_config  # noqa: E402
+from r1v_ray.job_cli import job_parser, load_job_config  # noqa: E402
+from r1v_ray.stages import score  # noqa: E402
 
 if __name__ == "__main__":
     ap = job_parser(__doc__)
     ap.add_argument("--data", help="canonical Parquet dataset to score (default: the distilled data)")
     args = ap.parse_args()
-    m = score_job(load_job_config(args), args.force, args.data)["metrics"]
+    m = score.run(load_job_config(args), args.force, args.data)["metrics"]
     print(f"score: {m['rows_out']} rows scored, {m['rejected']} rejected; RM histogram {m['histogram']}")

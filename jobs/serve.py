@@ -15,7 +15,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from r1v_ray.runtime import init_ray, job_parser, load_job_config  # noqa: E402
+from r1v_ray.job_cli import job_parser, load_job_config  # noqa: E402
+from r1v_ray.ray_connect import init_ray  # noqa: E402
 from r1v_ray.serve.app import build_app, discover_checkpoints, token_digest  # noqa: E402
 from r1v_ray.serve.endpoint import app_url, proxy_port, start_serve  # noqa: E402
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from r1v_ray.config import R1VConfig
 from r1v_ray.engines.rollout.actor import worker_resources
 from r1v_ray.run_dir import RunLayout
+from r1v_ray.stages import STAGES
 
 
 @dataclass
@@ -49,7 +50,7 @@ def stage_plans(cfg: R1VConfig) -> list[StagePlan]:
     scored = run("score", "data")
     subs = ", ".join(s.name for s in cfg.sft.mlp_init_stages)
     iterations = " ".join(f"M{t}" for t in range(cfg.sft.iterations + 1))
-    return [
+    plans = [
         StagePlan("distill", [train], [run("distill", "data"), run("distill", "rejected")],
                   {"generate": rollout + _judge(cfg)}, f"judge: {cfg.judge.kind}"),
         StagePlan("score", [run("distill", "data")], [scored, run("score", "rejected")], {"score": _judge(cfg)}),
@@ -65,6 +66,8 @@ def stage_plans(cfg: R1VConfig) -> list[StagePlan]:
                   {"train": [learner] * g.num_learners + ([] if g.colocate else rollout)},
                   f"{g.steps} steps x {g.prompts_per_step} prompts x {g.group_size}; weight sync {g.weight_sync}"),
     ]  # fmt: skip
+    by_name = {plan.name: plan for plan in plans}
+    return [by_name[stage] for stage in STAGES]  # in the pipeline's order
 
 
 def fits(bundles: list[dict], nodes: list[dict]) -> str | None:

@@ -16,8 +16,7 @@ from r1v_ray import store
 from r1v_ray.metrics import read_jsonl
 from r1v_ray.report_stats import plot_stage_stats, stats_markdown
 from r1v_ray.run_dir import RunLayout
-
-STAGES = ("distill", "score", "mlp_init", "reassemble", "sft", "grpo")
+from r1v_ray.stages import STAGES
 
 
 def manifests(run_dir: str) -> dict[str, dict]:
@@ -32,42 +31,6 @@ def manifests(run_dir: str) -> dict[str, dict]:
 
 def _fmt(value, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec) if isinstance(value, (int, float)) else str(value)
-
-
-def stage_rows(run_dir: str) -> list[dict]:
-    """The paper's Table 2 shape: re-assembled, stage 1 (M0), M1..MT, GRPO, each with its Pass@1 (%)."""
-    m = manifests(run_dir)
-    rows = []
-    names = {"reassembled": "re-assembled", "M0": "stage 1 (M0)"}
-    for entry in m.get("sft", {}).get("metrics", {}).get("table", []):
-        model, note = str(entry["model"]), ""
-        it = re.fullmatch(r"M(\d+)", model)
-        if it and int(it.group(1)) > 0 and store.is_file(RunLayout(run_dir).redistill_done(int(it.group(1)))):
-            note = f"data re-distilled by M{int(it.group(1)) - 1}"
-        rows.append({"stage": names.get(model, model), "pass1": entry.get("pass@1"), "note": note})
-    g = m.get("grpo", {}).get("metrics", {})
-    if g:
-        held = g.get("heldout", [])
-        note = (
-            f"held-out reward {held[0]['heldout_reward']:.3f} -> {held[-1]['heldout_reward']:.3f} over "
-            f"{held[-1]['step']} steps (reward, not Pass@1)"
-            if len(held) > 1
-            else ""
-        )
-        rows.append({"stage": "GRPO", "pass1": g.get("eval_pass1"), "note": note})
-    return rows
-
-
-def format_stage_table(run_dir: str) -> str:
-    """Plain-text table: stage, Pass@1 (%), notes."""
-    rows = stage_rows(run_dir)
-    if not rows:
-        return "(no SFT or GRPO stage has finished in this run directory)"
-    lines = [f"{'stage':<16}{'Pass@1':>8}   notes"]
-    for r in rows:
-        value = "" if r["pass1"] is None else f"{r['pass1']:.2f}"
-        lines.append(f"{r['stage']:<16}{value:>8}   {r['note']}".rstrip())
-    return "\n".join(lines)
 
 
 def _plt():

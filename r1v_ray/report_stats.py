@@ -80,19 +80,46 @@ def _ci_text(vs: dict | None) -> str:
     return f"{vs['diff']:+.2f} [{vs['lo']:+.2f}, {vs['hi']:+.2f}] vs {NAMES.get(vs['model'], vs['model'])}"
 
 
+def stage_notes(run_dir: str, rows: list[dict]) -> list[str]:
+    """Per table row: "data re-distilled by M_{t-1}" for an M_t trained on re-distilled data; GRPO's held-out
+    reward curve (first -> last, a reward, not Pass@1)."""
+    lay = Layout(run_dir)
+    redistilled = {model for model, _ in lay.redistills()}
+    held = lay.manifest("grpo").get("metrics", {}).get("heldout") or []
+    notes = []
+    for r in rows:
+        model, note = str(r["model"]), ""
+        if model in redistilled:
+            note = f"data re-distilled by M{int(model[1:]) - 1}"
+        elif model == "GRPO" and len(held) > 1:
+            note = (
+                f"held-out reward {held[0]['heldout_reward']:.3f} -> {held[-1]['heldout_reward']:.3f} over "
+                f"{held[-1]['step']} steps (reward, not Pass@1)"
+            )
+        notes.append(note)
+    return notes
+
+
 def format_stats_table(run_dir: str) -> str:
-    """Stage, Pass@1 mean ± std over runs, runs, rows, difference to the stage before with its 95% CI."""
+    """Stage, Pass@1 mean ± std over runs, runs, rows, notes (when any), difference to the stage before with
+    its 95% CI."""
     rows = stage_stats(run_dir)
     if not rows:
         return "(no SFT or GRPO stage has finished in this run directory)"
-    lines = [f"{'stage':<16}{'Pass@1 ± std':>18}{'runs':>6}{'rows':>6}   difference to the previous stage [95% CI]"]
-    for r in rows:
+    notes = stage_notes(run_dir, rows)
+    width = max(len("notes"), *map(len, notes)) if any(notes) else 0
+    column = (lambda text: f"   {text:<{width}}") if width else (lambda text: "")  # noqa: E731
+    lines = [
+        f"{'stage':<16}{'Pass@1 ± std':>18}{'runs':>6}{'rows':>6}{column('notes')}   "
+        "difference to the previous stage [95% CI]"
+    ]
+    for r, note in zip(rows, notes):
         mean = "" if r["pass@1"] is None else f"{r['pass@1']:.2f}"
         value = f"{mean} ± {r['pass@1_std']:.2f}" if r.get("pass@1_std") is not None else mean
         runs = "" if r.get("runs") is None else str(len(r["runs"]))
         n = "" if r.get("n") is None else str(r["n"])
         name = NAMES.get(r["model"], r["model"])
-        lines.append(f"{name:<16}{value:>18}{runs:>6}{n:>6}   {_ci_text(r.get('vs_previous'))}".rstrip())
+        lines.append(f"{name:<16}{value:>18}{runs:>6}{n:>6}{column(note)}   {_ci_text(r.get('vs_previous'))}".rstrip())
     sizes = sorted({r["n"] for r in rows if r.get("n")})
     if sizes:  # the resolution of the table: what one row right or wrong moves Pass@1 by
         lines.append(f"(one test row = {100 / sizes[0]:.2f} points of Pass@1 at {sizes[0]} rows)")

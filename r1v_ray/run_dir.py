@@ -8,7 +8,7 @@ the report and the dry-run plan take their paths from `RunLayout` instead of spe
       data/synthetic_{train,test}      the synthetic task, written once
       tiny_parts/, base_model/         tiny model parts; the assembled starting point for distillation
       judge_cache/                     one JSON per judge request hash (unless judge.cache_dir)
-      <stage>/manifest.json            what ran, and whether it finished (`runs.StageRun`)
+      <stage>/manifest.json            what ran, and whether it finished (`stages.manifest.StageRun`)
       <stage>/metrics.jsonl            the stage's metrics records
       <stage>/data/, rejected/         its output dataset and rejected rows with reasons
       distill/assessed/, bounds.json   pass 1 of distillation (bounds.json vouches for assessed/)

@@ -30,11 +30,11 @@ from r1v_ray import store
 from r1v_ray.metrics import read_jsonl
 from r1v_ray.model import load_checkpoint
 from r1v_ray.model.factory import load_llm, load_vision
+from r1v_ray.stages import STAGES
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
-STAGES = ("distill", "score", "mlp_init", "reassemble", "sft", "grpo")
 BUCKET = "r1v-e2e"
 RUN_DIR = f"s3://{BUCKET}/run"
 PLACEMENT = ["rollout.node_resource=rollout", "grpo.node_resource=learner", "sft.node_resource=learner"]

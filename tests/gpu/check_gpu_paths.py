@@ -60,7 +60,7 @@ def check_sft(work: str, init: str) -> dict:
     from r1v_ray.config import SFTConfig
     from r1v_ray.data.synthetic import write_split
     from r1v_ray.model.assemble import load_checkpoint
-    from r1v_ray.sft.run import run_sft
+    from r1v_ray.sft.ray_train import run_sft
     from r1v_ray.sft.trainer import METRICS_FILE, SFTJob
 
     data = os.path.join(work, "sft_data")

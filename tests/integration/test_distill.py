@@ -133,7 +133,7 @@ def ray_local():
 
 
 def test_judge_faults_lose_nothing_and_rerun_is_cached(ray_local, tmp_path, tiny_checkpoint, monkeypatch):
-    from r1v_ray.distill.stage import distill, score
+    from r1v_ray.distill.dataflow import distill, score
 
     monkeypatch.setenv("R1V_TEST_JUDGE_KEY", "k")
     data = str(tmp_path / "train")
@@ -172,7 +172,7 @@ BOUNDED = r"""
 import os, sys, numpy as np, ray, resource
 sys.path.insert(0, {root!r})
 from r1v_ray.config import load_config
-from r1v_ray.distill.stage import Assess, Tally, drain, judge_stage
+from r1v_ray.distill.dataflow import Assess, Tally, drain, judge_stage
 from r1v_ray.metrics import StageMetrics
 
 def rows(batch):  # noise images: incompressible, ~192 KiB each

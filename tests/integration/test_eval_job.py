@@ -57,8 +57,9 @@ def test_error_set_rides_along_with_an_evaluation(tiny_checkpoint, tmp_path):
     from r1v_ray.data.io import write_parquet
     from r1v_ray.data.schema import canonical_table
     from r1v_ray.data.synthetic import make_row
-    from r1v_ray.eval.stage import run_eval
-    from r1v_ray.sft.stages import ERROR_IDS, ErrorSetPass, error_set
+    from r1v_ray.eval.evaluate import run_eval
+    from r1v_ray.run_dir import ERROR_IDS
+    from r1v_ray.sft.error_set import ErrorSetPass, error_set
 
     test, train = str(tmp_path / "test"), str(tmp_path / "train")
     test_rows = [make_row(0, "test", i) for i in range(7)]

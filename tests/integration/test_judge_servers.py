@@ -154,7 +154,7 @@ def _cfg(tmp_path, base_url: str, monkeypatch):
 def _score(cfg, ds, out: str) -> dict:
     """score's metrics. When a junk judge rejected every row the stage fails, saying so; the metrics then
     come from its metrics.jsonl."""
-    from r1v_ray.distill.stage import score
+    from r1v_ray.distill.dataflow import score
     from r1v_ray.metrics import read_jsonl
 
     try:
@@ -198,7 +198,7 @@ def _check_requests(bodies: list[dict], vllm: bool, n_requests_max: int) -> None
 def test_distill_and_score_with_vllms_server_as_the_judge(
     vllm_server, ray_local, tiny_checkpoint, tmp_path, monkeypatch
 ):
-    from r1v_ray.distill.stage import distill
+    from r1v_ray.distill.dataflow import distill
 
     rows = [make_row(0, "train", i) for i in range(ROWS)]
     data = str(tmp_path / "train")

@@ -19,7 +19,7 @@ import ray
 from r1v_ray.config import load_config
 from r1v_ray.data.schema import canonical_table
 from r1v_ray.data.synthetic import make_row
-from r1v_ray.distill.stage import score
+from r1v_ray.distill.dataflow import score
 
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

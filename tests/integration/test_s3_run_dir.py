@@ -20,9 +20,9 @@ def test_score_and_eval_against_an_s3_run_directory(tmp_path, monkeypatch, tiny_
     from r1v_ray.config import load_config
     from r1v_ray.data.io import count_rows
     from r1v_ray.data.sources import dataset_uris
-    from r1v_ray.eval.stage import run_eval
-    from r1v_ray.pipeline import score_job
+    from r1v_ray.eval.evaluate import run_eval
     from r1v_ray.run_dir import RunLayout
+    from r1v_ray.stages import score
 
     cwd, scratch = tmp_path / "cwd", tmp_path / "scratch"
     cwd.mkdir()
@@ -45,11 +45,11 @@ def test_score_and_eval_against_an_s3_run_directory(tmp_path, monkeypatch, tiny_
         ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
         try:
             train, test = dataset_uris(cfg)  # written to the bucket
-            scored = score_job(cfg, data=train)
+            scored = score.run(cfg, data=train)
             assert scored["status"] == "complete" and scored["outputs"]["data"] == layout.data("score")
             assert count_rows(layout.data("score")) + scored["metrics"]["rejected"] == 12
             assert (
-                score_job(cfg, data=train)["attempts"] == 1
+                score.run(cfg, data=train)["attempts"] == 1
             )  # complete and unchanged (inputs fingerprinted on S3): skipped
 
             model = layout.path("checkpoints", "tiny")

@@ -13,8 +13,8 @@ from r1v_ray.data import io
 from r1v_ray.data.io import read_parquet
 from r1v_ray.data.select import all_rows, subset
 from r1v_ray.data.synthetic import write_split
-from r1v_ray.runs import StageRun
-from r1v_ray.sft import stages
+from r1v_ray.sft import training_folder
+from r1v_ray.stages.manifest import StageRun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,7 +34,7 @@ def no_training(monkeypatch):
         os.makedirs(os.path.join(job.output_dir, "model"), exist_ok=True)
         open(os.path.join(job.output_dir, "model", "config.json"), "w").close()
 
-    monkeypatch.setattr(stages, "run_sft", record)
+    monkeypatch.setattr(training_folder, "run_sft", record)
     return jobs
 
 
@@ -52,7 +52,7 @@ def test_a_crash_at_any_write_point_of_data_preparation_resumes_to_the_same_data
     write_split(train_uri, 40, seed=4)
     clean_dir = str(tmp_path / "clean")
     cfg = _cfg(clean_dir)
-    stages.train(cfg, StageRun(cfg, "sft"), "M0", tiny_checkpoint, all_rows(train_uri), 1e-3, ["projector"])
+    training_folder.train(cfg, StageRun(cfg, "sft"), "M0", tiny_checkpoint, all_rows(train_uri), 1e-3, ["projector"])
     clean_rows, clean_rejected = _prepared(clean_dir)
     assert clean_rows and clean_rejected and len(clean_rows) + len(clean_rejected) == 40
 
@@ -65,7 +65,7 @@ def test_a_crash_at_any_write_point_of_data_preparation_resumes_to_the_same_data
 
     monkeypatch.setattr(io.pq, "write_table", counting)
     counted = StageRun(_cfg(str(tmp_path / "count")), "sft")
-    stages.train(counted.cfg, counted, "M0", tiny_checkpoint, all_rows(train_uri), 1e-3, ["projector"])
+    training_folder.train(counted.cfg, counted, "M0", tiny_checkpoint, all_rows(train_uri), 1e-3, ["projector"])
     assert writes["n"] >= 2
     for crash_at in range(1, writes["n"] + 1):
         run_dir = str(tmp_path / f"crash{crash_at}")
@@ -80,9 +80,9 @@ def test_a_crash_at_any_write_point_of_data_preparation_resumes_to_the_same_data
         monkeypatch.setattr(io.pq, "write_table", failing)
         run = StageRun(_cfg(run_dir), "sft")
         with pytest.raises(OSError, match="killed"):
-            stages.train(run.cfg, run, "M0", tiny_checkpoint, all_rows(train_uri), 1e-3, ["projector"])
+            training_folder.train(run.cfg, run, "M0", tiny_checkpoint, all_rows(train_uri), 1e-3, ["projector"])
         monkeypatch.setattr(io.pq, "write_table", original)
-        stages.train(run.cfg, run, "M0", tiny_checkpoint, all_rows(train_uri), 1e-3, ["projector"])
+        training_folder.train(run.cfg, run, "M0", tiny_checkpoint, all_rows(train_uri), 1e-3, ["projector"])
         assert _prepared(run_dir) == (clean_rows, clean_rejected), f"crash at write {crash_at}"
     assert len(no_training) == 2 + writes["n"]  # every completed preparation went on to training
 
@@ -94,5 +94,5 @@ def test_an_empty_selection_stops_before_training_with_the_reason(tiny_checkpoin
     cfg = _cfg(str(tmp_path / "run"))
     nothing = subset(train_uri, sources=["no/such/source"])
     with pytest.raises(ValueError, match=r"no training rows: source in \['no/such/source'\]"):
-        stages.train(cfg, StageRun(cfg, "sft"), "M0", tiny_checkpoint, nothing, 1e-3, ["projector"])
+        training_folder.train(cfg, StageRun(cfg, "sft"), "M0", tiny_checkpoint, nothing, 1e-3, ["projector"])
     assert not no_training

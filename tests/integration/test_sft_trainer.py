@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from r1v_ray.config import SFTConfig
 from r1v_ray.data.synthetic import write_split
-from r1v_ray.sft.run import run_sft
+from r1v_ray.sft.ray_train import run_sft
 from r1v_ray.sft.trainer import METRICS_FILE, RESUMES_FILE, SEEN_FILE, SFTJob
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

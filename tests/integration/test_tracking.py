@@ -69,7 +69,7 @@ def test_a_stages_metrics_reach_tensorboard_mlflow_and_wandb(mlflow_server, tmp_
     import mlflow
     import ray
 
-    from r1v_ray.pipeline import score_job
+    from r1v_ray.stages import score
     from r1v_ray.tracking import close_all
 
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -90,7 +90,7 @@ def test_a_stages_metrics_reach_tensorboard_mlflow_and_wandb(mlflow_server, tmp_
     )
     ray.init(num_cpus=8, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     try:
-        manifest = score_job(cfg, data=data)
+        manifest = score.run(cfg, data=data)
     finally:
         close_all()  # the stage's end: runs marked finished while the server still runs
         ray.shutdown()

@@ -68,3 +68,44 @@ def test_the_model_layer_does_not_import_the_data_layer():
                 if n.startswith(("r1v_ray.data", "r1v_ray.distill")) and n != "r1v_ray.data.io"
             ]
     assert not found, found
+
+
+def _imports(path) -> list[str]:
+    """The modules a file imports, leaving out `if TYPE_CHECKING:` blocks (annotations only)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    skipped = {
+        id(child)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+        for child in ast.walk(node)
+    }
+    names = []
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            names += [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+    return names
+
+
+def test_stages_take_their_inputs_from_the_run_directory_not_from_each_other():
+    """A stage module imports no other stage's module (inputs come from manifests: `stages.inputs`), and
+    nothing below the stages (engines, model, data, the algorithm packages) imports one."""
+    import pathlib
+
+    from r1v_ray.stages import STAGES
+
+    root = pathlib.Path(__file__).resolve().parents[2] / "r1v_ray"
+    stage_modules = {f"r1v_ray.stages.{s}" for s in STAGES} | {"r1v_ray.stages.eval"}
+    found = []
+    for path in (root / "stages").glob("*.py"):
+        own = f"r1v_ray.stages.{path.stem}"
+        found += [f"stages/{path.name}: {n}" for n in _imports(path) if n in stage_modules - {own}]
+    for below in ("engines", "model", "data", "distill", "sft", "grpo", "eval"):
+        for path in (root / below).rglob("*.py"):
+            found += [f"{below}/{path.name}: {n}" for n in _imports(path) if n.startswith("r1v_ray.stages")]
+    assert not found, found

@@ -26,7 +26,7 @@ from r1v_ray.config import load_config
 from r1v_ray.data.io import ParquetSink, read_parquet, write_parquet
 from r1v_ray.data.schema import canonical_table
 from r1v_ray.data.synthetic import make_row
-from r1v_ray.runs import StageRun, run_stage
+from r1v_ray.stages.manifest import StageRun, run_stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "configs", "demo", "tiny.yaml")
@@ -61,12 +61,14 @@ class LocalDataset:
 
 @pytest.fixture
 def local_ray_data(monkeypatch):
-    from r1v_ray.distill import recipes, stage
+    from r1v_ray.distill import dataflow
+    from r1v_ray.stages import distill, score
 
     fake = SimpleNamespace(data=SimpleNamespace(read_parquet=LocalDataset, ActorPoolStrategy=lambda size: None))
-    monkeypatch.setattr(stage, "ray", fake)
-    monkeypatch.setattr(recipes, "ray", fake)
-    monkeypatch.setattr(stage, "ParquetSink", lambda *a, **kw: ParquetSink(*a, **{**kw, "rows_per_file": 2}))
+    monkeypatch.setattr(dataflow, "ray", fake)
+    monkeypatch.setattr(distill, "ray", fake)
+    monkeypatch.setattr(score, "ray", fake)
+    monkeypatch.setattr(dataflow, "ParquetSink", lambda *a, **kw: ParquetSink(*a, **{**kw, "rows_per_file": 2}))
 
 
 class WritePoints:
@@ -162,7 +164,8 @@ def _stage_outputs(stage: str, rejected: tuple[str, ...]):
 def test_distill_and_score_killed_at_each_write_point(
     local_ray_data, tmp_path, monkeypatch, tiny_checkpoint, train_data
 ):
-    from r1v_ray.distill.recipes import distill_stage, score_stage
+    from r1v_ray.stages.distill import body as distill_stage
+    from r1v_ray.stages.score import body as score_stage
 
     points = WritePoints(monkeypatch, str(tmp_path))
 
@@ -221,7 +224,7 @@ def _dead_judge(monkeypatch) -> list[str]:
 
 
 def test_judge_outage_fails_the_stage_and_it_resumes(local_ray_data, tmp_path, monkeypatch, train_data):
-    from r1v_ray.distill.recipes import score_stage
+    from r1v_ray.stages.score import body as score_stage
 
     run_dir, outage = str(tmp_path / "run"), _dead_judge(monkeypatch)
 
@@ -242,7 +245,7 @@ def test_judge_outage_fails_the_stage_and_it_resumes(local_ray_data, tmp_path, m
 
 
 def test_distill_first_pass_outage_is_redone_not_trusted(local_ray_data, tmp_path, monkeypatch, train_data):
-    from r1v_ray.distill.stage import distill
+    from r1v_ray.distill.dataflow import distill
 
     out = str(tmp_path / "d")
     with pytest.raises(RuntimeError, match=r"distill/assess: the judge failed on 4 of 5 rows"):

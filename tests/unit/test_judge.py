@@ -12,7 +12,7 @@ from PIL import Image, ImageFilter
 
 from r1v_ray.config import JudgeConfig
 from r1v_ray.data.synthetic import make_row
-from r1v_ray.distill.stage import Correlation, add_penalty
+from r1v_ray.distill.dataflow import Correlation, add_penalty
 from r1v_ray.engines.judge import JudgeError, OfflineJudge, image_clarity
 from r1v_ray.engines.judge.fake_server import FakeJudgeServer
 from r1v_ray.engines.judge.offline import text_signals

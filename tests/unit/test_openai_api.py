@@ -205,7 +205,7 @@ def test_rejected_generation_is_a_400():
 
 
 def test_discover_checkpoints_in_a_run_directory(tiny_checkpoint, tmp_path):
-    """The layout the stages write (sft/stages.py, grpo/trainer.py), with what else lies beside the models."""
+    """The layout the stages write (stages/sft.py, grpo/trainer.py), with what else lies beside the models."""
     import os
     import shutil
 

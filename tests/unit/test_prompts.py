@@ -38,8 +38,8 @@ def _stage_requests(row: dict) -> dict:
     from r1v_ray.distill.udfs import distill_request
     from r1v_ray.engines.judge.openai_judge import judge_query
     from r1v_ray.grpo.rollouts import step_requests
+    from r1v_ray.sft.error_set import ErrorSetPass
     from r1v_ray.sft.samples import sft_messages
-    from r1v_ray.sft.stages import ErrorSetPass
 
     cfg = R1VConfig()
     e = cfg.eval

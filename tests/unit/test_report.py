@@ -1,36 +1,28 @@
-"""The run report from a hand-made run directory: plots, Markdown, the stage table; partial runs too."""
+"""The run report from a hand-made run directory: plots, Markdown, the stage table's notes; partial runs too."""
 
 from __future__ import annotations
 
-import json
 import os
 
+from fake_run_dir import write
 from PIL import Image
 
-from r1v_ray.report import build_report, format_stage_table, sft_runs
-
-
-def _write(path, obj):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        if isinstance(obj, list):
-            f.writelines(json.dumps(r) + "\n" for r in obj)
-        else:
-            json.dump(obj, f)
+from r1v_ray.report import build_report, sft_runs
+from r1v_ray.report_stats import format_stats_table
 
 
 def _run_dir(root) -> str:
     run = str(root / "run")
     table = [{"model": "reassembled", "pass@1": 0.0}, {"model": "M0", "pass@1": 11.5}, {"model": "M1", "pass@1": 17.25}]
-    _write(
+    write(
         f"{run}/sft/manifest.json", {"status": "complete", "wall_s": 300.5, "attempts": 1, "metrics": {"table": table}}
     )
-    _write(f"{run}/sft/M1/redistill/done.json", {"data": "x", "distill": {"rows_out": 41, "rejected": 3}})
+    write(f"{run}/sft/M1/redistill/done.json", {"data": "x", "distill": {"rows_out": 41, "rejected": 3}})
     # a judge-side metrics file below an SFT run: not an SFT loss curve
-    _write(f"{run}/sft/M1/redistill/distill/metrics.jsonl", [{"step": 1, "time": 1, "rows_out": 41}])
-    _write(f"{run}/mlp_init/full/metrics.jsonl", [{"step": 2, "time": 10, "loss": 6.5, "lr": 2e-3}])
+    write(f"{run}/sft/M1/redistill/distill/metrics.jsonl", [{"step": 1, "time": 1, "rows_out": 41}])
+    write(f"{run}/mlp_init/full/metrics.jsonl", [{"step": 2, "time": 10, "loss": 6.5, "lr": 2e-3}])
     for i, name in enumerate(("M0", "M1")):
-        _write(
+        write(
             f"{run}/sft/{name}/metrics.jsonl",
             [{"step": s, "time": 100 * (i + 1) + s, "loss": 5.0 - i - s / 10, "lr": 1e-3} for s in (4, 8, 12)],
         )
@@ -47,8 +39,8 @@ def _run_dir(root) -> str:
         for s in (1, 2, 3)
     ]
     grpo += [{"step": 3, "heldout_reward": 0.3125, "heldout_accuracy": 0.0625}]
-    _write(f"{run}/grpo/metrics.jsonl", grpo)
-    _write(
+    write(f"{run}/grpo/metrics.jsonl", grpo)
+    write(
         f"{run}/grpo/manifest.json",
         {
             "status": "complete",
@@ -57,8 +49,8 @@ def _run_dir(root) -> str:
             "metrics": {"heldout": [grpo[0], grpo[-1]], "eval_pass1": 19.5},
         },
     )
-    _write(f"{run}/score/manifest.json", {"status": "complete", "metrics": {"histogram": {"4": 3, "5": 9}}})
-    _write(
+    write(f"{run}/score/manifest.json", {"status": "complete", "metrics": {"histogram": {"4": 3, "5": 9}}})
+    write(
         f"{run}/distill/manifest.json",
         {
             "status": "failed",
@@ -103,14 +95,14 @@ def test_report_writes_plots_and_summary(tmp_path):
 
 def test_stage_table_and_partial_runs(tmp_path):
     run = _run_dir(tmp_path)
-    table = format_stage_table(run)
+    table = format_stats_table(run)
     lines = table.splitlines()
     assert lines[1].split() == ["re-assembled", "0.00"] and lines[2].split()[:4] == ["stage", "1", "(M0)", "11.50"]
     assert "data re-distilled by M0" in lines[3] and "17.25" in lines[3]
     assert lines[4].startswith("GRPO") and "19.50" in lines[4] and "0.125 -> 0.312 over 3 steps" in lines[4]
     assert "reward, not Pass@1" in lines[4]
     only_grpo = tmp_path / "partial"
-    _write(
+    write(
         str(only_grpo / "grpo" / "metrics.jsonl"),
         [{"step": 1, "reward_mean": 0.1, "response_length": 3, "accuracy": 0.0, "format_rate": 0.0}],
     )
@@ -123,5 +115,5 @@ def test_stage_table_and_partial_runs(tmp_path):
     md = open(written["markdown"]).read()
     assert md.count("(no data in this run)") == 2 and "(no distill stage in this run)" in md
     assert "(no score stage in this run)" in md and "(no GRPO stage in this run)" in md
-    assert "no SFT or GRPO stage" in format_stage_table(str(tmp_path / "empty"))
+    assert "no SFT or GRPO stage" in format_stats_table(str(tmp_path / "empty"))
     assert build_report(str(tmp_path / "empty"))["plots"] == []

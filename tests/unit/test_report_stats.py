@@ -7,6 +7,7 @@ import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fake_run_dir import write
 
 from r1v_ray.eval.scoring import score_rows
 from r1v_ray.eval.table import per_row_text, stage_entry
@@ -28,15 +29,6 @@ CORRECT = {
 }
 
 
-def _write(path, obj):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        if isinstance(obj, list):
-            f.writelines(json.dumps(r) + "\n" for r in obj)
-        else:
-            json.dump(obj, f)
-
-
 def _eval_dir(path: str, correct: list[list[int]], per_row: bool = True) -> str:
     """eval.json (and per_row.jsonl) as run_eval writes them, scored from completions."""
     rows = [
@@ -49,7 +41,7 @@ def _eval_dir(path: str, correct: list[list[int]], per_row: bool = True) -> str:
     ]
     report = score_rows(rows, runs=2)
     rows_text = per_row_text(report.pop("per_row"))
-    _write(os.path.join(path, "eval.json"), report)
+    write(os.path.join(path, "eval.json"), report)
     if per_row:
         with open(os.path.join(path, "per_row.jsonl"), "w") as f:
             f.write(rows_text)
@@ -73,19 +65,19 @@ def _run_dir(root) -> str:
             "error_set": {"generated": 12, "wrong": 5, "train_accuracy": 7 / 12},
         }
     ]
-    _write(f"{run}/sft/manifest.json", {"status": "complete", "metrics": {"table": table, "iterations": iterations}})
+    write(f"{run}/sft/manifest.json", {"status": "complete", "metrics": {"table": table, "iterations": iterations}})
     for model in ("reassembled", "M0", "M1"):
         _eval_dir(f"{run}/sft/eval/{model}", CORRECT[model])
     _eval_dir(f"{run}/grpo/eval", CORRECT["GRPO"])
-    _write(f"{run}/grpo/manifest.json", {"status": "complete", "metrics": {"eval_pass1": 100.0}})
-    _write(
+    write(f"{run}/grpo/manifest.json", {"status": "complete", "metrics": {"eval_pass1": 100.0}})
+    write(
         f"{run}/grpo/metrics.jsonl",
         [{"step": s, "response_length": 20 + 2 * s, "reward_mean": 0.1} for s in range(1, 11)],
     )
     _parquet(f"{run}/distill/data", [1.0 + 0.05 * i for i in range(10)], [100 - 5 * i for i in range(10)])
     _parquet(f"{run}/sft/M1/redistill/distill/data", [1.0, 1.1, 1.2], [10, 20, 30])
-    _write(f"{run}/sft/M1/redistill/done.json", {"distill": {"rows_out": 3}, "score": {"histogram": {"0": 1, "5": 2}}})
-    _write(f"{run}/score/manifest.json", {"status": "complete", "metrics": {"histogram": {"3": 2, "4": 3, "5": 5}}})
+    write(f"{run}/sft/M1/redistill/done.json", {"distill": {"rows_out": 3}, "score": {"histogram": {"0": 1, "5": 2}}})
+    write(f"{run}/score/manifest.json", {"status": "complete", "metrics": {"histogram": {"3": 2, "4": 3, "5": 5}}})
     return run
 
 
@@ -149,16 +141,16 @@ def test_report_sections(tmp_path):
 def test_iterative_sft_table_entries_carry_std_and_ci(tmp_path, monkeypatch):
     """The SFT manifest's table (built while the stage runs) gains std, runs and the CI to the model before."""
     from r1v_ray.config import load_config
-    from r1v_ray.runs import StageRun
-    from r1v_ray.sft import stages
+    from r1v_ray.stages import sft
+    from r1v_ray.stages.manifest import StageRun
 
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "sft.iterations=0"])
     monkeypatch.setattr(
-        stages, "run_eval", lambda cfg, model, data, out_dir, name, side: _eval_dir(out_dir, CORRECT[name])
+        sft, "run_eval", lambda cfg, model, data, out_dir, name, side: _eval_dir(out_dir, CORRECT[name])
     )
     (tmp_path / "m0").mkdir()
-    monkeypatch.setattr(stages, "train", lambda *args, **kw: {"model": str(tmp_path / "m0")})
-    _, metrics = stages.iterative_sft(cfg, StageRun(cfg, "sft"), "base", "train-uri", "test-uri")
+    monkeypatch.setattr(sft, "train", lambda *args, **kw: {"model": str(tmp_path / "m0")})
+    _, metrics = sft.iterative_sft(cfg, StageRun(cfg, "sft"), "base", "train-uri", "test-uri")
     first, m0 = metrics["table"]
     assert (first["model"], first["pass@1"], first["pass@1_std"], first["vs_previous"]) == (
         "reassembled",

@@ -13,7 +13,7 @@ from r1v_ray.config import TinyModelConfig, load_config
 from r1v_ray.data.io import ParquetSink, read_parquet, write_parquet
 from r1v_ray.data.synthetic import corpus
 from r1v_ray.metrics import StageMetrics, read_jsonl, truncate_after
-from r1v_ray.runs import StageRun, run_stage
+from r1v_ray.stages.manifest import StageRun, run_stage
 
 
 def test_read_jsonl_skips_only_a_torn_last_line(tmp_path):
@@ -82,7 +82,7 @@ def _finished_distill(cfg, rows: int) -> None:
 def test_redistill_never_trusts_a_half_copied_first_pass(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from r1v_ray.distill import recipes
+    from r1v_ray.stages import redistill
 
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "judge.kind=offline"])
     _finished_distill(cfg, rows=10)
@@ -107,10 +107,10 @@ def test_redistill_never_trusts_a_half_copied_first_pass(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         copied.append(real_copy(*args, **kwargs))
 
-    monkeypatch.setattr(recipes, "distill", fake_distill)
-    monkeypatch.setattr(recipes, "score", fake_score)
-    monkeypatch.setattr(recipes, "ray", SimpleNamespace(data=SimpleNamespace(read_parquet=lambda uri: uri)))
-    hook = recipes.redistill_hook(cfg, StageRun(cfg, "sft"))
+    monkeypatch.setattr(redistill, "distill", fake_distill)
+    monkeypatch.setattr(redistill, "score", fake_score)
+    monkeypatch.setattr(redistill, "ray", SimpleNamespace(data=SimpleNamespace(read_parquet=lambda uri: uri)))
+    hook = redistill.redistill_hook(cfg, StageRun(cfg, "sft"))
     monkeypatch.setattr(pafs, "copy_files", copy_dies)
     with pytest.raises(KeyboardInterrupt):
         hook(1, "m0")
@@ -131,7 +131,7 @@ def _truncate(path: str, keep: float = 0.5) -> None:
 
 
 def test_a_checkpoint_with_truncated_weights_is_not_done(tiny_checkpoint, tmp_path):
-    from r1v_ray.sft.stages import _model_done
+    from r1v_ray.sft.training_folder import model_done as _model_done
 
     copy = str(tmp_path / "model")
     shutil.copytree(tiny_checkpoint, copy)
@@ -184,8 +184,8 @@ def test_assembled_checkpoint_killed_mid_save_is_redone(tiny_parts, tmp_path, mo
 
 
 def test_forced_distill_keeps_the_model_it_chose(tiny_parts, tmp_path):
-    from r1v_ray.distill.recipes import generation_model
     from r1v_ray.model.assemble import checkpoint_complete
+    from r1v_ray.stages.distill import generation_model
 
     parts = [f"model.{k}={v}" for k, v in (("vision_path", tiny_parts.vision), ("llm_path", tiny_parts.reasoning_llm))]
     cfg = load_config(

@@ -6,7 +6,7 @@ from r1v_ray.config import DistillConfig, JudgeConfig, RolloutConfig
 from r1v_ray.data.io import read_parquet
 from r1v_ray.data.synthetic import make_row
 from r1v_ray.data.validate import UniqueIds
-from r1v_ray.distill.stage import Tally, drain
+from r1v_ray.distill.dataflow import Tally, drain
 from r1v_ray.distill.udfs import USAGE_COLUMNS, SelfDistill
 from r1v_ray.metrics import StageMetrics
 

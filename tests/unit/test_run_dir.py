@@ -35,7 +35,7 @@ def empty_cwd(tmp_path, monkeypatch):
 
 def test_the_paper_configs_manifest_goes_to_the_bucket(empty_cwd, monkeypatch):
     """The issue's reproduction, unchanged: the paper config's own run_dir (s3://my-bucket/...)."""
-    from r1v_ray.runs import StageRun
+    from r1v_ray.stages.manifest import StageRun
 
     with moto_s3("my-bucket") as s3:
         cfg = load_config(os.path.join(ROOT, "configs", "paper", "r1v-38b.yaml"))
@@ -47,7 +47,7 @@ def test_the_paper_configs_manifest_goes_to_the_bucket(empty_cwd, monkeypatch):
 
 
 def test_stage_run_round_trip_skip_and_force_on_s3(s3, empty_cwd):
-    from r1v_ray.runs import StageRun, run_stage
+    from r1v_ray.stages.manifest import StageRun, run_stage
 
     cfg = load_config(None, ["run_dir=s3://r1v-test/roundtrip", "judge.kind=offline", "tracking.tensorboard=false"])
     calls = []
@@ -69,7 +69,7 @@ def test_stage_run_round_trip_skip_and_force_on_s3(s3, empty_cwd):
 
 def test_metrics_and_tensorboard_of_a_stage_on_s3(s3, empty_cwd, tmp_path):
     from r1v_ray.metrics import StageMetrics, read_jsonl, truncate_after
-    from r1v_ray.runs import StageRun
+    from r1v_ray.stages.manifest import StageRun
 
     cfg = load_config(None, ["run_dir=s3://r1v-test/metrics"])
     run = StageRun(cfg, "grpo")
@@ -141,7 +141,7 @@ def test_checkpoints_publish_whole_and_stage_once(s3, empty_cwd, tmp_path, tiny_
 
 def test_an_fsspec_run_directory(empty_cwd):
     """A filesystem pyarrow does not know (fsspec's memory://) goes through the same layout."""
-    from r1v_ray.runs import StageRun
+    from r1v_ray.stages.manifest import StageRun
 
     cfg = load_config(None, ["run_dir=memory://r1v/run", "tracking.tensorboard=false"])
     run = StageRun(cfg, "distill")
@@ -155,7 +155,7 @@ def test_an_fsspec_run_directory(empty_cwd):
 def test_a_relative_run_dir_is_refused_under_ray_job_submit(monkeypatch, tmp_path):
     import argparse
 
-    from r1v_ray.runtime import load_job_config
+    from r1v_ray.job_cli import load_job_config
 
     monkeypatch.chdir(tmp_path)
     assert resolve_run_dir("runs/x") == str(tmp_path / "runs" / "x")  # resolved on the submitting machine

@@ -9,7 +9,7 @@ import pytest
 
 from r1v_ray.config import load_config
 from r1v_ray.data.io import write_parquet
-from r1v_ray.runs import run_stage
+from r1v_ray.stages.manifest import run_stage
 
 
 def _cfg(run_dir, *overrides):
@@ -65,7 +65,7 @@ def test_what_does_not_change_results_does_not_stop_a_skip(tmp_path):
 
 def test_a_password_in_a_config_url_never_reaches_the_manifest(tmp_path):
     from r1v_ray.config import load_config
-    from r1v_ray.runs import StageRun
+    from r1v_ray.stages.manifest import StageRun
 
     cfg = load_config(None, [f"run_dir={tmp_path}", "judge.base_url=https://user:s3cret@judge.example/v1"])
     run = StageRun(cfg, "score")

@@ -1,4 +1,4 @@
-"""The evaluation stage: a checkpoint on a canonical benchmark, through the rollout engine on Ray Data."""
+"""Evaluating a checkpoint (`run_eval`): Pass@1 on a canonical benchmark, through the rollout engine on Ray Data."""
 
 from __future__ import annotations
 

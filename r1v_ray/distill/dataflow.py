@@ -1,4 +1,5 @@
-"""The distillation (paper 2.3) and scoring (paper 2.2, RM) stages as streaming Ray Data pipelines.
+"""Distillation (paper 2.3) and RM scoring (paper 2.2) as streaming Ray Data pipelines: what the distill
+and score stages (and re-distillation before an SFT iteration) run.
 
 Distillation runs two passes. Pass 1 scores every query (QDAM: S_v, S_t;
 VTIA: S_I) and writes them with the rows, keeping running minima and maxima;

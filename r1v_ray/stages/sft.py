@@ -1,0 +1,112 @@
+"""The sft stage (paper 2.2): stage 1 on D gives M0; then M_t from M_{t-1} on D_rm(tau_t) ∪ E_{t-1},
+each M_t evaluated (Pass@1 on the test split). With distill.before_iterations, the data is re-distilled
+with M_{t-1} and re-scored before iteration t (`stages.redistill`).
+
+A finished training run (its `model/`) is never redone; an unfinished one resumes from its Ray Train
+checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from r1v_ray import store
+from r1v_ray.config import R1VConfig
+from r1v_ray.data.io import read_parquet
+from r1v_ray.data.select import all_rows, d_rm, with_errors
+from r1v_ray.data.sources import dataset_uris
+from r1v_ray.eval.evaluate import run_eval
+from r1v_ray.eval.table import stage_entry
+from r1v_ray.ray_connect import init_ray
+from r1v_ray.run_dir import ERROR_IDS, EVAL_JSON
+from r1v_ray.sft.error_set import ErrorSetPass, error_set
+from r1v_ray.sft.training_folder import publish, train
+from r1v_ray.stages.inputs import stage_output, training_data
+from r1v_ray.stages.manifest import StageRun, run_stage
+from r1v_ray.stages.redistill import redistill_hook
+
+
+def run(cfg: R1VConfig, force: bool = False) -> dict:
+    init_ray()
+    base = stage_output(cfg, "reassemble")
+    _, test_uri = dataset_uris(cfg)
+    train_uri = training_data(cfg, "sft")
+    return run_stage(
+        cfg,
+        "sft",
+        lambda run: iterative_sft(cfg, run, base, train_uri, test_uri, redistill_hook(cfg, run)),
+        {"reassembled": base, "train": train_uri, "test": test_uri},
+        force,
+    )
+
+
+class _Evaluations:
+    """Each model's Pass@1 on the test split, as the stage table recorded in the manifest while it runs."""
+
+    def __init__(self, cfg: R1VConfig, run: StageRun, test_uri: str):
+        self.cfg, self.run, self.test_uri = cfg, run, test_uri
+        self.table: list[dict] = []
+
+    def add(self, name: str, model: str, data_uri: str, errors_for: str | None = None) -> None:
+        """Evaluate `model` (once: a finished evaluation is kept); with `errors_for`, the same engine pass
+        generates over the training rows for that iteration's error set."""
+        run = self.run
+        path = run.path_for("eval", name, EVAL_JSON)
+        ids_done = errors_for is None or store.is_file(run.path_for(errors_for, ERROR_IDS))
+        if not store.is_file(path) or not ids_done:
+            errors = ErrorSetPass(self.cfg, data_uri) if errors_for else None
+            run_eval(self.cfg, model, self.test_uri, store.dirname(path), name, errors.side_pass() if errors else None)
+            if errors:
+                errors.save(run.path_for(errors_for))
+        self.table.append(stage_entry(name, store.dirname(path), self.table[-1] if self.table else None))
+        run.record(table=self.table)
+
+
+def _iteration(cfg: R1VConfig, run: StageRun, t: int, current: str, train_uri: str, prefixes: list[str]) -> dict:
+    """M_t from M_{t-1} (`current`) on D_rm(tau_t) ∪ E_{t-1}."""
+    s, name = cfg.sft, f"M{t}"
+    errors_uri, err_stats = error_set(run.path_for(name), train_uri)
+    d = d_rm(train_uri, s.rm_score_column, s.taus[t - 1])
+    wrong_ids = read_parquet(errors_uri, columns=["id"]).column("id").to_pylist()  # E: the one set held whole
+    summary = train(cfg, run, name, current, with_errors(d, wrong_ids), s.iteration_lrs[t - 1], prefixes, s.epochs)
+    return {
+        "t": t,
+        "tau": s.taus[t - 1],
+        "d_rm": d.description,
+        "d_rm_rows": d.count(),
+        "error_set": err_stats,
+        **summary,
+    }
+
+
+def iterative_sft(
+    cfg: R1VConfig,
+    run: StageRun,
+    base_model: str,
+    train_uri: str,
+    test_uri: str,
+    before_iteration: Callable[[int, str], str] | None = None,
+) -> tuple[dict, dict]:
+    """The stage's body: M0, then M1..MT, each evaluated.
+
+    `before_iteration(t, model)` may return a new train_uri (re-distilled data) before iteration t.
+    """
+    s = cfg.sft
+    if len(s.taus) < s.iterations or len(s.iteration_lrs) < s.iterations:
+        raise ValueError(f"sft.taus and sft.iteration_lrs need {s.iterations} entries (sft.iterations)")
+    prefixes = s.trainable_prefixes or cfg.model.trainable_prefixes
+    evals = _Evaluations(cfg, run, test_uri)
+    evals.add("reassembled", base_model, train_uri)
+    m0 = train(cfg, run, "M0", base_model, all_rows(train_uri), s.stage1_learning_rate, prefixes, s.epochs)
+    current = m0["model"]
+    evals.add("M0", current, train_uri, errors_for="M1" if s.iterations else None)
+    iterations = []
+    for t in range(1, s.iterations + 1):
+        if before_iteration is not None:
+            train_uri = before_iteration(t, current)
+        iterations.append(_iteration(cfg, run, t, current, train_uri, prefixes))
+        current = iterations[-1]["model"]
+        evals.add(f"M{t}", current, train_uri, errors_for=f"M{t + 1}" if t < s.iterations else None)
+    final = run.path_for("model")
+    publish(current, final)
+    return {"model": final}, {"table": evals.table, "iterations": iterations, "stage1": m0}
