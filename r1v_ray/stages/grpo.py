@@ -5,24 +5,16 @@ from __future__ import annotations
 
 from r1v_ray import store
 from r1v_ray.config import R1VConfig
-from r1v_ray.data.sources import dataset_uris
 from r1v_ray.ray_connect import init_ray
-from r1v_ray.stages.inputs import stage_output, training_data
+from r1v_ray.stages.inputs import training_inputs
 from r1v_ray.stages.manifest import StageRun, run_stage
 
 
 def run(cfg: R1VConfig, force: bool = False) -> dict:
     init_ray()
-    base = stage_output(cfg, "sft")
-    _, test_uri = dataset_uris(cfg)
-    train_uri = training_data(cfg, "grpo")
-    return run_stage(
-        cfg,
-        "grpo",
-        lambda run: body(cfg, run, base, train_uri, test_uri),
-        {"sft": base, "train": train_uri, "test": test_uri},
-        force,
-    )
+    inputs = training_inputs(cfg, "grpo", model_from="sft", model_key="sft")
+    base, train_uri, test_uri = inputs["sft"], inputs["train"], inputs["test"]
+    return run_stage(cfg, "grpo", lambda run: body(cfg, run, base, train_uri, test_uri), inputs, force)
 
 
 def body(cfg: R1VConfig, run: StageRun, base: str, train_uri: str, test_uri: str) -> tuple[dict, dict]:

@@ -40,3 +40,10 @@ def newest_model(cfg: R1VConfig) -> str | None:
     """The newest finished stage's model. Distillation's `model` is the one it generated with, not one it
     made, so it does not count."""
     return _newest_output(cfg, [s for s in STAGES if s != "distill"], "model")
+
+
+def training_inputs(cfg: R1VConfig, stage: str, model_from: str, model_key: str) -> dict[str, str]:
+    """What a training stage reads, as its manifest records it: `model_from`'s model (under `model_key`),
+    the newest training data before `stage`, and the test split."""
+    _, test_uri = dataset_uris(cfg)
+    return {model_key: stage_output(cfg, model_from), "train": training_data(cfg, stage), "test": test_uri}

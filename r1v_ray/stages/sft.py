@@ -14,30 +14,26 @@ from r1v_ray import store
 from r1v_ray.config import R1VConfig
 from r1v_ray.data.io import read_parquet
 from r1v_ray.data.select import all_rows, d_rm, with_errors
-from r1v_ray.data.sources import dataset_uris
 from r1v_ray.eval.evaluate import run_eval
 from r1v_ray.eval.table import stage_entry
 from r1v_ray.ray_connect import init_ray
 from r1v_ray.run_dir import ERROR_IDS, EVAL_JSON
 from r1v_ray.sft.error_set import ErrorSetPass, error_set
 from r1v_ray.sft.training_folder import publish, train
-from r1v_ray.stages.inputs import stage_output, training_data
+from r1v_ray.stages.inputs import training_inputs
 from r1v_ray.stages.manifest import StageRun, run_stage
 from r1v_ray.stages.redistill import redistill_hook
 
 
 def run(cfg: R1VConfig, force: bool = False) -> dict:
     init_ray()
-    base = stage_output(cfg, "reassemble")
-    _, test_uri = dataset_uris(cfg)
-    train_uri = training_data(cfg, "sft")
-    return run_stage(
-        cfg,
-        "sft",
-        lambda run: iterative_sft(cfg, run, base, train_uri, test_uri, redistill_hook(cfg, run)),
-        {"reassembled": base, "train": train_uri, "test": test_uri},
-        force,
-    )
+    inputs = training_inputs(cfg, "sft", model_from="reassemble", model_key="reassembled")
+
+    def body(run: StageRun) -> tuple[dict, dict]:
+        hook = redistill_hook(cfg, run)
+        return iterative_sft(cfg, run, inputs["reassembled"], inputs["train"], inputs["test"], hook)
+
+    return run_stage(cfg, "sft", body, inputs, force)
 
 
 class _Evaluations:
