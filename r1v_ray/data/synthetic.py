@@ -8,7 +8,7 @@ need the image (the text alone leaves the answer undetermined):
 * shape_kind     which shape is drawn (multiple choice)
 * count_color    how many shapes of a colour (open, integer)
 * tallest_bar    which colour's bar is tallest (multiple choice)
-* missing_angle  the missing interior angle of the drawn polygon (open; the
+* missing_angle  each interior angle of the drawn regular polygon (open; the
                  paper's pentagon example: the side count is only in the image)
 * sum_digits     the sum of the digits drawn (open)
 """
@@ -71,8 +71,7 @@ def shape_kind(rng: random.Random, size: int) -> dict:
     color = rng.choice(list(COLORS))
     m = size // 6
     _draw_shape(ImageDraw.Draw(img), kind, (m, m, size - m, size - m), COLORS[color])
-    choices = SHAPES[:]
-    rng.shuffle(choices)
+    choices = SHAPES[:]  # one fixed order: the letter follows from the shape seen
     letter = "ABC"[choices.index(kind)]
     return dict(
         image=img,
@@ -80,6 +79,7 @@ def shape_kind(rng: random.Random, size: int) -> dict:
         choices=choices,
         answer=letter,
         rationale=f"The image shows a single {color} {kind}. The {kind} is option {letter}.",
+        scene=[color, kind, "-", "-"],
     )
 
 
@@ -98,6 +98,7 @@ def count_color(rng: random.Random, size: int) -> dict:
         choices=None,
         answer=str(count),
         rationale=f"There are {n_shapes} shapes in the image. Counting the {target} ones gives {count}.",
+        scene=[str(colors.count(c)) for c in COLORS],
     )
 
 
@@ -111,14 +112,15 @@ def tallest_bar(rng: random.Random, size: int) -> dict:
         x0 = 4 + i * (width + 4)
         draw.rectangle((x0, size - 2 - h, x0 + width, size - 2), fill=COLORS[name])
     tallest = names[heights.index(max(heights))]
-    choices = sorted(names, key=lambda _: rng.random())
-    letter = "ABC"[choices.index(tallest)]
+    choices = list(COLORS)  # every colour, in one order: the letter follows from the tallest bar's colour
+    letter = "ABCD"[choices.index(tallest)]
     return dict(
         image=img,
         question="Which colour is the tallest bar in the chart?",
         choices=choices,
         answer=letter,
         rationale=f"The chart has {', '.join(names)} bars. The {tallest} bar is the tallest, which is option {letter}.",
+        scene=[*names, tallest],
     )
 
 
@@ -127,10 +129,7 @@ def missing_angle(rng: random.Random, size: int) -> dict:
 
     sides = rng.choice(list(POLYGONS))
     total = (sides - 2) * 180
-    # Random known angles around the regular value; the last one closes the sum.
-    regular = total / sides
-    known = [int(regular + rng.randint(-15, 15)) for _ in range(sides - 1)]
-    missing = total - sum(known)
+    x = total // sides  # a regular polygon: the side count, seen only in the image, fixes every angle
     img = Image.new("RGB", (size, size), "white")
     c, r = size / 2, size * 0.4
     start = rng.random() * math.pi
@@ -138,24 +137,25 @@ def missing_angle(rng: random.Random, size: int) -> dict:
         (c + r * math.cos(start + 2 * math.pi * k / sides), c + r * math.sin(start + 2 * math.pi * k / sides))
         for k in range(sides)
     ]
-    ImageDraw.Draw(img).polygon(points, outline=(0, 0, 0), fill=COLORS[rng.choice(list(COLORS))])
-    listed = ", ".join(str(a) for a in known)
+    color = rng.choice(list(COLORS))
+    ImageDraw.Draw(img).polygon(points, outline=(0, 0, 0), fill=COLORS[color])
     return dict(
         image=img,
-        question=f"The polygon in the image has interior angles of {listed} degrees and one unknown angle x. What is x in degrees?",
+        question="The polygon in the image is regular. What is each of its interior angles x in degrees?",
         choices=None,
-        answer=str(missing),
+        answer=str(x),
         rationale=(
             f"The polygon has {sides} sides, so it is a {POLYGONS[sides]} and its interior angles sum to "
-            f"({sides} - 2) * 180 = {total}. The known angles sum to {sum(known)}, so x = {total} - {sum(known)} = {missing}."
+            f"({sides} - 2) * 180 = {total}. Its {sides} angles are equal, so x = {total} / {sides} = {x}."
         ),
+        scene=[color, POLYGONS[sides], "-", "-"],
     )
 
 
 def sum_digits(rng: random.Random, size: int) -> dict:
     img = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(img)
-    n = rng.randint(2, 3)
+    n = 2
     digits = [rng.randint(1, 9) for _ in range(n)]
     for i, d in enumerate(digits):
         draw.text((4 + i * size // n, size // 3), str(d), fill=(0, 0, 0), font_size=max(10, size // 3))
@@ -165,14 +165,21 @@ def sum_digits(rng: random.Random, size: int) -> dict:
         choices=None,
         answer=str(sum(digits)),
         rationale=f"The digits in the image are {', '.join(map(str, digits))}. Their sum is {sum(digits)}.",
+        scene=[*map(str, digits), *["-"] * (4 - n)],
     )
 
 
 GENERATORS = {name: globals()[name] for name in TASKS}
+# What each image shows, as 4 words (one per image token of a 64-px tile): the targets a vision encoder is
+# pretrained to predict and the scene a text-only LM reads in their place (r1v_ray/model/zoo.py).
+SCENE_WORDS = ["-", *COLORS, *SHAPES, *[p for p in POLYGONS.values() if p not in SHAPES], *map(str, range(10))]
 
 
-def make_row(seed: int, split: str, index: int, image_size: int = 64, tasks: list[str] | None = None) -> dict:
-    """The row at `index` of `split`: the same for the same arguments, on any machine."""
+def make_row(
+    seed: int, split: str, index: int, image_size: int = 64, tasks: list[str] | None = None, with_scene: bool = False
+) -> dict:
+    """The row at `index` of `split`: the same for the same arguments, on any machine. `with_scene` keeps
+    the row's `scene` (its 4 SCENE_WORDS); dataset rows never carry it."""
     tasks = tasks or TASKS
     unknown = set(tasks) - set(GENERATORS)
     if unknown:
@@ -181,6 +188,8 @@ def make_row(seed: int, split: str, index: int, image_size: int = 64, tasks: lis
     task = tasks[index % len(tasks)]
     row = GENERATORS[task](rng, image_size)
     row["image"] = _png(row["image"])
+    if not with_scene:
+        del row["scene"]
     row.update(id=f"synthetic-{split}-{index:07d}", source=f"synthetic/{task}", category=task)
     return row
 

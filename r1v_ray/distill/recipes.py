@@ -43,7 +43,12 @@ def generation_model(cfg: R1VConfig, reuse_finished: bool = True) -> str:
             return run.manifest["outputs"]["model"]
     # Outside distill/: a forced re-run empties that folder after this model was chosen.
     return assemble_initial(
-        cfg.model, cfg.run_dir, RunLayout(cfg.run_dir).base_model(), seed=cfg.seed, corpus=synthetic.corpus
+        cfg.model,
+        cfg.run_dir,
+        RunLayout(cfg.run_dir).base_model(),
+        seed=cfg.seed,
+        corpus=synthetic.corpus,
+        task=synthetic,
     )
 
 

@@ -94,7 +94,9 @@ def train(
 
 def mlp_init(cfg: R1VConfig, run: StageRun, train_uri: str) -> tuple[dict, dict]:
     """Paper 2.1: vision encoder + fresh projector + substitute LLM, trained in sub-stages (full, curated, CoT)."""
-    init = assemble_initial(cfg.model, cfg.run_dir, run.path_for("assembled"), seed=cfg.seed, corpus=synthetic.corpus)
+    init = assemble_initial(
+        cfg.model, cfg.run_dir, run.path_for("assembled"), seed=cfg.seed, corpus=synthetic.corpus, task=synthetic
+    )
     current, sub_stages = init, []
     for sub in cfg.sft.mlp_init_stages:
         rows = subset(train_uri, sub.score_column, sub.min_score, sub.sources)
@@ -114,7 +116,7 @@ def reassemble_stage(cfg: R1VConfig, run: StageRun, mlp_init_model: str) -> tupl
     """Paper 2.1: the trained projector onto the reasoning LLM (image tokens added to its tokenizer)."""
     from r1v_ray.model.reassemble import reassemble_checkpoint
 
-    parts = part_paths(cfg.model, cfg.run_dir, synthetic.corpus)
+    parts = part_paths(cfg.model, cfg.run_dir, synthetic.corpus, synthetic)
     lineage = dict(projector_from=mlp_init_model, projector_lineage=read_meta(mlp_init_model), llm=parts.reasoning_llm)
     final = run.path_for("model")
     meta = {"stage": "reassemble", **lineage}
