@@ -1,8 +1,10 @@
 """The paper's stages in order, each a function a job script (or the pipeline) calls.
 
-distill -> score -> mlp_init -> reassemble -> sft -> grpo. Each stage records
-a manifest in the run directory, skips when complete (unless forced) and
-resumes otherwise; its inputs are the outputs of the stages before it.
+mlp_init -> reassemble -> distill -> score -> sft -> grpo (paper 2.1-2.3): the projector is trained
+against the substitute LLM on the canonical data, moved onto the reasoning LLM, and the re-assembled
+model distills its own chains before Stage 1; sft re-distills with M_{t-1} before each iteration. Each
+stage records a manifest in the run directory, skips when complete (unless forced) and resumes
+otherwise; its inputs are the outputs of the stages before it.
 """
 
 from __future__ import annotations
@@ -43,12 +45,11 @@ def score_job(cfg: R1VConfig, force: bool = False, data: str | None = None) -> d
 
 
 def mlp_init_job(cfg: R1VConfig, force: bool = False) -> dict:
-    from r1v_ray.distill.recipes import training_data
     from r1v_ray.sft.stages import mlp_init
 
     init_ray()
-    train_uri = training_data(cfg)  # scored / distilled data when those stages ran
-    return run_stage(cfg, "mlp_init", lambda run: mlp_init(cfg, run, train_uri), {"train": train_uri}, force)
+    train_uri, test_uri = dataset_uris(cfg)  # the canonical data: nothing is distilled before MLP-init
+    return run_stage(cfg, "mlp_init", lambda run: mlp_init(cfg, run, train_uri, test_uri), {"train": train_uri}, force)
 
 
 def reassemble_job(cfg: R1VConfig, force: bool = False) -> dict:
@@ -118,10 +119,10 @@ def grpo_job(cfg: R1VConfig, force: bool = False) -> dict:
 
 
 PIPELINE: list[tuple[str, Callable[[R1VConfig, bool], dict]]] = [
-    ("distill", distill_job),
-    ("score", score_job),
     ("mlp_init", mlp_init_job),
     ("reassemble", reassemble_job),
+    ("distill", distill_job),  # self-distillation: generation_model() is then the re-assembled model
+    ("score", score_job),
     ("sft", sft_job),
     ("grpo", grpo_job),
 ]

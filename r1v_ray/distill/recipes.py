@@ -1,7 +1,7 @@
 """Distillation and scoring as stages of a run: which model generates, which data goes in, what comes out.
 
-The first distillation runs before MLP initialization (paper 2.3: "prior to
-Stage 1"); before each iterative-SFT iteration the data is re-distilled with
+The first distillation runs after re-assembly, by the re-assembled model
+(self-distillation, paper 2.3: "prior to Stage 1"); before each iterative-SFT iteration the data is re-distilled with
 M_{t-1} and re-scored. The query assessment (QDAM, VTIA) does not depend on
 the model, so re-distillation reuses it: only generation, verification and
 revision run again.

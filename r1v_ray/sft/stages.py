@@ -92,8 +92,9 @@ def train(
     return summary
 
 
-def mlp_init(cfg: R1VConfig, run: StageRun, train_uri: str) -> tuple[dict, dict]:
-    """Paper 2.1: vision encoder + fresh projector + substitute LLM, trained in sub-stages (full, curated, CoT)."""
+def mlp_init(cfg: R1VConfig, run: StageRun, train_uri: str, test_uri: str | None = None) -> tuple[dict, dict]:
+    """Paper 2.1: vision encoder + fresh projector + substitute LLM, trained in sub-stages (full, curated, CoT).
+    With `test_uri`, the trained model's Pass@1 (the score re-assembly is compared against)."""
     init = assemble_initial(
         cfg.model, cfg.run_dir, run.path_for("assembled"), seed=cfg.seed, corpus=synthetic.corpus, task=synthetic
     )
@@ -105,7 +106,11 @@ def mlp_init(cfg: R1VConfig, run: StageRun, train_uri: str) -> tuple[dict, dict]
         current = summary["model"]
     final = run.path_for("model")
     _publish(current, final)
-    return {"model": final}, {"sub_stages": sub_stages}
+    metrics: dict = {"sub_stages": sub_stages}
+    if test_uri is not None:
+        report = run_eval(cfg, final, test_uri, run.path_for("eval"), "MLP-init")
+        metrics["eval_pass1"] = report["overall"]["pass@1_mean"]
+    return {"model": final}, metrics
 
 
 def _publish(src: str, dst: str) -> None:
