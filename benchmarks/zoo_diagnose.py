@@ -119,6 +119,52 @@ def regress_projector(vision, processor, llm, tok, train, steps: int, lr: float)
     return proj, round(loss.item() / target.pow(2).mean().item(), 4)
 
 
+def lm_projector(vision, processor, llm, tok, train, steps: int, lr: float, batch: int, log):
+    """(f) MLP-init's objective outside Ray: a fresh projector trained through the frozen LLM on the SFT target
+    (<think> rationale, boxed answer) of each row, the loss on the assistant turn."""
+    from r1v_ray.sft.samples import sft_messages
+
+    img_id = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
+    with torch.no_grad():
+        feats = image_features(vision, pixels(processor, train))
+    seqs = []
+    for r in train:
+        prompt = prompt_ids(processor, r)
+        target = tok(sft_messages(r)[1]["content"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        seqs.append((torch.cat([prompt, torch.tensor(target)]), len(prompt)))
+    d, h = feats.shape[-1], llm.config.hidden_size
+    proj = torch.nn.Sequential(torch.nn.LayerNorm(d), torch.nn.Linear(d, h), torch.nn.GELU(), torch.nn.Linear(h, h))
+    with torch.no_grad():  # initialized as r1v_ray.model.assemble.new_projector initializes it
+        for lin in (proj[1], proj[3]):
+            lin.weight.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(0))
+            lin.bias.zero_()
+    opt = torch.optim.AdamW(proj.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10) * max(0.0, 1 - s / steps))
+    for p in llm.parameters():
+        p.requires_grad_(False)
+    gen = torch.Generator().manual_seed(0)
+    table = llm.get_input_embeddings()
+    for step in range(steps):
+        idx = torch.randint(0, len(train), (batch,), generator=gen).tolist()
+        width = max(len(seqs[i][0]) for i in idx)
+        embeds, labels, mask = [], torch.full((batch, width), -100), torch.zeros(batch, width, dtype=torch.long)
+        for b, i in enumerate(idx):
+            ids, start = seqs[i]
+            e = table(ids).clone()
+            e[(ids == img_id).nonzero().flatten()] = proj(feats[i])
+            embeds.append(torch.cat([e, table.weight[tok.pad_token_id].expand(width - len(ids), -1)]))
+            labels[b, start : len(ids)] = ids[start:]
+            mask[b, : len(ids)] = 1
+        loss = llm(inputs_embeds=torch.stack(embeds), attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 50 == 0:
+            log(f"f step {step}: loss {loss.item():.3f}")
+    return proj
+
+
 def run_llm(llm, tok, processor, rows, slot_vectors, max_new: int, batch: int = 20) -> list[str]:
     """Generate with `slot_vectors(i)` (4, H) at row i's image-token positions of the real prompt."""
     img_id = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
@@ -140,7 +186,9 @@ def main() -> None:
     ap.add_argument("--max-new", type=int, default=96)
     ap.add_argument("--regress-steps", type=int, default=500)
     ap.add_argument("--ckpt", nargs="*", default=[])
-    ap.add_argument("--levels", default="abcde")
+    ap.add_argument("--levels", default="abcdef")
+    ap.add_argument("--lm-steps", type=int, default=300)
+    ap.add_argument("--lm-lrs", type=float, nargs="*", default=[2e-3])
     args = ap.parse_args()
     torch.set_num_threads(1)  # tiny matrices; a second thread spin-waits on a shared machine
     t0 = time.time()
@@ -183,6 +231,14 @@ def main() -> None:
         texts = run_llm(llm, tok, processor, test, lambda i: slots[i], args.max_new)
         report["d_regressed"] = {"relative_mse": rel, **score(test, texts)}
         print("d", report["d_regressed"], flush=True)
+    if "f" in args.levels:
+        for lr in args.lm_lrs:
+            proj = lm_projector(vision, processor, llm, tok, train, args.lm_steps, lr, 16, print)
+            with torch.no_grad():
+                slots = proj(image_features(vision, pixels(processor, test)))
+            texts = run_llm(llm, tok, processor, test, lambda i: slots[i], args.max_new)
+            report[f"f_lm_loss_lr{lr}"] = score(test, texts)
+            print("f", lr, report[f"f_lm_loss_lr{lr}"], flush=True)
     for path in args.ckpt if "e" in args.levels else []:
         model, proc = load_checkpoint(path)
         texts = []

@@ -68,6 +68,7 @@ class ZooConfig:
     tune_steps: int = 120  # each of the two tunings from the base: direct answers / <think> reasoning
     batch_size: int = 16  # sequences per LM step (the vision encoder takes 4x as many images)
     learning_rate: float = 3.0e-3
+    scene_noise: float = 0.7  # LM pretraining: noise on the scene words' embeddings, relative to their norm
     check_rows: int = 60  # held-out rows each LLM answers from the true scene words (zoo.json: text_accuracy)
     seed: int = 0
 
