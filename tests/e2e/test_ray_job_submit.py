@@ -186,7 +186,7 @@ def test_pipeline_on_three_nodes_survives_losing_its_cluster(tmp_path, short_roo
         assert sft["inputs"]["train"]["path"] == f"{RUN_DIR}/score/data" and sft["inputs"]["train"]["rows"] == 512
         table = {row["model"]: row["pass@1"] for row in sft["metrics"]["table"]}
         assert list(table) == ["reassembled", "M0", "M1", "M2"] and table["M2"] > table["reassembled"], table
-        assert [it["tau"] for it in sft["metrics"]["iterations"]] == [2, 3]
+        assert [it["tau"] for it in sft["metrics"]["iterations"]] == [4, 5]
         assert all(it["error_set"]["generated"] == 512 for it in sft["metrics"]["iterations"])
         for t in (1, 2):
             assert store.is_file(f"{RUN_DIR}/sft/M{t}/redistill/done.json")
