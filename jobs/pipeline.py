@@ -1,4 +1,4 @@
-"""The whole pipeline in the paper's order: distill, score, mlp_init, reassemble, sft, grpo; then the report.
+"""The whole pipeline in the paper's order: mlp_init, reassemble, distill, score, sft, grpo; then the report.
 
     python jobs/pipeline.py --config configs/demo/tiny.yaml        # the 2-core demo (tiny models, offline judge)
     python jobs/pipeline.py --config configs/paper/r1v-38b.yaml --only sft grpo

@@ -55,14 +55,35 @@ class TinyModelConfig:
 
 
 @dataclass
+class ZooConfig:
+    """The pretrained tiny zoo (model.source=zoo): what r1v_ray/model/zoo.py trains before the pipeline runs.
+
+    Built once per configuration (its hash names the cache folder); model.tiny gives the sizes."""
+
+    cache_dir: str | None = None  # None: $R1V_ZOO_CACHE, else ~/.cache/r1v_ray/zoo
+    rows: int = 3000  # synthetic rows (split "zoo", never the train or test split) rendered for pretraining
+    image_size: int = 64  # the renderer's image size (data.synthetic.image_size)
+    vision_steps: int = 300  # vision encoder: predict each image token's scene word
+    base_steps: int = 400  # base LM: text renderings (scene words in the image tokens' place, question, answer)
+    tune_steps: int = 120  # each of the two tunings from the base: direct answers / <think> reasoning
+    batch_size: int = 16  # sequences per LM step (the vision encoder takes 4x as many images)
+    learning_rate: float = 3.0e-3
+    scene_noise: float = 0.7  # LM pretraining: noise on the scene words' embeddings, relative to their norm
+    check_rows: int = 60  # held-out rows each LLM answers from the true scene words (zoo.json: text_accuracy)
+    seed: int = 0
+
+
+@dataclass
 class ModelConfig:
-    # "tiny" builds models locally; otherwise HF paths (local dirs or URIs).
-    source: Literal["tiny", "pretrained"] = "tiny"
+    # "tiny" builds random models locally (unit tests); "zoo" pretrained tiny ones (the demo);
+    # otherwise HF paths (local dirs or URIs).
+    source: Literal["tiny", "zoo", "pretrained"] = "tiny"
     vision_path: str | None = None  # e.g. OpenGVLab/InternViT-6B-448px-V2_5 (local copy)
     llm_path: str | None = None  # reasoning LLM, e.g. DeepSeek-R1-Distill-Qwen-32B
     substitute_llm_path: str | None = None  # e.g. Qwen2.5-32B-Instruct
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    zoo: ZooConfig = field(default_factory=ZooConfig)
     # Parameter-name prefixes that train; aliases: vision, projector, llm, lm_head.
     trainable_prefixes: list[str] = field(default_factory=lambda: ["projector"])
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # training and inference dtype (CPU runs use float32)

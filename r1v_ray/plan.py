@@ -51,13 +51,14 @@ def stage_plans(cfg: R1VConfig) -> list[StagePlan]:
     subs = ", ".join(s.name for s in cfg.sft.mlp_init_stages)
     iterations = " ".join(f"M{t}" for t in range(cfg.sft.iterations + 1))
     plans = [
-        StagePlan("distill", [train], [run("distill", "data"), run("distill", "rejected")],
-                  {"generate": rollout + _judge(cfg)}, f"judge: {cfg.judge.kind}"),
-        StagePlan("score", [run("distill", "data")], [scored, run("score", "rejected")], {"score": _judge(cfg)}),
-        StagePlan("mlp_init", [scored], [run("mlp_init", s.name) for s in cfg.sft.mlp_init_stages]
-                  + [run("mlp_init", "model")], {"train": _trainer(cfg)}, f"sub-stages: {subs}"),
+        StagePlan("mlp_init", [train, test], [run("mlp_init", s.name) for s in cfg.sft.mlp_init_stages]
+                  + [run("mlp_init", "model"), run("mlp_init", "eval")],
+                  {"train": _trainer(cfg), "evaluate": rollout}, f"sub-stages: {subs}"),
         StagePlan("reassemble", [run("mlp_init", "model"), cfg.model.llm_path or "<tiny reasoning LLM>"],
                   [run("reassemble", "model")], {}, "one process on the driver"),
+        StagePlan("distill", [train, run("reassemble", "model")], [run("distill", "data"), run("distill", "rejected")],
+                  {"generate": rollout + _judge(cfg)}, f"self-distillation by the re-assembled model; judge: {cfg.judge.kind}"),
+        StagePlan("score", [run("distill", "data")], [scored, run("score", "rejected")], {"score": _judge(cfg)}),
         StagePlan("sft", [run("reassemble", "model"), scored, test],
                   [run("sft", m) for m in iterations.split()] + [run("sft", "eval"), run("sft", "model")],
                   {"train": _trainer(cfg), "evaluate, error sets, re-distill": rollout + _judge(cfg)}, iterations),

@@ -8,7 +8,7 @@ need the image (the text alone leaves the answer undetermined):
 * shape_kind     which shape is drawn (multiple choice)
 * count_color    how many shapes of a colour (open, integer)
 * tallest_bar    which colour's bar is tallest (multiple choice)
-* missing_angle  the missing interior angle of the drawn polygon (open; the
+* missing_angle  each interior angle of the drawn regular polygon (open; the
                  paper's pentagon example: the side count is only in the image)
 * sum_digits     the sum of the digits drawn (open)
 """
@@ -71,12 +71,15 @@ def _canvas(size: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
 
 
 def _letter(choices: list[str], correct: str) -> str:
-    return "ABC"[choices.index(correct)]
+    return "ABCD"[choices.index(correct)]
 
 
-def _row(img: Image.Image, question: str, answer: str, rationale: str, choices: list[str] | None = None) -> dict:
-    """A generated row; `make_row` encodes its image and adds the id, source and category."""
-    return dict(image=img, question=question, choices=choices, answer=answer, rationale=rationale)
+def _row(
+    img: Image.Image, question: str, answer: str, rationale: str, choices: list[str] | None = None, scene=None
+) -> dict:
+    """A generated row; `make_row` encodes its image and adds the id, source and category. `scene`: what the
+    image shows, as 4 SCENE_WORDS (make_row drops it unless asked)."""
+    return dict(image=img, question=question, choices=choices, answer=answer, rationale=rationale, scene=scene)
 
 
 def shape_kind(rng: random.Random, size: int) -> dict:
@@ -85,11 +88,10 @@ def shape_kind(rng: random.Random, size: int) -> dict:
     color = rng.choice(list(COLORS))
     m = size // 6
     _draw_shape(draw, kind, (m, m, size - m, size - m), COLORS[color])
-    choices = SHAPES[:]
-    rng.shuffle(choices)
+    choices = SHAPES[:]  # one fixed order: the letter follows from the shape seen
     letter = _letter(choices, kind)
     rationale = f"The image shows a single {color} {kind}. The {kind} is option {letter}."
-    return _row(img, "Which shape is shown in the image?", letter, rationale, choices)
+    return _row(img, "Which shape is shown in the image?", letter, rationale, choices, [color, kind, "-", "-"])
 
 
 def count_color(rng: random.Random, size: int) -> dict:
@@ -101,7 +103,8 @@ def count_color(rng: random.Random, size: int) -> dict:
         _draw_shape(draw, rng.choice(SHAPES), box, COLORS[color])
     count = colors.count(target)
     rationale = f"There are {n_shapes} shapes in the image. Counting the {target} ones gives {count}."
-    return _row(img, f"How many {target} shapes are in the image?", str(count), rationale)
+    scene = [str(colors.count(c)) for c in COLORS]
+    return _row(img, f"How many {target} shapes are in the image?", str(count), rationale, scene=scene)
 
 
 def tallest_bar(rng: random.Random, size: int) -> dict:
@@ -113,10 +116,10 @@ def tallest_bar(rng: random.Random, size: int) -> dict:
         x0 = 4 + i * (width + 4)
         draw.rectangle((x0, size - 2 - h, x0 + width, size - 2), fill=COLORS[name])
     tallest = names[heights.index(max(heights))]
-    choices = sorted(names, key=lambda _: rng.random())
+    choices = list(COLORS)  # every colour, in one order: the letter follows from the tallest bar's colour
     letter = _letter(choices, tallest)
     rationale = f"The chart has {', '.join(names)} bars. The {tallest} bar is the tallest, which is option {letter}."
-    return _row(img, "Which colour is the tallest bar in the chart?", letter, rationale, choices)
+    return _row(img, "Which colour is the tallest bar in the chart?", letter, rationale, choices, [*names, tallest])
 
 
 def missing_angle(rng: random.Random, size: int) -> dict:
@@ -124,10 +127,7 @@ def missing_angle(rng: random.Random, size: int) -> dict:
 
     sides = rng.choice(list(POLYGONS))
     total = (sides - 2) * 180
-    # Random known angles around the regular value; the last one closes the sum.
-    regular = total / sides
-    known = [int(regular + rng.randint(-15, 15)) for _ in range(sides - 1)]
-    missing = total - sum(known)
+    x = total // sides  # a regular polygon: the side count, seen only in the image, fixes every angle
     img, draw = _canvas(size)
     c, r = size / 2, size * 0.4
     start = rng.random() * math.pi
@@ -135,31 +135,38 @@ def missing_angle(rng: random.Random, size: int) -> dict:
         (c + r * math.cos(start + 2 * math.pi * k / sides), c + r * math.sin(start + 2 * math.pi * k / sides))
         for k in range(sides)
     ]
-    draw.polygon(points, outline=(0, 0, 0), fill=COLORS[rng.choice(list(COLORS))])
-    listed = ", ".join(str(a) for a in known)
-    question = f"The polygon in the image has interior angles of {listed} degrees and one unknown angle x. What is x in degrees?"
+    color = rng.choice(list(COLORS))
+    draw.polygon(points, outline=(0, 0, 0), fill=COLORS[color])
+    question = "The polygon in the image is regular. What is each of its interior angles x in degrees?"
     rationale = (
         f"The polygon has {sides} sides, so it is a {POLYGONS[sides]} and its interior angles sum to "
-        f"({sides} - 2) * 180 = {total}. The known angles sum to {sum(known)}, so x = {total} - {sum(known)} = {missing}."
+        f"({sides} - 2) * 180 = {total}. Its {sides} angles are equal, so x = {total} / {sides} = {x}."
     )
-    return _row(img, question, str(missing), rationale)
+    return _row(img, question, str(x), rationale, scene=[color, POLYGONS[sides], "-", "-"])
 
 
 def sum_digits(rng: random.Random, size: int) -> dict:
     img, draw = _canvas(size)
-    n = rng.randint(2, 3)
+    n = 2
     digits = [rng.randint(1, 9) for _ in range(n)]
     for i, d in enumerate(digits):
         draw.text((4 + i * size // n, size // 3), str(d), fill=(0, 0, 0), font_size=max(10, size // 3))
     rationale = f"The digits in the image are {', '.join(map(str, digits))}. Their sum is {sum(digits)}."
-    return _row(img, "What is the sum of the digits written in the image?", str(sum(digits)), rationale)
+    scene = [*map(str, digits), *["-"] * (4 - n)]
+    return _row(img, "What is the sum of the digits written in the image?", str(sum(digits)), rationale, scene=scene)
 
 
 GENERATORS = {name: globals()[name] for name in TASKS}
+# What each image shows, as 4 words (one per image token of a 64-px tile): the targets a vision encoder is
+# pretrained to predict and the scene a text-only LM reads in their place (r1v_ray/model/zoo.py).
+SCENE_WORDS = ["-", *COLORS, *SHAPES, *[p for p in POLYGONS.values() if p not in SHAPES], *map(str, range(10))]
 
 
-def make_row(seed: int, split: str, index: int, image_size: int = 64, tasks: list[str] | None = None) -> dict:
-    """The row at `index` of `split`: the same for the same arguments, on any machine."""
+def make_row(
+    seed: int, split: str, index: int, image_size: int = 64, tasks: list[str] | None = None, with_scene: bool = False
+) -> dict:
+    """The row at `index` of `split`: the same for the same arguments, on any machine. `with_scene` keeps
+    the row's `scene` (its 4 SCENE_WORDS); dataset rows never carry it."""
     tasks = tasks or TASKS
     unknown = set(tasks) - set(GENERATORS)
     if unknown:
@@ -168,6 +175,8 @@ def make_row(seed: int, split: str, index: int, image_size: int = 64, tasks: lis
     task = tasks[index % len(tasks)]
     row = GENERATORS[task](rng, image_size)
     row["image"] = _png(row["image"])
+    if not with_scene:
+        del row["scene"]
     row.update(id=f"synthetic-{split}-{index:07d}", source=f"synthetic/{task}", category=task)
     return row
 

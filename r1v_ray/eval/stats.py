@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from r1v_ray.data.synthetic import POLYGONS, SHAPES
+from r1v_ray.data.synthetic import COLORS, POLYGONS, SHAPES
 
 BOOTSTRAP_SAMPLES = 10_000
 BOOTSTRAP_SEED = 0
@@ -18,18 +18,12 @@ CI_LEVEL = 0.95
 _CHUNK = 1_000  # resamples drawn at a time: memory stays at _CHUNK x rows indices
 
 # The answer space of each synthetic task, read off its generator in r1v_ray/data/synthetic.py:
-ANGLE_JITTER = 15  # missing_angle: each known angle is the regular angle + randint(-15, 15)
 ANSWER_SPACES: dict[str, tuple] = {
-    "shape_kind": ("choice", len(SHAPES)),  # the options are all of SHAPES, shuffled
-    "tallest_bar": ("choice", 3),  # rng.sample(COLORS, 3) bars, each an option
+    "shape_kind": ("choice", len(SHAPES)),  # the options are all of SHAPES
+    "tallest_bar": ("choice", len(COLORS)),  # the options are every colour; 3 of them are drawn
     "count_color": ("integer", 0, 6),  # randint(2, 6) shapes; the target colour may appear 0..6 times
-    "sum_digits": ("integer", 2, 27),  # randint(2, 3) digits, each randint(1, 9)
-    # x = regular - (sum of sides - 1 jitters): regular ± 15 (sides - 1); the union over 3..6 sides
-    "missing_angle": (
-        "integer",
-        min(180 * (s - 2) // s - ANGLE_JITTER * (s - 1) for s in POLYGONS),
-        max(180 * (s - 2) // s + ANGLE_JITTER * (s - 1) for s in POLYGONS),
-    ),
+    "sum_digits": ("integer", 2, 18),  # 2 digits, each randint(1, 9)
+    "missing_angle": ("values", *(180 * (s - 2) // s for s in POLYGONS)),  # a regular polygon's angle
 }
 
 
@@ -99,6 +93,8 @@ def answer_space(task: str) -> list[str] | None:
         return None
     if space[0] == "choice":
         return [chr(ord("A") + i) for i in range(space[1])]
+    if space[0] == "values":
+        return [str(v) for v in space[1:]]
     return [str(v) for v in range(space[1], space[2] + 1)]
 
 

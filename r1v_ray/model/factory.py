@@ -109,11 +109,18 @@ def write_tiny_parts(t: TinyModelConfig, out_dir: str, corpus: Corpus) -> PartPa
     return PartPaths(*(store.join(out_dir, n) for n in names))
 
 
-def part_paths(cfg: ModelConfig, work_dir: str, corpus: Corpus | None = None) -> PartPaths:
-    """Where the parts are: built under `work_dir` for source=tiny (once, tokenizers trained on `corpus`),
-    else the configured paths."""
+def part_paths(cfg: ModelConfig, work_dir: str, corpus: Corpus | None = None, task=None) -> PartPaths:
+    """Where the parts are: built under `work_dir` for source=tiny (once, tokenizers trained on `corpus`), in
+    the zoo's cache for source=zoo (once per configuration, trained on `task`: an object with `make_row`,
+    `corpus` and `SCENE_WORDS`, such as `r1v_ray.data.synthetic`), else the configured paths."""
     from r1v_ray.model.assemble import checkpoint_complete
 
+    if cfg.source == "zoo":
+        from r1v_ray.model.zoo import zoo_parts
+
+        if task is None:
+            raise ValueError("model.source=zoo trains its parts on a task: pass task= (r1v_ray.data.synthetic)")
+        return PartPaths(*zoo_parts(cfg.tiny, cfg.zoo, task))
     if cfg.source == "tiny" and corpus is None:
         raise ValueError("model.source=tiny builds its parts: pass corpus= (r1v_ray.data.synthetic.corpus)")
     if cfg.source == "tiny":
@@ -146,13 +153,15 @@ def load_llm(path: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedM
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
 
-def assemble_initial(cfg: ModelConfig, work_dir: str, out: str, seed: int = 0, corpus: Corpus | None = None) -> str:
+def assemble_initial(
+    cfg: ModelConfig, work_dir: str, out: str, seed: int = 0, corpus: Corpus | None = None, task=None
+) -> str:
     """The MLP-initialization starting point (paper 2.1): vision encoder + fresh projector + substitute LLM."""
     from r1v_ray.model.assemble import assemble_from_parts, checkpoint_complete
 
     if checkpoint_complete(out):
         return out
-    parts = part_paths(cfg, work_dir, corpus)
+    parts = part_paths(cfg, work_dir, corpus, task)
     meta = {"stage": "assembled", "vision": parts.vision, "llm": parts.substitute_llm}
     return assemble_from_parts(parts.vision, parts.substitute_llm, out, cfg.projector, cfg.max_image_tiles, seed, meta)
 

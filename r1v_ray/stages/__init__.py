@@ -17,7 +17,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from r1v_ray.config import R1VConfig
 
-STAGES: tuple[str, ...] = ("distill", "score", "mlp_init", "reassemble", "sft", "grpo")  # the paper's order
+# The paper's order (2.1-2.3): the projector is trained against the substitute LLM on the canonical data,
+# moved onto the reasoning LLM, and the re-assembled model distills its own chains before Stage 1; sft
+# re-distills with M_{t-1} before each iteration.
+STAGES: tuple[str, ...] = ("mlp_init", "reassemble", "distill", "score", "sft", "grpo")
 
 
 def entry_point(stage: str) -> Callable[[R1VConfig, bool], dict]:

@@ -1,7 +1,7 @@
 """The distill stage (paper 2.3): QDAM, VTIA, DRLC and self-distillation over the training set.
 
-The first distillation runs before MLP initialization (paper 2.3: "prior to Stage 1"); iterative SFT
-re-distills before each iteration (`stages.redistill`).
+The first distillation runs after re-assembly, by the re-assembled model (self-distillation, paper 2.3:
+"prior to Stage 1"); iterative SFT re-distills with M_{t-1} before each iteration (`stages.redistill`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,12 @@ def generation_model(cfg: R1VConfig, reuse_finished: bool = True) -> str:
         return distilled.manifest["outputs"]["model"]
     # Outside distill/: a forced re-run empties that folder after this model was chosen.
     return newest_model(cfg) or assemble_initial(
-        cfg.model, cfg.run_dir, RunLayout(cfg.run_dir).base_model(), seed=cfg.seed, corpus=synthetic.corpus
+        cfg.model,
+        cfg.run_dir,
+        RunLayout(cfg.run_dir).base_model(),
+        seed=cfg.seed,
+        corpus=synthetic.corpus,
+        task=synthetic,
     )
 
 

@@ -19,7 +19,7 @@ def run(cfg: R1VConfig, force: bool = False) -> dict:
 def body(cfg: R1VConfig, run: StageRun, mlp_init_model: str) -> tuple[dict, dict]:
     from r1v_ray.model.reassemble import reassemble_checkpoint
 
-    parts = part_paths(cfg.model, cfg.run_dir, synthetic.corpus)
+    parts = part_paths(cfg.model, cfg.run_dir, synthetic.corpus, synthetic)
     lineage = dict(projector_from=mlp_init_model, projector_lineage=read_meta(mlp_init_model), llm=parts.reasoning_llm)
     final = run.path_for("model")
     meta = {"stage": "reassemble", **lineage}

@@ -97,7 +97,7 @@ def test_shipped_configs_load():
     for f in files:
         load_config(f)
     demo = load_config(os.path.join(root, "demo", "tiny.yaml"))
-    assert demo.model.source == "tiny" and demo.judge.kind == "offline" and demo.sft.use_gpu is False
+    assert demo.model.source == "zoo" and demo.judge.kind == "offline" and demo.sft.use_gpu is False
 
 
 def test_exponent_without_dot_is_a_float():

@@ -49,11 +49,15 @@ def test_synthetic_splits_do_not_share_ids():
     assert not train & test
 
 
-def test_missing_angle_is_consistent():
-    for r in synthetic.iter_rows(40, seed=1, tasks=["missing_angle"]):
-        known = [int(x) for x in r["question"].split("angles of ")[1].split(" degrees")[0].split(", ")]
-        sides = len(known) + 1
-        assert sum(known) + int(r["answer"]) == (sides - 2) * 180
+def test_missing_angle_needs_the_image():
+    """The question is one text for every row (the side count is only in the image); the answer is the
+    regular polygon's interior angle, as its rationale derives it."""
+    rows = list(synthetic.iter_rows(40, seed=1, tasks=["missing_angle"]))
+    assert len({r["question"] for r in rows}) == 1
+    assert {r["answer"] for r in rows} == {"60", "90", "108", "120"}
+    for r in rows:
+        sides = int(r["rationale"].split("has ")[1].split(" sides")[0])
+        assert int(r["answer"]) == (sides - 2) * 180 // sides and r["rationale"].endswith(f"= {r['answer']}.")
 
 
 _PEAK = """

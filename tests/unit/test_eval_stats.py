@@ -65,12 +65,10 @@ def test_paired_rows_pairs_by_id_and_averages_runs():
 
 
 def test_chance_levels_of_the_synthetic_tasks():
-    assert chance_level("shape_kind") == pytest.approx(100 / 3) and chance_level("tallest_bar") == pytest.approx(
-        100 / 3
-    )
+    assert chance_level("shape_kind") == pytest.approx(100 / 3) and chance_level("tallest_bar") == pytest.approx(25)
     assert chance_level("count_color") == pytest.approx(100 / 7)  # 0..6 shapes of the colour
-    assert chance_level("sum_digits") == pytest.approx(100 / 26)  # 2..27
-    assert chance_level("missing_angle") == pytest.approx(100 / 166)  # 60 - 30 = 30 .. 120 + 75 = 195
+    assert chance_level("sum_digits") == pytest.approx(100 / 17)  # 2..18
+    assert chance_level("missing_angle") == pytest.approx(25)  # 60, 90, 108, 120
     assert chance_level("mathvista") is None and answer_space("mathvista") is None
     assert majority_baseline(["1", "1", "2"]) == pytest.approx(200 / 3) and majority_baseline([]) is None
 

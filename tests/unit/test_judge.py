@@ -86,6 +86,20 @@ def test_offline_rm_score_rubric():
     assert score <= 2 and "correct" in reason and "fluent" in reason
 
 
+def test_offline_rm_scores_what_the_chain_says_about_the_image():
+    """A right answer reached by a chain that misreads the image scores below the reference chain."""
+    judge = OfflineJudge()
+    row = next(r for r in (make_row(0, "train", i) for i in range(40)) if r["category"] == "sum_digits")
+    digits = row["rationale"].split("are ")[1].split(".")[0]  # "3, 5"
+    one_wrong = row["rationale"].replace(digits, f"{digits.split(', ')[0]}, 0")
+    assert judge.rm_score({**row, "think": row["rationale"]})[0] == 5
+    score, reason, _ = judge.rm_score({**row, "think": one_wrong})
+    assert score == 4 and reason == "missing: faithful"
+    vague = f"I look at the image and add what I see. The answer is {row['answer']} in the end."
+    score, reason, _ = judge.rm_score({**row, "think": vague})
+    assert score == 3 and reason == "missing: grounded, faithful"
+
+
 def test_penalty_normalization_and_correlation():
     table = pa.table({"s_v_raw": [0.2, 0.6, 1.0], "s_t_raw": [0.5, 0.5, 0.5], "s_i_raw": [0.0, 0.5, 1.0]})
     out = add_penalty(table, {"s_v": (0.2, 1.0), "s_t": (0.5, 0.5), "s_i": (0.0, 1.0)}, alpha=0.7, beta=1.0, gamma=1.0)

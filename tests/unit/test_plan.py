@@ -19,7 +19,7 @@ def test_dry_run_prints_the_paper_plan_and_writes_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     stages = [line.split()[1] for line in out.splitlines() if line[:1].isdigit()]
-    assert stages == ["distill", "score", "mlp_init", "reassemble", "sft", "grpo"]
+    assert stages == ["mlp_init", "reassemble", "distill", "score", "sft", "grpo"]
     assert "writes s3://my-bucket/r1v-runs/r1v-38b/grpo/checkpoints" in out
     assert "train: 64 bundles, {'CPU': 64.0, 'GPU': 64.0, 'learner': 64.0}" in out
     assert list(tmp_path.iterdir()) == []  # no local `s3:` folder, no synthetic data

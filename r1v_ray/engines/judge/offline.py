@@ -131,6 +131,16 @@ def text_signals(question: str) -> Assessment:
     )
 
 
+_FACT = re.compile(r"[a-z]+|\d+")  # words and numbers: what a chain states about the image
+
+
+def _facts(text: str) -> set[str]:
+    return set(_FACT.findall(text.lower()))
+
+
+_STOP = {"the", "a", "an", "is", "of", "in", "what", "which", "how", "so", "and", "its", "it", "are", "there"}
+
+
 def _distinct_trigram_ratio(text: str) -> float:
     words = _words(text)
     grams = list(zip(words, words[1:], words[2:]))
@@ -162,16 +172,25 @@ class OfflineJudge(Judge):
         )
 
     def rm_score(self, row: dict) -> tuple[int, str, Usage]:
-        """Five rubric points: correct, well-formed, non-degenerate reasoning, on-topic reasoning, clear image."""
+        """Five rubric points on the chain's quality: correct (the right answer, well-formed), fluent
+        (non-degenerate), grounded (at least half of the reference rationale's facts: its words that are
+        not the question's), faithful (all of them), clear image. Without a reference rationale, grounded
+        and faithful ask for a word of the question. A chain the judge replaced by the reference scores 5;
+        one the model wrote scores by how much of what it says about the image is so."""
         think = row.get("think") or row.get("rationale") or ""
         response = row.get("response") or f"Answer: \\boxed{{{row['answer']}}}"
         completion = f"<think>\n{think}\n</think>\n\n{response}"
-        topic = set(_words(str(row["question"]))) - {"the", "a", "an", "is", "of", "in", "what", "which", "how"}
+        question = _facts(str(row["question"]))
+        said = _facts(think)
+        facts = _facts(str(row.get("rationale") or "")) - question - _STOP
+        found = len(facts & said) / len(facts) if facts else float(bool((question - _STOP) & said))
         points = {
-            "correct": accuracy_reward(response, str(row["answer"]), row_choices(row)) == 1.0,
-            "format": format_reward(completion) == 1.0 and bool(think.strip()),
+            "correct": accuracy_reward(response, str(row["answer"]), row_choices(row)) == 1.0
+            and format_reward(completion) == 1.0
+            and bool(think.strip()),
             "fluent": len(_words(think)) >= 5 and _distinct_trigram_ratio(think) >= 0.5,
-            "on_topic": len(topic & set(_words(think))) >= 1,
+            "grounded": found >= 0.5,
+            "faithful": found >= 1.0,
             "clear_image": image_clarity(row["image"]) >= 0.2,
         }
         missing = [k for k, ok in points.items() if not ok]
