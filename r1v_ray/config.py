@@ -205,7 +205,8 @@ class SFTStageConfig:
     name: str = "full"  # sub-stage name (its folder under mlp_init/)
     learning_rate: float = 2e-4  # peak learning rate
     epochs: int = 1  # passes over the sub-stage's data
-    # Subset selection: rows whose `score_column` >= `min_score`, or whose source is listed.
+    # Subset selection: rows whose `score_column` >= `min_score` (a column of the judge's query assessment,
+    # which MLP-init runs first: s_v_raw, s_t_raw, s_i_raw or their parts), or whose source is listed.
     score_column: str | None = None
     min_score: float | None = None
     sources: list[str] | None = None
@@ -226,12 +227,14 @@ class SFTConfig:
     checkpoint_every_steps: int = 100  # Ray Train checkpoint interval (resume point)
     log_every_steps: int = 10  # metrics interval
     seed: int = 0  # data order and RNG seed (order = f(seed, epoch))
-    # Paper 2.1: full set at 2e-4, curated subset at 4e-5, CoT subset at 4e-5.
+    # Paper 2.1: full set at 2e-4, curated subset at 4e-5, CoT subset at 4e-5. The paper does not say how its
+    # subsets were picked; here by the judge's query assessment: curated = clear images the answer needs
+    # (S_v >= 0.5), CoT = demanding questions (S_t >= 0.4).
     mlp_init_stages: list[SFTStageConfig] = field(
         default_factory=lambda: [
             SFTStageConfig(name="full", learning_rate=2e-4),
-            SFTStageConfig(name="curated", learning_rate=4e-5, score_column="rm_score", min_score=4.0),
-            SFTStageConfig(name="cot", learning_rate=4e-5, score_column="rm_score", min_score=5.0),
+            SFTStageConfig(name="curated", learning_rate=4e-5, score_column="s_v_raw", min_score=0.5),
+            SFTStageConfig(name="cot", learning_rate=4e-5, score_column="s_t_raw", min_score=0.4),
         ]
     )
     # Paper 2.2: T = 4 iterations, tau_t = 2, 3, 4, 5; lr 1e-4 at t = 1, 2e-5 after.

@@ -9,6 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
+# The columns the judge's query assessment adds (r1v_ray.distill.udfs): what MLP-init's sub-stages can
+# select by, the only scores that exist when it runs.
+ASSESSMENT_COLUMNS = (
+    "clarity",
+    "image_necessity",
+    "question_quality",
+    "difficulty",
+    "reasoning_demand",
+    "integration",
+    "s_v_raw",
+    "s_t_raw",
+    "s_i_raw",
+)
+
 
 def _at_least(cfg: Any, minimum: float, *keys: str) -> list[str]:
     out = []
@@ -98,6 +112,12 @@ def _sft(cfg: Any) -> list[str]:
     if len(set(names)) < len(names):
         out.append(f"sft.mlp_init_stages names {names} must be unique (each is a folder of the run)")
     for i, sub in enumerate(s.mlp_init_stages):
+        if sub.score_column is not None and sub.score_column not in ASSESSMENT_COLUMNS:
+            out.append(
+                f"sft.mlp_init_stages[{i}].score_column={sub.score_column!r} does not exist when MLP-init runs "
+                f"(it comes first, before any RM score); use one of {list(ASSESSMENT_COLUMNS)} (the judge's query "
+                "assessment, run first) or select by sources"
+            )
         if (sub.score_column is None) != (sub.min_score is None):
             out.append(f"sft.mlp_init_stages[{i}] ({sub.name}): set both score_column and min_score, or neither")
         if not sub.learning_rate > 0:

@@ -49,11 +49,14 @@ def stage_plans(cfg: R1VConfig) -> list[StagePlan]:
     learner = {"CPU": 1.0, **({"GPU": 1.0} if g.use_gpu else {}), **({g.node_resource: 1.0} if g.node_resource else {})}
     scored = run("score", "data")
     subs = ", ".join(s.name for s in cfg.sft.mlp_init_stages)
+    assessed = any(s.score_column for s in cfg.sft.mlp_init_stages)  # MLP-init runs the assessment first
     iterations = " ".join(f"M{t}" for t in range(cfg.sft.iterations + 1))
     plans = [
-        StagePlan("mlp_init", [train, test], [run("mlp_init", s.name) for s in cfg.sft.mlp_init_stages]
+        StagePlan("mlp_init", [train, test], ([run("mlp_init", "assess")] if assessed else [])
+                  + [run("mlp_init", s.name) for s in cfg.sft.mlp_init_stages]
                   + [run("mlp_init", "model"), run("mlp_init", "eval")],
-                  {"train": _trainer(cfg), "evaluate": rollout}, f"sub-stages: {subs}"),
+                  {**({"assess": _judge(cfg)} if assessed else {}), "train": _trainer(cfg), "evaluate": rollout},
+                  f"sub-stages: {subs}" + ("; subsets by the judge's query assessment" if assessed else "")),
         StagePlan("reassemble", [run("mlp_init", "model"), cfg.model.llm_path or "<tiny reasoning LLM>"],
                   [run("reassemble", "model")], {}, "one process on the driver"),
         StagePlan("distill", [train, run("reassemble", "model")], [run("distill", "data"), run("distill", "rejected")],

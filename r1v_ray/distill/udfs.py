@@ -15,23 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 
 from r1v_ray.config import DistillConfig, JudgeConfig, RolloutConfig
+from r1v_ray.config_rules import ASSESSMENT_COLUMNS
 from r1v_ray.engines.judge import JudgeError, Usage, image_clarity, make_judge, split_think
 from r1v_ray.engines.judge.base import RevisionImpossible
 from r1v_ray.engines.rollout import GenerationRequest, make_engine
 from r1v_ray.prompts import paper_request
 
 USAGE_COLUMNS = list(Usage().as_dict())
-ASSESS_COLUMNS = [
-    "clarity",
-    "image_necessity",
-    "question_quality",
-    "difficulty",
-    "reasoning_demand",
-    "integration",
-    "s_v_raw",
-    "s_t_raw",
-    "s_i_raw",
-]
+ASSESS_COLUMNS = list(ASSESSMENT_COLUMNS)  # the columns the query assessment adds
 DISTILL_COLUMNS = [
     "think",
     "response",

@@ -1,9 +1,15 @@
 """The mlp_init stage (paper 2.1): vision encoder + fresh projector + substitute LLM, trained in
 sub-stages (full, curated, CoT) on the canonical data (nothing is distilled before it), then its Pass@1
-on the test split: the score re-assembly is compared against."""
+on the test split: the score re-assembly is compared against.
+
+A sub-stage that picks its subset by score uses the judge's query assessment (QDAM S_v, S_t; VTIA S_I:
+the `s_*_raw` columns), run first on the canonical data; no RM score exists yet at this point of the
+paper's order. Distillation's own first pass later asks the judge the same questions (its cache answers).
+"""
 
 from __future__ import annotations
 
+from r1v_ray import store
 from r1v_ray.config import R1VConfig
 from r1v_ray.data import synthetic
 from r1v_ray.data.select import subset
@@ -27,16 +33,31 @@ def body(cfg: R1VConfig, run: StageRun, train_uri: str, test_uri: str | None = N
     init = assemble_initial(
         cfg.model, cfg.run_dir, run.path_for("assembled"), seed=cfg.seed, corpus=synthetic.corpus, task=synthetic
     )
+    metrics: dict = {}
+    scored = train_uri
+    if any(sub.score_column for sub in cfg.sft.mlp_init_stages):
+        scored, metrics["assess"] = _assessed(cfg, run, train_uri)
     current, sub_stages = init, []
     for sub in cfg.sft.mlp_init_stages:
-        rows = subset(train_uri, sub.score_column, sub.min_score, sub.sources)
+        rows = subset(scored if sub.score_column else train_uri, sub.score_column, sub.min_score, sub.sources)
         summary = train(cfg, run, sub.name, current, rows, sub.learning_rate, cfg.model.trainable_prefixes, sub.epochs)
         sub_stages.append({"name": sub.name, "subset": rows.description, **summary})
         current = summary["model"]
     final = run.path_for("model")
     publish(current, final)
-    metrics: dict = {"sub_stages": sub_stages}
+    metrics["sub_stages"] = sub_stages
     if test_uri is not None:
         report = run_eval(cfg, final, test_uri, run.path_for("eval"), "MLP-init")
         metrics["eval_pass1"] = report["overall"]["pass@1_mean"]
     return {"model": final}, metrics
+
+
+def _assessed(cfg: R1VConfig, run: StageRun, train_uri: str) -> tuple[str, dict]:
+    """The canonical rows with the judge's query assessment (done once; a resumed stage reads it back)."""
+    import ray
+
+    from r1v_ray.distill.dataflow import assess
+
+    out = run.path_for("assess")
+    pass1 = assess(cfg, ray.data.read_parquet(train_uri), out, stage="mlp_init")
+    return store.join(out, "assessed"), {k: pass1[k] for k in ("rows_in", "rows_out", "rejected") if k in pass1}

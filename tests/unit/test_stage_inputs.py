@@ -40,13 +40,16 @@ def test_each_stage_reads_the_newest_data_of_the_stages_before_it(tmp_path):
     from r1v_ray.stages.manifest import run_stage
 
     cfg = _cfg(tmp_path)
-    assert training_data(cfg, "sft") == cfg.data.train_path and newest_model(cfg) is None
-    run_stage(cfg, "distill", lambda run: ({"data": "distilled", "model": "generator"}, {}), {})
-    assert training_data(cfg, "score") == training_data(cfg, "sft") == "distilled"
-    assert newest_model(cfg) is None  # distillation's model is the one it ran with, not one it made
-    run_stage(cfg, "score", lambda run: ({"data": "scored"}, {}), {})
-    assert training_data(cfg, "score") == "distilled"  # never its own output
-    assert [training_data(cfg, s) for s in ("mlp_init", "sft", "grpo")] == ["scored"] * 3
+    assert training_data(cfg, "mlp_init") == cfg.data.train_path and newest_model(cfg) is None
     run_stage(cfg, "mlp_init", lambda run: ({"model": "projector"}, {}), {})
     run_stage(cfg, "reassemble", lambda run: ({"model": "reassembled"}, {}), {})
-    assert training_data(cfg, "grpo") == "scored" and newest_model(cfg) == "reassembled"
+    assert newest_model(cfg) == "reassembled"  # what distillation generates with (self-distillation)
+    assert training_data(cfg, "distill") == cfg.data.train_path
+    run_stage(cfg, "distill", lambda run: ({"data": "distilled", "model": "reassembled"}, {}), {})
+    assert training_data(cfg, "score") == training_data(cfg, "sft") == "distilled"
+    run_stage(cfg, "score", lambda run: ({"data": "scored"}, {}), {})
+    assert training_data(cfg, "score") == "distilled"  # never its own output
+    assert [training_data(cfg, s) for s in ("sft", "grpo")] == ["scored"] * 2
+    assert training_data(cfg, "mlp_init") == cfg.data.train_path  # it runs before any stage writes data
+    run_stage(cfg, "sft", lambda run: ({"model": "M2"}, {}), {})
+    assert newest_model(cfg) == "M2"  # a re-distillation after SFT generates with its model
