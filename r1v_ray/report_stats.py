@@ -36,6 +36,9 @@ class Layout:
     def grpo_eval(self) -> str:
         return self.paths.stage("grpo", "eval")
 
+    def mlp_init_eval(self) -> str:
+        return self.paths.stage("mlp_init", "eval")
+
     def redistills(self) -> list[tuple[str, str]]:
         """(model name M_t, its redistill folder) for each finished re-distillation, in order of t."""
         sft = self.paths.stage("sft")
@@ -48,8 +51,13 @@ class Layout:
 
 
 def _entries(lay: Layout) -> list[tuple[str, dict, str]]:
-    """(model, its entry in a manifest, its eval folder) for every SFT table entry, then GRPO."""
-    out = [
+    """(model, its entry in a manifest, its eval folder): the MLP-init model (the score re-assembly is
+    compared against), every SFT table entry, then GRPO."""
+    out = []
+    m = lay.manifest("mlp_init").get("metrics", {})
+    if m.get("eval_pass1") is not None:
+        out.append(("MLP-init", {"model": "MLP-init", "pass@1": m["eval_pass1"]}, lay.mlp_init_eval()))
+    out += [
         (str(e["model"]), e, lay.sft_eval(str(e["model"])))
         for e in lay.manifest("sft").get("metrics", {}).get("table", [])
     ]
