@@ -48,6 +48,10 @@ PARTS = [
     "sft.mlp_init_stages=[{name: full, learning_rate: 2.0e-3}, {name: curated, learning_rate: 4.0e-4, sources: "
     "[synthetic/shape_kind, synthetic/tallest_bar, synthetic/count_color]}, {name: cot, learning_rate: 4.0e-4, "
     "sources: [synthetic/missing_angle]}]",
+    # GRPO as the random parts learn it (the zoo demo's 8 x 8 at 3e-5 is tuned for pretrained parts).
+    "grpo.learning_rate=1e-4",
+    "grpo.group_size=4",
+    "grpo.prompts_per_step=16",
 ]
 INTERRUPT_AT = 20  # the demo's first GRPO checkpoint (grpo.checkpoint_every_steps)
 

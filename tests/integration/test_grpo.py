@@ -33,6 +33,7 @@ def _cfg(**over):
         "grpo.num_learners": 2,
         "grpo.use_gpu": "false",
         "grpo.zero_stage": 2,
+        "grpo.learning_rate": 1e-4,  # this test's own settings, not the demo's
         "grpo.prompts_per_step": 4,
         "grpo.group_size": 4,
         "grpo.max_completion_tokens": 24,
