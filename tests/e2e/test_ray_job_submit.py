@@ -96,7 +96,7 @@ def _placement(cluster: LocalCluster) -> dict[str, set[str]]:
     return out
 
 
-def _run_until_checkpoint(cluster: LocalCluster, s3, job_id: str, timeout: float = 1800) -> dict:
+def _run_until_checkpoint(cluster: LocalCluster, s3, job_id: str, timeout: float = 2700) -> dict:
     """Wait for GRPO's step-INTERRUPT_AT checkpoint in the bucket; the actors' placement seen meanwhile."""
     latest = f"{RUN_DIR}/grpo/checkpoints/latest.json"
     placement: dict = {}
@@ -113,7 +113,7 @@ def _run_until_checkpoint(cluster: LocalCluster, s3, job_id: str, timeout: float
     raise TimeoutError("GRPO's first checkpoint did not appear")
 
 
-def _wait(cluster: LocalCluster, job_id: str, timeout: float = 1800) -> tuple[dict, str]:
+def _wait(cluster: LocalCluster, job_id: str, timeout: float = 2700) -> tuple[dict, str]:
     deadline = time.time() + timeout
     while time.time() < deadline:
         info = _job(cluster, job_id)
