@@ -47,20 +47,13 @@ def _segments(uri: str) -> list[int]:
     return sorted(found)
 
 
-def _size(uri: str) -> int:
-    """The object's size; -1 when there is none."""
-    fs, path = resolve_fs(uri)
-    info = fs.get_file_info(path)
-    return info.size if info.type == pafs.FileType.File else -1
-
-
 def append(uri: str, text: str) -> None:
     """Add `text` at the log's end."""
     if not store.is_remote(uri):
         store.append_local(uri, text)
         return
     index, tail = _tails.get(uri, (0, None))
-    if tail is None or _size(_segment_uri(uri, index)) != len(tail):  # first append here, or the log changed
+    if tail is None or store.size(_segment_uri(uri, index)) != len(tail):  # first append here, or the log changed
         indexes = _segments(uri)
         index = indexes[-1] if indexes else 0
         tail = store.read_bytes(_segment_uri(uri, index)) if indexes else b""
@@ -80,10 +73,6 @@ def read(uri: str) -> str:
         if texts[i].startswith(_REWRITTEN):
             return "".join([texts[i][len(_REWRITTEN) :], *texts[i + 1 :]])
     return "".join(texts)
-
-
-def exists(uri: str) -> bool:
-    return store.is_file(uri)  # the first segment is the log's own name
 
 
 def rewrite(uri: str, text: str) -> None:
