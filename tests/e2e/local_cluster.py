@@ -20,10 +20,24 @@ import requests
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int, taken: set[int]) -> list[int]:
+    """n distinct free ports, none in `taken` (which they join). The sockets stay bound until all n are
+    chosen: one at a time, the kernel may hand the same port out twice (CI saw `ray start` refuse a
+    runtime-env agent port equal to the client server's)."""
+    held, ports = [], []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if port not in taken:
+                ports.append(port)
+                taken.add(port)
+    finally:
+        for s in held:
+            s.close()
+    return ports
 
 
 @dataclass
@@ -50,6 +64,7 @@ class LocalCluster:
     nodes: list[Node] = field(default_factory=list)
     gcs_port: int = 0
     dashboard_port: int = 0
+    taken: set[int] = field(default_factory=set)  # every port handed to a node of this cluster
 
     @property
     def address(self) -> str:
@@ -58,13 +73,14 @@ class LocalCluster:
     def _start(self, node: Node, head: bool) -> None:
         node.temp_dir.mkdir(parents=True, exist_ok=True)
         node.scratch.mkdir(parents=True, exist_ok=True)
+        node_manager, object_manager, agent, agent_grpc, metrics, runtime_env, client = free_ports(7, self.taken)
         ports = [
-            f"--node-manager-port={free_port()}",
-            f"--object-manager-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
+            f"--node-manager-port={node_manager}",
+            f"--object-manager-port={object_manager}",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--metrics-export-port={metrics}",
+            f"--runtime-env-agent-port={runtime_env}",
             f"--min-worker-port={node.worker_ports[0]}",
             f"--max-worker-port={node.worker_ports[1]}",
         ]
@@ -74,7 +90,7 @@ class LocalCluster:
                 f"--port={self.gcs_port}",
                 "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={self.dashboard_port}",
-                f"--ray-client-server-port={free_port()}",
+                f"--ray-client-server-port={client}",
                 "--include-dashboard=true",
             ]
             if head
@@ -98,7 +114,7 @@ class LocalCluster:
 
     def start(self, nodes: list[Node]) -> LocalCluster:
         self.nodes = nodes
-        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.gcs_port, self.dashboard_port = free_ports(2, self.taken)
         try:
             self._start(nodes[0], head=True)
             self.wait_for_dashboard()
