@@ -1,16 +1,18 @@
 """The paper's effects in miniature, read from a finished run directory's manifests (issue 13, "Must show").
 
-`paper_effects(run_dir)` collects what each check reads; `assert_paper_effects(run_dir)` fails with every
-effect that is missing, each with its numbers. Pass@1 values are percentages. Margins are in points.
+`paper_effects(run_dir)` collects what each check reads (a local or object-store run directory);
+`assert_paper_effects(run_dir)` fails with every effect that is missing, each with its numbers. Pass@1 values
+are percentages. Margins are in points.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections import Counter
 
-import pyarrow.parquet as pq
+from r1v_ray import store
+from r1v_ray.data.io import read_parquet
+from r1v_ray.eval.stats import slope
+from r1v_ray.metrics import read_jsonl
 
 # Margins (Pass@1 points). One test row is 0.5 points at n_test=200.
 WELL_ABOVE_CHANCE = 10.0  # the re-assembled model over the chance level
@@ -20,14 +22,13 @@ GRPO_OVER_MT = 0.5
 
 
 def _manifest(run_dir: str, stage: str) -> dict:
-    with open(os.path.join(run_dir, stage, "manifest.json")) as f:
-        return json.load(f)
+    return store.read_json(store.join(run_dir, stage, "manifest.json"))
 
 
 def chance_level(test_uri: str) -> float:
     """Pass@1 (%) of a model that sees no image: a uniform guess among the options for a multiple-choice
     row, the most frequent answer of its category for an open one (a strong blind baseline)."""
-    rows = pq.read_table(test_uri, columns=["category", "answer", "choices"]).to_pylist()
+    rows = read_parquet(test_uri, columns=["category", "answer", "choices"]).to_pylist()
     open_answers: dict[str, Counter] = {}
     for r in rows:
         if not r["choices"]:
@@ -45,11 +46,16 @@ def chance_level(test_uri: str) -> float:
 def _redistill_correlations(run_dir: str, iterations: int) -> list[float | None]:
     out = []
     for t in range(1, iterations + 1):
-        path = os.path.join(run_dir, "sft", f"M{t}", "redistill", "done.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                out.append(json.load(f)["distill"].get("penalty_length_correlation"))
+        path = store.join(run_dir, "sft", f"M{t}", "redistill", "done.json")
+        if store.is_file(path):
+            out.append(store.read_json(path)["distill"].get("penalty_length_correlation"))
     return out
+
+
+def _length_slope(run_dir: str) -> float | None:
+    """Least-squares slope of GRPO's mean response length over its steps (step 0, the held-out point, has none)."""
+    steps = [r for r in read_jsonl(store.join(run_dir, "grpo", "metrics.jsonl")) if "response_length" in r]
+    return slope([r["step"] for r in steps], [r["response_length"] for r in steps])
 
 
 def paper_effects(run_dir: str) -> dict:
@@ -74,6 +80,7 @@ def paper_effects(run_dir: str) -> dict:
         "d_rm_by_tau": {tau: sum(v for s, v in histogram.items() if s >= tau) for tau in range(1, 6)},
         "d_rm_rows": [it["d_rm_rows"] for it in iterations],
         "error_sets": error_sets,  # |E_0|, |E_1|, ...: E_{t-1} is iteration t's
+        "grpo_length_slope": _length_slope(run_dir),  # tokens per step
         "penalty_length_correlation": [
             distill["metrics"].get("penalty_length_correlation"),
             *_redistill_correlations(run_dir, len(iterations)),
@@ -102,6 +109,8 @@ def effect_failures(e: dict) -> list[str]:
         bad.append(
             f"GRPO over M{len(m) - 1}: the paired-bootstrap 95% CI's low end {e.get('grpo_ci_lo')} is not above 0"
         )
+    if e.get("grpo_length_slope") is None or e["grpo_length_slope"] <= 0:
+        bad.append(f"GRPO's mean response length does not rise over its steps: slope {e.get('grpo_length_slope')}")
     correlations = [c for c in e["penalty_length_correlation"] if c is not None]
     if not correlations or any(c >= 0 for c in correlations):
         bad.append(f"the DRLC penalty does not shorten the chains: penalty-length correlations {correlations}")
