@@ -5,16 +5,18 @@ and prompt text, same group size, prompts per step, max completion length,
 temperature, learning rate, rule rewards (accuracy + 0.5 format), trainable parts
 (projector + LLM, vision frozen), fp32 on CPU, no KL term, no zero-variance
 dropping. What differs is what is measured: r1v_ray generates with vLLM in a
-rollout actor and updates with 2 DeepSpeed (gloo) learner actors; TRL generates
+rollout actor and updates with DeepSpeed (gloo) learner actors; TRL generates
 with HF `generate` and updates in one process (its default `use_vllm=False`).
 r1v_ray runs twice: on-policy (`grpo.off_policy_steps: 0`, the paper's setting and
-TRL's) and with the next step's rollouts generated during the update
-(`off_policy_steps: 1`). The first step of each is a warm-up and is not timed, nor
+TRL's) with 2 learners, and with the next step's rollouts generated during the update
+(`off_policy_steps: 1`) with 1 learner, so that generation and the update each have a core
+of the 2 (on a cluster they have their own GPUs); `--learners` / `--overlapped-learners`. The first step of each is a warm-up and is not timed, nor
 is r1v_ray's last (in overlapped mode it generates nothing), so every timed step generates and
 trains one batch.
 Needs the `bench` extra (trl).
 
     .venv/bin/python benchmarks/grpo_vs_trl.py [--runs 3] [--steps 6] [--prompts 8] [--group 8] [--max-tokens 128]
+        [--learners 2] [--overlapped-learners 1]
 
 Each run prints a per-phase profile of the step and the rollout's tokens/s three ways (inside the steps, the same
 requests sent straight to the rollout worker, and benchmarks/rollout.py's 32 x 8 workload on that worker).
@@ -97,11 +99,13 @@ def r1v_samples_per_s(ckpt: str, rows: list[dict], args, work: str, off_policy_s
         "grpo.group_size": args.group,
         "grpo.max_completion_tokens": args.max_tokens,
         "grpo.learning_rate": args.lr,
+        "grpo.loss_agg": "token_mean",  # TRL's loss_type="dapo"
         "grpo.eval_every_steps": 10_000,
         "grpo.eval_prompts": 1,
         "grpo.drop_zero_variance_groups": "false",
         "grpo.checkpoint_every_steps": 10_000,
         "grpo.off_policy_steps": off_policy_steps,
+        "grpo.num_learners": args.learners if off_policy_steps == 0 else args.overlapped_learners,
         "rollout.max_model_len": 1024,
     }
     cfg = load_config(os.path.join(ROOT, "configs", "demo", "tiny.yaml"), [f"{k}={v}" for k, v in sets.items()])
@@ -243,6 +247,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--learners", type=int, default=2, help="DeepSpeed learner actors, on-policy")
+    # Overlapped, generation and the update run at once: on 2 cores one learner leaves the rollout worker its
+    # own core (as a cluster gives rollouts and learners their own GPUs); two would share the cores with it.
+    ap.add_argument("--overlapped-learners", type=int, default=1, help="learner actors with rollouts overlapped")
     ap.add_argument("--runs", type=int, default=3, help="each in its own process; medians printed at the end")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one run, its result as JSON
     args = ap.parse_args(argv)
