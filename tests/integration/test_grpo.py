@@ -34,6 +34,7 @@ def _cfg(**over):
         "grpo.use_gpu": "false",
         "grpo.zero_stage": 2,
         "grpo.learning_rate": 1e-4,  # this test's own settings, not the demo's
+        "grpo.loss_agg": "token_mean",
         "grpo.prompts_per_step": 4,
         "grpo.group_size": 4,
         "grpo.max_completion_tokens": 24,
