@@ -252,15 +252,20 @@ def iteration_lines(run_dir: str) -> list[str]:
     return lines + [""]
 
 
+def response_lengths(run_dir: str) -> tuple[list[int], list[float]]:
+    """(steps, mean response length) of GRPO's training steps (the held-out point at step 0 has none)."""
+    records = [r for r in read_jsonl(Layout(run_dir).grpo_metrics()) if r.get("response_length") is not None]
+    return [r["step"] for r in records], [r["response_length"] for r in records]
+
+
 def response_length_lines(run_dir: str, bins: int = 5) -> list[str]:
     """GRPO's mean response length over its steps: a binned table, Pearson r with the step, the slope."""
-    records = [r for r in read_jsonl(Layout(run_dir).grpo_metrics()) if r.get("response_length") is not None]
-    if not records:
+    steps, lengths = response_lengths(run_dir)
+    if not steps:
         return ["(no GRPO steps in this run)", ""]
-    steps, lengths = [r["step"] for r in records], [r["response_length"] for r in records]
     r, b = pearson(steps, lengths), slope(steps, lengths)
     summary = (
-        f"{len(records)} steps; Pearson r(step, response length) = {'n/a' if r is None else f'{r:+.3f}'}, "
+        f"{len(steps)} steps; Pearson r(step, response length) = {'n/a' if r is None else f'{r:+.3f}'}, "
         f"slope {'n/a' if b is None else f'{b:+.3f}'} tokens per step"
     )
     rows = [

@@ -12,7 +12,7 @@ from collections import Counter
 from r1v_ray import store
 from r1v_ray.data.io import read_parquet
 from r1v_ray.eval.stats import slope
-from r1v_ray.metrics import read_jsonl
+from r1v_ray.report_stats import response_lengths
 
 # Margins (Pass@1 points). One test row is 0.5 points at n_test=200.
 WELL_ABOVE_CHANCE = 10.0  # the re-assembled model over the chance level
@@ -52,12 +52,6 @@ def _redistill_correlations(run_dir: str, iterations: int) -> list[float | None]
     return out
 
 
-def _length_slope(run_dir: str) -> float | None:
-    """Least-squares slope of GRPO's mean response length over its steps (step 0, the held-out point, has none)."""
-    steps = [r for r in read_jsonl(store.join(run_dir, "grpo", "metrics.jsonl")) if "response_length" in r]
-    return slope([r["step"] for r in steps], [r["response_length"] for r in steps])
-
-
 def paper_effects(run_dir: str) -> dict:
     """The numbers the checks compare, from the manifests of mlp_init, distill, score, sft and grpo."""
     mlp, distill, score = (_manifest(run_dir, s) for s in ("mlp_init", "distill", "score"))
@@ -80,7 +74,7 @@ def paper_effects(run_dir: str) -> dict:
         "d_rm_by_tau": {tau: sum(v for s, v in histogram.items() if s >= tau) for tau in range(1, 6)},
         "d_rm_rows": [it["d_rm_rows"] for it in iterations],
         "error_sets": error_sets,  # |E_0|, |E_1|, ...: E_{t-1} is iteration t's
-        "grpo_length_slope": _length_slope(run_dir),  # tokens per step
+        "grpo_length_slope": slope(*response_lengths(run_dir)),  # tokens per step
         "penalty_length_correlation": [
             distill["metrics"].get("penalty_length_correlation"),
             *_redistill_correlations(run_dir, len(iterations)),
