@@ -2,7 +2,7 @@
 
 A packed row holds whole samples back to back with positions restarting at 0.
 Dense masking of such a row costs O(L^2) for the whole row; this attention costs
-O(sum of Li^2). GRPO's learner also packs a group's prompt once with all its
+O(sum of Li^2) (FlexAttention) or O(samples x longest^2) (the padded kernel). GRPO's learner also packs a group's prompt once with all its
 completions (`SharedPromptLayout`, passed as the `r1v_shared_prompts` forward kwarg).
 Used for the LLM only; anything without restarting positions or a layout
 (generation, unpacked batches) goes to plain SDPA unchanged.
@@ -11,8 +11,9 @@ Two kernels compute the same attention, picked per call by `use_varlen_attention
 * "auto" (the default, what the learners use): on CUDA tensors, FlexAttention, one fused
   `torch.compile`d kernel per layer over a block-sparse mask built once per forward
   (`r1v_ray.model.flex_varlen`); elsewhere, and whenever attention dropout is on (FlexAttention has
-  none), the per-sample loop. torch has no FlexAttention backward on CPU, so CPU training needs the loop.
-* "loop": causal SDPA per sample (per prompt and completion for shared prompts), on any device.
+  none), the padded kernel. torch has no FlexAttention backward on CPU, so CPU training needs it.
+* "padded": the samples gathered into one padded batch, one masked SDPA call per layer
+  (`r1v_ray.model.padded_varlen`), on any device.
 * "flex": FlexAttention on any device (compiled; on CPU forward only).
 """
 
@@ -22,13 +23,11 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-from r1v_ray.model import flex_varlen
+from r1v_ray.model import flex_varlen, padded_varlen
 
 NAME = "r1v_varlen_sdpa"
 
@@ -44,57 +43,29 @@ class SharedPromptLayout:
     groups: tuple[tuple[int, int, tuple[tuple[int, int], ...]], ...]
 
 
-def _shared_prompt_attention(query, key, value, layout: SharedPromptLayout, dropout: float, scaling):
-    out = torch.empty_like(query)
-    for p_start, p_len, completions in layout.groups:
-        p = slice(p_start, p_start + p_len)
-        out[:, :, p] = F.scaled_dot_product_attention(
-            query[:, :, p], key[:, :, p], value[:, :, p], dropout_p=dropout, is_causal=True, scale=scaling
-        )
-        for c_start, c_len in completions:
-            if not c_len:
-                continue
-            c = slice(c_start, c_start + c_len)
-            # queries see the whole prompt, then their own completion causally: lower-right aligned causal
-            out[:, :, c] = F.scaled_dot_product_attention(
-                query[:, :, c],
-                torch.cat([key[:, :, p], key[:, :, c]], 2),
-                torch.cat([value[:, :, p], value[:, :, c]], 2),
-                attn_mask=causal_lower_right(c_len, p_len + c_len),
-                dropout_p=dropout,
-                scale=scaling,
-            )
-    return out
-
-
-def _segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
-    """Per batch row, [start, end) of each sample: a new one starts wherever the position is 0."""
-    out = []
-    for row in position_ids.tolist():
-        starts = [i for i, p in enumerate(row) if p == 0] or [0]
-        out.append(list(zip(starts, starts[1:] + [len(row)])))
-    return out
-
-
 def _use_flex(kernel: str, query: torch.Tensor, dropout: float) -> bool:
     if kernel == "flex" and dropout:
-        raise ValueError("FlexAttention has no dropout: set the LLM's attention_dropout to 0 or use kernel='loop'")
+        raise ValueError("FlexAttention has no dropout: set the LLM's attention_dropout to 0 or use kernel='padded'")
     return kernel == "flex" or (kernel == "auto" and query.device.type == "cuda" and not dropout)
 
 
-class _LastMask:
-    """One forward's layers share one block mask: kept for the last position_ids tensor (unchanged since, by
-    its version counter) or layout object seen, on one device and batch size."""
+class _LastBuilt:
+    """One forward's layers share one mask: kept for the last position_ids tensor (unchanged since, by its
+    version counter) or layout object seen, on one device and batch size."""
 
-    key: tuple | None = None
-    mask = None
+    def __init__(self):
+        self.key: tuple | None = None
+        self.value = None
 
-    @classmethod
-    def get(cls, source, device, batch: int, length: int, build):
+    def get(self, source, device, batch: int, length: int, build):
         key = (source, getattr(source, "_version", None), device, batch, length)
-        if cls.key is None or cls.key[0] is not source or cls.key[1:] != key[1:]:
-            cls.key, cls.mask = key, build()
-        return cls.mask
+        if self.key is None or self.key[0] is not source or self.key[1:] != key[1:]:
+            self.key, self.value = key, build()
+        return self.value
+
+
+_BLOCK_MASKS = _LastBuilt()  # FlexAttention's block mask
+_PADDED_LAYOUTS = _LastBuilt()  # the padded kernel's gather indices and masks
 
 
 def _block_mask(batch: int, length: int, device, position_ids, layout: SharedPromptLayout | None, compiled: bool):
@@ -109,7 +80,7 @@ def _block_mask(batch: int, length: int, device, position_ids, layout: SharedPro
 def _flex_forward(query, key, value, scaling, position_ids, layout: SharedPromptLayout | None, compiled: bool):
     """The fused path: one block mask per forward, one flex_attention call per layer."""
     batch, length, device = query.shape[0], query.shape[2], query.device
-    mask = _LastMask.get(
+    mask = _BLOCK_MASKS.get(
         position_ids if layout is None else layout,
         device,
         batch,
@@ -120,21 +91,21 @@ def _flex_forward(query, key, value, scaling, position_ids, layout: SharedPrompt
     return out.transpose(1, 2).contiguous(), None
 
 
-def _packed_loop(query, key, value, position_ids, dropout: float, scaling):
-    groups = query.shape[1] // key.shape[1]
-    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    out = torch.empty_like(query)
-    for b, segments in enumerate(_segments(position_ids.expand(query.shape[0], -1))):
-        for start, end in segments:
-            out[b : b + 1, :, start:end] = F.scaled_dot_product_attention(
-                query[b : b + 1, :, start:end],
-                key[b : b + 1, :, start:end],
-                value[b : b + 1, :, start:end],
-                dropout_p=dropout,
-                is_causal=True,
-                scale=scaling,
-            )
-    return out
+def _padded_forward(query, key, value, dropout: float, scaling, position_ids, layout: SharedPromptLayout | None):
+    """The padded kernel: [B, L, H, D] out of [B, H, L, D] queries and grouped key/value heads."""
+    batch, length, device = query.shape[0], query.shape[2], query.device
+
+    def build():
+        if layout is not None:
+            spans = padded_varlen.shared_prompt_spans(layout.groups)
+        else:
+            spans = padded_varlen.packed_spans(position_ids.expand(batch, -1))
+        return padded_varlen.padded_layout(spans, batch, length, device)
+
+    gathered = _PADDED_LAYOUTS.get(position_ids if layout is None else layout, device, batch, length, build)
+    kv_groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, kv_groups), repeat_kv(value, kv_groups)
+    return padded_varlen.padded_attention(query, key, value, gathered, dropout, scaling)
 
 
 def _varlen_forward(
@@ -164,13 +135,7 @@ def _varlen_forward(
         )
     if _use_flex(kernel, query, dropout):
         return _flex_forward(query, key, value, scaling, position_ids, r1v_shared_prompts, compiled=True)
-    if r1v_shared_prompts is not None:
-        kv_groups = query.shape[1] // key.shape[1]
-        key, value = repeat_kv(key, kv_groups), repeat_kv(value, kv_groups)
-        out = _shared_prompt_attention(query, key, value, r1v_shared_prompts, dropout, scaling)
-    else:
-        out = _packed_loop(query, key, value, position_ids, dropout, scaling)
-    return out.transpose(1, 2).contiguous(), None
+    return _padded_forward(query, key, value, dropout, scaling, position_ids, r1v_shared_prompts), None
 
 
 def varlen_mask(**kwargs):
@@ -188,7 +153,7 @@ def _causal_per_sample(
 
 
 # kernel per registered name: NAME picks by device (see the module docstring)
-KERNELS = {NAME: "auto", f"{NAME}_flex": "flex", f"{NAME}_loop": "loop"}
+KERNELS = {NAME: "auto", f"{NAME}_flex": "flex", f"{NAME}_padded": "padded"}
 for _name, _kernel in KERNELS.items():
     AttentionInterface.register(_name, partial(_varlen_forward, _kernel))
     AttentionMaskInterface.register(_name, varlen_mask)
@@ -196,7 +161,7 @@ for _name, _kernel in KERNELS.items():
 
 def use_varlen_attention(model, kernel: str = "auto") -> None:
     """Route the LLM's attention through the packed-row attention (the vision tower keeps its own): "auto"
-    (FlexAttention on CUDA, the per-sample loop elsewhere), "flex" or "loop"."""
+    (FlexAttention on CUDA, the padded kernel elsewhere), "flex" or "padded"."""
     names = {k: n for n, k in KERNELS.items()}
     if kernel not in names:
         raise ValueError(f"use_varlen_attention: kernel must be one of {sorted(names)}, got {kernel!r}")

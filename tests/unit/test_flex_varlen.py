@@ -1,4 +1,4 @@
-"""The FlexAttention path of the packed-row attention (what CUDA runs) against the per-sample SDPA loop and a
+"""The FlexAttention path of the packed-row attention (what CUDA runs) against the padded SDPA kernel and a
 dense-mask reference built here from the row's structure, on packed rows and shared-prompt rows, with GQA.
 
 torch has no FlexAttention backward on CPU: gradients are checked through torch's dense rendering of the
@@ -74,8 +74,8 @@ def _dense(q, k, v, mask):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=SCALE, enable_gqa=True).transpose(1, 2)
 
 
-def _loop(q, k, v, **kw):
-    return varlen._varlen_forward("loop", None, q, k, v, None, scaling=SCALE, **kw)[0]
+def _padded(q, k, v, **kw):
+    return varlen._varlen_forward("padded", None, q, k, v, None, scaling=SCALE, **kw)[0]
 
 
 def _mask_mods():
@@ -95,14 +95,14 @@ def _case(layout: str):
 # (the GPU check compiles both on CUDA).
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 @pytest.mark.parametrize("layout,compiled", [("packed", False), ("shared", False), ("shared", True)])
-def test_flex_forward_matches_loop_and_dense_mask(layout, compiled):
+def test_flex_forward_matches_padded_and_dense_mask(layout, compiled):
     """`_flex_forward` is the function CUDA calls (compiled there); on CPU it runs eager and compiled."""
     (q, k, v), (position_ids, shared), kw, dense_mask = _case(layout)
     with torch.no_grad():
         flex = varlen._flex_forward(q, k, v, SCALE, position_ids, shared, compiled)[0]
-        loop = _loop(q, k, v, **kw)
+        padded = _padded(q, k, v, **kw)
         dense = _dense(q, k, v, dense_mask)
-    assert torch.allclose(flex, loop, atol=1e-5) and torch.allclose(flex, dense, atol=1e-5)
+    assert torch.allclose(flex, padded, atol=1e-5) and torch.allclose(flex, dense, atol=1e-5)
 
 
 def test_mask_mods_render_the_reference_masks():
@@ -113,13 +113,13 @@ def test_mask_mods_render_the_reference_masks():
 
 
 @pytest.mark.parametrize("layout", ["packed", "shared"])
-def test_gradients_under_the_mask_mod_match_the_loop(layout):
+def test_gradients_under_the_mask_mod_match_the_padded(layout):
     packed, shared = _mask_mods()
     (q, _, _), _, kw, _ = _case(layout)
     batch, length = q.shape[0], q.shape[2]
     mask = create_mask(packed if layout == "packed" else shared, batch, 1, length, length, "cpu")
     grads = []
-    for run in (lambda q, k, v: _dense(q, k, v, mask), lambda q, k, v: _loop(q, k, v, **kw)):
+    for run in (lambda q, k, v: _dense(q, k, v, mask), lambda q, k, v: _padded(q, k, v, **kw)):
         q, k, v = _qkv(batch, length, grad=True)
         weights = torch.linspace(-1, 1, q.numel() // batch).reshape(length, HQ, DIM)
         (run(q, k, v) * weights).sum().backward()
@@ -129,13 +129,13 @@ def test_gradients_under_the_mask_mod_match_the_loop(layout):
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-def test_flex_in_the_model_matches_the_loop(tiny_checkpoint, monkeypatch):
+def test_flex_in_the_model_matches_the_padded(tiny_checkpoint, monkeypatch):
     """Through transformers' attention interface: kwargs reach the kernel, one block mask per forward."""
     from r1v_ray.grpo.batch import pack_groups
     from r1v_ray.model import load_checkpoint
 
     model, _ = load_checkpoint(tiny_checkpoint)
-    # eager kernels: compiling them is test_flex_forward_matches_loop_and_dense_mask[compiled]'s part
+    # eager kernels: compiling them is test_flex_forward_matches_padded_and_dense_mask[compiled]'s part
     monkeypatch.setattr(flex_varlen, "_compiled_flex_attention", lambda: flex_varlen.flex_attention)
     monkeypatch.setattr(flex_varlen, "_compiled_create_block_mask", lambda: flex_varlen.create_block_mask)
     builds = []
@@ -154,7 +154,7 @@ def test_flex_in_the_model_matches_the_loop(tiny_checkpoint, monkeypatch):
     }
     logits = {}
     with torch.no_grad():
-        for kernel in ("loop", "flex"):
+        for kernel in ("padded", "flex"):
             varlen.use_varlen_attention(model, kernel)
             logits[kernel] = (
                 model(**packed_batch, use_cache=False).logits,
@@ -169,7 +169,7 @@ def test_kernel_choice():
     cuda, cpu = SimpleNamespace(device=torch.device("cuda")), SimpleNamespace(device=torch.device("cpu"))
     assert varlen._use_flex("auto", cuda, 0.0) and not varlen._use_flex("auto", cpu, 0.0)
     assert not varlen._use_flex("auto", cuda, 0.1)  # FlexAttention has no dropout
-    assert varlen._use_flex("flex", cpu, 0.0) and not varlen._use_flex("loop", cuda, 0.0)
+    assert varlen._use_flex("flex", cpu, 0.0) and not varlen._use_flex("padded", cuda, 0.0)
     with pytest.raises(ValueError, match="dropout"):
         varlen._use_flex("flex", cuda, 0.1)
     with pytest.raises(ValueError, match="kernel must be one of"):
@@ -179,7 +179,7 @@ def test_kernel_choice():
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_gpu_check_runs_on_cpu():
     """The GPU check's comparison (on CUDA: compiled, bf16, with backward) on CPU, small, eager, forward only;
-    its backward step on the loop."""
+    its backward step on the padded kernel."""
     results = check_flex_attention.check_flex_attention(
         "cpu", torch.float32, 0.01, compiled=False, backward=False, repeats=1
     )
@@ -188,16 +188,16 @@ def test_gpu_check_runs_on_cpu():
     case = check_flex_attention.flex_cases("cpu", torch.float32, 0.01)[1]
     q = case["qkv"][0]
     grad_out = torch.randn(q.shape[0], q.shape[2], q.shape[1], q.shape[3])
-    out, dq, dk, dv = check_flex_attention._attend(case, "loop", torch.float32, False, True, grad_out)
+    out, dq, dk, dv = check_flex_attention._attend(case, "padded", torch.float32, False, True, grad_out)
     assert dq.shape == q.shape and dk.shape == dv.shape == case["qkv"][1].shape and bool(dk.abs().sum() > 0)
 
 
 def test_block_mask_is_rebuilt_for_a_changed_row():
-    builds = []
+    builds, cache = [], varlen._LastBuilt()
     pos = _packed_positions()
 
     def get(source):
-        return varlen._LastMask.get(source, "cpu", 2, pos.shape[1], lambda: builds.append(1) or len(builds))
+        return cache.get(source, "cpu", 2, pos.shape[1], lambda: builds.append(1) or len(builds))
 
     assert get(pos) == get(pos) == 1  # the layers of one forward
     pos[0, 5] = 0  # the same tensor changed in place: its version counter moved

@@ -36,9 +36,9 @@ def test_packed_loss_equals_padded_and_per_sample(model_and_samples, monkeypatch
         padded = token_loss_sum(model, pad_collate(samples, 0))
         dense_packed = token_loss_sum(model, pack(samples))  # SDPA with the block-diagonal mask
         calls = []
-        original = varlen.F.scaled_dot_product_attention
+        original = varlen.padded_varlen.padded_attention
         monkeypatch.setattr(
-            varlen.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or original(*a, **k)
+            varlen.padded_varlen, "padded_attention", lambda *a, **k: calls.append(a[3]) or original(*a, **k)
         )
         varlen.use_varlen_attention(model)
         try:
@@ -47,7 +47,8 @@ def test_packed_loss_equals_padded_and_per_sample(model_and_samples, monkeypatch
         finally:
             model.model.language_model.config._attn_implementation = "sdpa"
     n_layers = model.config.text_config.num_hidden_layers
-    assert len(calls) >= len(samples) * n_layers  # the per-sample kernel really ran
+    assert len(calls) == 2 * n_layers  # the packed-row kernel ran in every layer of both packed forwards
+    assert sum(b.shape[0] for b in calls[0].buckets) == len(samples)  # one attended sample each
     expected = sum(x[0] for x in singles)
     for loss, n in (padded, dense_packed, varlen_packed, binned):
         assert n == sum(x[1] for x in singles)
