@@ -1,9 +1,9 @@
-"""Packed-row attention on CPU: FlexAttention (eager and compiled) against the per-sample SDPA loop.
+"""Packed-row attention on CPU: FlexAttention (eager and compiled) against the padded SDPA kernel (what CPU trains with).
 
 Same random queries/keys/values (the tiny model's attention shape by default: 4 query heads, 2 key/value
 heads, head_dim 32), forward only (torch has no FlexAttention backward on CPU). For each layout prints one
 layer's attention time, the block mask's build time (once per forward, shared by the layers), and the
-ratios loop / flex per layer and per forward of a --layers model: medians over --repeats with the range,
+ratios padded / flex per layer and per forward of a --layers model: medians over --repeats with the range,
 each repeat timing all variants back to back.
 CUDA runs the compiled path; tests/gpu/check_gpu_paths.py measures it there, with backward.
 
@@ -66,32 +66,32 @@ def bench(tokens: int, kwargs: dict, args) -> None:
     q, k, v = (torch.randn(1, h, tokens, args.head_dim, generator=g) for h in heads)
     scale = args.head_dim**-0.5
     pos, layout = kwargs.get("position_ids"), kwargs.get("r1v_shared_prompts")
-    runs = {"loop": lambda: varlen._varlen_forward("loop", None, q, k, v, None, scaling=scale, **kwargs)[0]}
+    runs = {"padded": lambda: varlen._varlen_forward("padded", None, q, k, v, None, scaling=scale, **kwargs)[0]}
     for name, compiled in (("flex_eager", False), ("flex_compiled", True)):
         runs[name] = lambda c=compiled: varlen._flex_forward(q, k, v, scale, pos, layout, c)[0]
         runs[name + "_mask"] = lambda c=compiled: varlen._block_mask(1, tokens, torch.device("cpu"), pos, layout, c)
     with torch.no_grad():
-        reference = runs["loop"]()
+        reference = runs["padded"]()
         for name in ("flex_eager", "flex_compiled"):
             start = time.perf_counter()
             diff = (runs[name]() - reference).abs().max().item()
             runs[name + "_mask"]()
             print(f"  {name}: first call (compiles where compiled) {time.perf_counter() - start:.2f} s, "
-                  f"max |diff| vs loop {diff:.1e}", flush=True)  # fmt: skip
+                  f"max |diff| vs padded {diff:.1e}", flush=True)  # fmt: skip
         times = {name: [] for name in runs}
         for _ in range(args.repeats):
             for name, run in runs.items():
                 times[name].append(timed(run))
-    print(f"  loop {spread([t * 1e3 for t in times['loop']], '{:.1f}')} ms per layer", flush=True)
+    print(f"  padded {spread([t * 1e3 for t in times['padded']], '{:.1f}')} ms per layer", flush=True)
     for name in ("flex_eager", "flex_compiled"):
-        layer = [a / b for a, b in zip(times["loop"], times[name])]
+        layer = [a / b for a, b in zip(times["padded"], times[name])]
         forward = [
             a * args.layers / (m + b * args.layers)
-            for a, b, m in zip(times["loop"], times[name], times[name + "_mask"])
+            for a, b, m in zip(times["padded"], times[name], times[name + "_mask"])
         ]
         print(
             f"  {name} {spread([t * 1e3 for t in times[name]], '{:.1f}')} ms per layer (mask cached), mask build "
-            f"{spread([t * 1e3 for t in times[name + '_mask']], '{:.1f}')} ms; loop/flex per layer {spread(layer)}x, "
+            f"{spread([t * 1e3 for t in times[name + '_mask']], '{:.1f}')} ms; padded/flex per layer {spread(layer)}x, "
             f"per {args.layers}-layer forward {spread(forward)}x",
             flush=True,
         )

@@ -37,7 +37,7 @@ def deepspeed_config(zero_stage: int, micro_steps: int, world: int, max_grad_nor
 
 
 class LearnerEngine:
-    """`model` (trainable parts by prefix, per-sample attention for packed rows) and, after `start`, its
+    """`model` (trainable parts by prefix, the packed-row attention) and, after `start`, its
     DeepSpeed `engine`."""
 
     def __init__(

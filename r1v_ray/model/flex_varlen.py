@@ -1,8 +1,8 @@
 """FlexAttention block masks for packed rows and shared-prompt rows (the fused path of `r1v_ray.model.varlen`).
 
-One `flex_attention` call per layer replaces the per-sample SDPA loop: a mask_mod says which key each query
+One `flex_attention` call per layer replaces the padded kernel's gathered SDPA call: a mask_mod says which key each query
 may see, `create_block_mask` turns it into a block-sparse mask once per forward, shared by all layers (the
-kernel skips 128x128 blocks no query may see, so attention costs about O(sum of Li^2) like the loop; the
+kernel skips 128x128 blocks no query may see, so attention costs about O(sum of Li^2); the
 build evaluates the mask_mod over all L^2 pairs, fused when compiled), and grouped-query attention runs
 without repeating key/value heads (`enable_gqa=True`).
 
@@ -12,7 +12,7 @@ without repeating key/value heads (`enable_gqa=True`).
 
 `compiled=True` runs `torch.compile(flex_attention)` and `torch.compile(create_block_mask)`, as the PyTorch
 docs recommend (eager flex_attention materializes the full score matrix). torch has no FlexAttention backward
-on CPU, so CPU training keeps the loop; the mask logic is the same on every device.
+on CPU, so CPU training keeps the padded kernel (`r1v_ray.model.padded_varlen`); the mask logic is the same on every device.
 """
 
 from __future__ import annotations
