@@ -27,8 +27,9 @@ Span = tuple[int, int, int, int, int]
 
 @dataclass(frozen=True)
 class Bucket:
-    """Samples attended in one SDPA call: where their queries and keys lie in the flattened row (the index
-    `pad` is an extra zero row), and which keys each query sees."""
+    """Samples attended in one SDPA call: where their queries and keys lie in the flattened row, and which keys
+    each query sees. Padding slots point at token 0: masked keys weigh 0 and padding queries' outputs are
+    never read, so neither adds to an output or a gradient."""
 
     q_idx: torch.Tensor  # [S * Q] flattened-row index of each query slot
     kv_idx: torch.Tensor  # [S * K] of each key slot: the prefix (padded to the bucket's longest), then the own tokens
@@ -42,11 +43,11 @@ class PaddedLayout:
     out_idx: torch.Tensor  # [B * L]: each row token's slot in the buckets' outputs, concatenated
 
 
-def _bucket(spans: list[Span], length: int, pad: int, first_slot: int, out_idx: np.ndarray, device) -> Bucket:
+def _bucket(spans: list[Span], length: int, first_slot: int, out_idx: np.ndarray, device) -> Bucket:
     prefix = max(s[2] for s in spans)
     own = max(s[4] for s in spans)
-    q_idx = np.full((len(spans), own), pad, dtype=np.int64)
-    kv_idx = np.full((len(spans), prefix + own), pad, dtype=np.int64)
+    q_idx = np.zeros((len(spans), own), dtype=np.int64)
+    kv_idx = np.zeros((len(spans), prefix + own), dtype=np.int64)
     mask = np.zeros((len(spans), own, prefix + own), dtype=bool)
     causal = np.tril(np.ones((own, own), dtype=bool))
     for s, (b, p_start, p_len, o_start, o_len) in enumerate(spans):
@@ -72,7 +73,7 @@ def padded_layout(spans: list[Span], batch: int, length: int, device) -> PaddedL
     buckets, slot = [], 0
     for part in ([s for s in spans if not s[2]], [s for s in spans if s[2]]):
         if part:
-            buckets.append(_bucket(part, length, batch * length, slot, out_idx, device))
+            buckets.append(_bucket(part, length, slot, out_idx, device))
             slot += buckets[-1].shape[0] * buckets[-1].shape[1]
     missing = np.flatnonzero(out_idx < 0)
     if len(missing):
@@ -106,9 +107,8 @@ def padded_attention(query, key, value, layout: PaddedLayout, dropout: float, sc
     """[B, H, L, D] query and (head-repeated) key/value -> the attention output as [B, L, H, D]."""
     b, h, length, d = query.shape
 
-    def flat(x: torch.Tensor) -> torch.Tensor:  # [B, H, L, D] -> [B*L + 1, H, D], the last row zero (padding)
-        x = x.transpose(1, 2).reshape(b * length, h, d)
-        return torch.cat([x, x.new_zeros(1, h, d)])
+    def flat(x: torch.Tensor) -> torch.Tensor:  # [B, H, L, D] -> [B*L, H, D]
+        return x.transpose(1, 2).reshape(b * length, h, d)
 
     q, k, v = flat(query), flat(key), flat(value)
     outs = []
