@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 import warnings
+import weakref
 
 from r1v_ray import append_log, store
 
@@ -24,6 +26,7 @@ class StageMetrics:
         self.stage = stage
         self.path = jsonl_path
         self._gauges: dict = {}
+        self._last: dict[str, float] = {}  # what the gauges show, re-set by _GaugeKeeper while this is open
         self.trackers: list = []
         if jsonl_path:
             from r1v_ray.tracking import open_trackers
@@ -47,6 +50,9 @@ class StageMetrics:
             gauge = self._gauge(name)
             if gauge is not None and isinstance(value, (int, float)):
                 gauge.set(float(value), tags={"stage": self.stage})
+                self._last[name] = float(value)
+        if self._last:
+            _GaugeKeeper.keep(self)
         if self.path:
             append_log.append(self.path, json.dumps(record) + "\n")
         numbers = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
@@ -54,11 +60,65 @@ class StageMetrics:
             tracker.log(step, numbers)
         return record
 
+    def refresh(self) -> None:
+        """Set every gauge again to its last value (the keeper's thread calls it)."""
+        for name, value in list(self._last.items()):
+            self._gauges[name].set(value, tags={"stage": self.stage})
+
     def close(self) -> None:
         from r1v_ray.tracking import close_trackers
 
+        _GaugeKeeper.drop(self)
         close_trackers(self.trackers)
         self.trackers = []
+
+
+class _GaugeKeeper:
+    """Keeps the gauges of open StageMetrics on the metrics endpoint between two `log` calls.
+
+    Since Ray 2.5x a process exports a gauge only in the report interval it was set in, and the node's
+    metrics agent drops a series not exported for two intervals (RAY_metrics_report_interval_ms, 10 s by
+    default): a gauge set once per step vanished from /metrics between steps, and a stage's final values
+    right after it. One daemon thread per process sets them again twice per interval until `close()` (or
+    until the StageMetrics is garbage collected)."""
+
+    _open: weakref.WeakSet = weakref.WeakSet()
+    _lock = threading.Lock()
+    _thread: threading.Thread | None = None
+
+    @classmethod
+    def keep(cls, metrics: StageMetrics) -> None:
+        with cls._lock:
+            cls._open.add(metrics)
+            if cls._thread is None:
+                cls._thread = threading.Thread(target=cls._run, name="r1v-gauge-keeper", daemon=True)
+                cls._thread.start()
+
+    @classmethod
+    def drop(cls, metrics: StageMetrics) -> None:
+        with cls._lock:
+            cls._open.discard(metrics)
+
+    @staticmethod
+    def period_s() -> float:
+        try:
+            import ray
+
+            return max(0.5, ray._config.metrics_report_interval_ms() / 2000)
+        except Exception:  # no Ray config in this process: Ray's default interval
+            return 5.0
+
+    @classmethod
+    def _run(cls) -> None:
+        while True:
+            time.sleep(cls.period_s())
+            with cls._lock:
+                live = list(cls._open)
+            for metrics in live:
+                try:
+                    metrics.refresh()
+                except Exception:  # Ray shut down under us: the gauges have nowhere to go
+                    cls.drop(metrics)
 
 
 def read_jsonl(path: str) -> list[dict]:
