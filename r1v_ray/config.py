@@ -63,10 +63,8 @@ class ZooConfig:
     cache_dir: str | None = None  # None: $R1V_ZOO_CACHE, else ~/.cache/r1v_ray/zoo
     rows: int = 3000  # synthetic rows (split "zoo", never the train or test split) rendered for pretraining
     image_size: int = 64  # the renderer's image size (data.synthetic.image_size)
-    # Vision encoder: predict each image token's scene word. 1000 steps (300 before): held out, the tallest
-    # bar's word 77% -> 89% right, the per-colour counts 36-48% -> 56-68%; the demo's tallest_bar M2 57 -> 80.
-    vision_steps: int = 1000
-    base_steps: int = 800  # base LM: text renderings (scene words in the image tokens' place, question, answer)
+    vision_steps: int = 300  # vision encoder: predict each image token's scene word
+    base_steps: int = 400  # base LM: text renderings (scene words in the image tokens' place, question, answer)
     tune_steps: int = 120  # each of the two tunings from the base: direct answers / <think> reasoning
     batch_size: int = 16  # sequences per LM step (the vision encoder takes 4x as many images)
     learning_rate: float = 3.0e-3
