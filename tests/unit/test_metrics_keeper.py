@@ -19,6 +19,8 @@ class FakeGauge:
 
 def test_open_stage_metrics_set_their_gauges_again_until_closed(monkeypatch):
     monkeypatch.setattr(metrics._GaugeKeeper, "period_s", staticmethod(lambda: 0.02))
+    # A fresh thread: one an earlier test started may sleep out Ray's default period (5 s) first.
+    monkeypatch.setattr(metrics._GaugeKeeper, "_thread", None)
     m = StageMetrics("sft/test", None)
     loss = m._gauges["loss"] = FakeGauge()
     m.log(1, loss=2.5)
