@@ -76,7 +76,7 @@ class StageMetrics:
 class _GaugeKeeper:
     """Keeps the gauges of open StageMetrics on the metrics endpoint between two `log` calls.
 
-    Since Ray 2.5x a process exports a gauge only in the report interval it was set in, and the node's
+    In Ray 2.60 a process exports a gauge only in the report interval it was set in, and the node's
     metrics agent drops a series not exported for two intervals (RAY_metrics_report_interval_ms, 10 s by
     default): a gauge set once per step vanished from /metrics between steps, and a stage's final values
     right after it. One daemon thread per process sets them again twice per interval until `close()` (or
@@ -105,7 +105,7 @@ class _GaugeKeeper:
             import ray
 
             return max(0.5, ray._config.metrics_report_interval_ms() / 2000)
-        except Exception:  # no Ray config in this process: Ray's default interval
+        except Exception:  # no Ray config in this process: half of Ray's default interval
             return 5.0
 
     @classmethod
