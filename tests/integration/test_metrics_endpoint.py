@@ -63,7 +63,7 @@ class Trainer:
 trainer = Trainer.remote()
 ray.get(trainer.log.remote())
 wanted = [("ray_r1v_loss", "sft/test"), ("ray_r1v_rows", "score"), ("ray_r1v_judge_calls", "score")]
-deadline = time.time() + 240  # a loaded 2-core host exports late (CI once saw nothing in 60 s)
+deadline = time.time() + 240  # a bound on the wait for the first exports of a loaded 2-core host
 while time.time() < deadline and not all(w in seen for w in wanted):
     time.sleep(1)
 print("MISSING", [w for w in wanted if w not in seen])
