@@ -245,6 +245,7 @@ class SFTConfig:
     iteration_lrs: list[float] = field(default_factory=lambda: [1e-4, 2e-5, 2e-5, 2e-5])
     stage1_learning_rate: float = 2e-4  # stage 1 (M0) "follows the MLP initialization" configuration
     epochs: int = 1  # per run of stage 1 and of each iteration (paper: 1)
+    stage1_epochs: int | None = None  # stage 1 (M0) only; None: epochs
     # Trainable parts for stage 1 and the iterations; None: model.trainable_prefixes (paper: projector).
     trainable_prefixes: list[str] | None = None
     rm_score_column: str = "rm_score"  # D_rm(tau) = rows with this column >= tau

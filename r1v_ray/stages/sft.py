@@ -93,7 +93,9 @@ def iterative_sft(
     prefixes = s.trainable_prefixes or cfg.model.trainable_prefixes
     evals = _Evaluations(cfg, run, test_uri)
     evals.add("reassembled", base_model, train_uri)
-    m0 = train(cfg, run, "M0", base_model, all_rows(train_uri), s.stage1_learning_rate, prefixes, s.epochs)
+    m0 = train(
+        cfg, run, "M0", base_model, all_rows(train_uri), s.stage1_learning_rate, prefixes, s.stage1_epochs or s.epochs
+    )
     current = m0["model"]
     evals.add("M0", current, train_uri, errors_for="M1" if s.iterations else None)
     iterations = []

@@ -170,3 +170,29 @@ def test_iterative_sft_table_entries_carry_std_and_ci(tmp_path, monkeypatch):
     )
     assert (m0["model"], m0["pass@1"], m0["pass@1_std"], m0["runs"]) == ("M0", 50.0, 70.711, [100.0, 0.0])
     assert (m0["vs_previous"]["model"], m0["vs_previous"]["lo"], m0["vs_previous"]["hi"]) == ("reassembled", 50.0, 50.0)
+
+
+def test_stage1_epochs_apply_to_m0_only(tmp_path, monkeypatch):
+    """sft.stage1_epochs sets M0's passes over D; the iterations keep sft.epochs."""
+    from r1v_ray.config import load_config
+    from r1v_ray.stages import sft
+    from r1v_ray.stages.manifest import StageRun
+
+    overrides = ["sft.iterations=0", "sft.epochs=2", "sft.stage1_epochs=5"]
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", *overrides])
+    monkeypatch.setattr(
+        sft, "run_eval", lambda cfg, model, data, out_dir, name, side: _eval_dir(out_dir, CORRECT[name])
+    )
+    epochs = []
+
+    def fake_train(cfg, run, name, model, rows, lr, prefixes, n_epochs):
+        epochs.append((name, n_epochs))
+        return {"model": str(tmp_path / name)}
+
+    monkeypatch.setattr(sft, "train", fake_train)
+    sft.iterative_sft(cfg, StageRun(cfg, "sft"), "base", "train-uri", "test-uri")
+    assert epochs == [("M0", 5)]
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run2'}", "sft.iterations=0", "sft.epochs=2"])
+    epochs.clear()
+    sft.iterative_sft(cfg, StageRun(cfg, "sft"), "base", "train-uri", "test-uri")
+    assert epochs == [("M0", 2)]
