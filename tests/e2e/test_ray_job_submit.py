@@ -8,8 +8,9 @@ checkpoint in the bucket at that step. Nothing of the run exists outside the buc
 
 It is also the demo's proof with fixed seeds, unchanged (configs/demo/tiny.yaml: the pretrained tiny zoo,
 512 training rows, 600 test rows, T = 2, re-distillation before each iteration, 120 GRPO steps): the
-paper's effects in miniature hold, GRPO's paired-bootstrap CI over M2 above 0 among them (tests/e2e/paper_effects.py, read from the bucket), frozen parts stay
-bit-identical, and GRPO's held-out reward ends above step 0."""
+paper's effects in miniature hold, GRPO's paired-bootstrap CI over M2 above 0 among them
+(tests/e2e/paper_effects.py, read from the bucket), frozen parts stay bit-identical, and GRPO's held-out
+reward ends above step 0."""
 
 import os
 import secrets

@@ -172,8 +172,8 @@ def test_iterative_sft_table_entries_carry_std_and_ci(tmp_path, monkeypatch):
     assert (m0["vs_previous"]["model"], m0["vs_previous"]["lo"], m0["vs_previous"]["hi"]) == ("reassembled", 50.0, 50.0)
 
 
-def test_stage1_epochs_apply_to_m0_only(tmp_path, monkeypatch):
-    """sft.stage1_epochs sets M0's passes over D; the iterations keep sft.epochs."""
+def test_stage1_epochs_set_m0s_passes(tmp_path, monkeypatch):
+    """sft.stage1_epochs sets M0's passes over D; unset, M0 takes sft.epochs."""
     from r1v_ray.config import load_config
     from r1v_ray.stages import sft
     from r1v_ray.stages.manifest import StageRun
