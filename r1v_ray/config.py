@@ -278,6 +278,10 @@ class GRPOConfig:
     # Truncated importance sampling (meant for off_policy_steps: 1): the ratio is taken against the learner's
     # own log-probs before the update, and each token's loss is weighted by min(pi_learner / pi_rollout, cap).
     tis_cap: float | None = None
+    # The clipped ratio's old log-probs: rollout (the engine's, returned with every sampled token; what
+    # off-policy data, tis_cap and the sample buffer correct with) or learner (the learner's own before the
+    # update, TRL's on-policy choice: the rollout engine then skips per-token log-probs, ~20% of CPU generation).
+    old_logprobs: Literal["rollout", "learner"] = "rollout"
     # R1V2's Selective Sample Buffer: up to this many samples with |advantage| >= ssb_min_abs_advantage are kept
     # and replayed into the slots of zero-variance groups still missing after resampling (0: off).
     ssb_capacity: int = 0

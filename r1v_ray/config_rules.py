@@ -138,6 +138,18 @@ def _grpo(cfg: Any) -> list[str]:
         out.append("grpo.weight_sync=nccl needs grpo.use_gpu=true and rollout.backend=vllm (else: object_store)")
     if g.tis_cap is not None and not g.tis_cap >= 1.0:
         out.append(f"grpo.tis_cap={g.tis_cap} must be >= 1 (2.0 is usual), or null to turn it off")
+    if g.old_logprobs == "learner":
+        if g.tis_cap is not None:
+            out.append(
+                "grpo.tis_cap weighs each token by the learner's over the rollout's log-probs, which "
+                "grpo.old_logprobs=learner does not request: set grpo.old_logprobs=rollout or grpo.tis_cap=null"
+            )
+        for name in ("off_policy_steps", "ssb_capacity"):
+            if getattr(g, name):
+                out.append(
+                    f"grpo.{name} trains on samples of an older policy, whose log-probs grpo.old_logprobs=learner "
+                    "does not keep to correct them: set grpo.old_logprobs=rollout"
+                )
     if g.ssb_capacity < 0 or g.ssb_min_abs_advantage < 0:
         out.append("grpo.ssb_capacity and grpo.ssb_min_abs_advantage must be >= 0 (ssb_capacity 0: no buffer)")
     if g.ssb_capacity and not g.drop_zero_variance_groups:

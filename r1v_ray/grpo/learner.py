@@ -100,7 +100,8 @@ class LearnerWorker:
 
     def train_step(self, trajectories: list[Trajectory], padding: bool = False) -> dict:
         """`inner_epochs` updates on this rank's share, against the rollout-time log-probs (or, with
-        `tis_cap`, the learner's own before the update, each token weighted by truncated importance sampling).
+        `tis_cap`, the learner's own before the update, each token weighted by truncated importance sampling;
+        with `old_logprobs: learner`, the learner's own, unweighted).
 
         The loss is normalized by the whole batch's token (or sequence) count, summed over ranks, so that
         unequal shares weigh what they hold. `padding`: this rank got nothing this step and runs a
@@ -132,11 +133,11 @@ class LearnerWorker:
             clock = time.perf_counter()
             logp, mask, entropy = completion_logprobs(self.engine, groups, self.device, with_entropy=(epoch == 0))
             if epoch == 0:
-                rollout = self._rollout_logprobs(trajectories, logp.shape[1], padding)
                 proximal = logp.detach()  # the learner's log-probs before this step's updates
-                stats.update(
-                    entropy=masked_mean(entropy, mask).item(), logprob_gap=logprob_gap(proximal, rollout, mask)
-                )
+                stats["entropy"] = masked_mean(entropy, mask).item()
+                if self.cfg.old_logprobs == "rollout":
+                    rollout = self._rollout_logprobs(trajectories, logp.shape[1], padding)
+                    stats["logprob_gap"] = logprob_gap(proximal, rollout, mask)
             per_token, clipped, kl = self._token_loss(logp, rollout, proximal, ref_logp, adv, mask)
             loss = weight * aggregate(
                 per_token, mask, self.cfg.loss_agg, self.cfg.max_completion_tokens, *counts.tolist()
@@ -183,7 +184,7 @@ class LearnerWorker:
     def _token_loss(self, logp, rollout, proximal, ref_logp, adv, mask):
         """Per-token loss [n, T] (surrogate, truncated-IS weight, KL term), clip indicator and KL, by config."""
         cfg = self.cfg
-        old = rollout if cfg.tis_cap is None else proximal
+        old = rollout if cfg.tis_cap is None and cfg.old_logprobs == "rollout" else proximal
         surrogate = sequence_clipped_surrogate if cfg.policy_ratio == "sequence" else clipped_surrogate
         per_token, clipped = surrogate(logp, old, adv, mask, cfg.clip_eps, cfg.clip_eps_high)
         if cfg.tis_cap is not None:

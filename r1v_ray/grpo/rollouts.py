@@ -44,14 +44,14 @@ class Rollouts:
 
 
 def step_requests(g: GRPOConfig, rows: list[dict], n: int, tag: int) -> list:
-    """GRPO's paper request per row, n samples with log-probs, seeded by (grpo.seed, tag, position); ids
+    """GRPO's paper request per row, n samples (with log-probs where the learner uses them), seeded by (grpo.seed, tag, position); ids
     unique per call (row ids need not be unique)."""
     out = []
     for k, row in enumerate(rows):
         req = paper_request(
             row, n, g.max_completion_tokens, g.temperature, g.top_p, seed=g.seed * 1_000_003 + tag * 10_007 + k
         )
-        req.sampling.logprobs = True
+        req.sampling.logprobs = g.old_logprobs == "rollout"
         req.request_id = f"{req.request_id}@{tag}.{k}"
         out.append(req)
     return out

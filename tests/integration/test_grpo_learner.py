@@ -84,7 +84,15 @@ def _step(learner, trajectories, log_ratio=0.0, advantages=ADVANTAGES, **cfg) ->
     token's ratio to them is exp(log_ratio) under the learner's current weights (`log_ratio`: a number, or
     a function of the token's position)."""
     learner.cfg = dataclasses.replace(
-        learner.cfg, **{"kl_coef": 0.0, "inner_epochs": 1, "policy_ratio": "token", "tis_cap": None, **cfg}
+        learner.cfg,
+        **{
+            "kl_coef": 0.0,
+            "inner_epochs": 1,
+            "policy_ratio": "token",
+            "tis_cap": None,
+            "old_logprobs": "rollout",
+            **cfg,
+        },
     )
     shift = log_ratio if callable(log_ratio) else (lambda _: log_ratio)
     current = learner.logprobs(trajectories)
@@ -153,6 +161,28 @@ def test_truncated_importance_sampling_is_applied(learner, trajectories):
     assert stats["loss"] == pytest.approx(-1.5, abs=TOL) and stats["clip_frac"] == 0.0
     stats = _step(learner, trajectories, up, (1.0,) * 4, clip_eps=0.2, clip_eps_high=None, loss_agg="token_mean")
     assert stats["loss"] == pytest.approx(-1.2, abs=TOL)
+
+
+def test_learner_old_logprobs_take_the_ratio_against_the_learner(learner, trajectories):
+    # The rollout log-probs say every token is half as likely as the learner finds it: against them the ratio 2
+    # is clipped at 1.2 (A = +1). With old_logprobs=learner they are not read (nor needed): ratio 1, loss -1.
+    up = math.log(2.0)
+    stats = _step(learner, trajectories, up, (1.0,) * 4, clip_eps=0.2, clip_eps_high=None, loss_agg="token_mean")
+    assert stats["loss"] == pytest.approx(-1.2, abs=TOL) and stats["clip_frac"] == 1.0
+    stats = _step(
+        learner,
+        trajectories,
+        up,
+        (1.0,) * 4,
+        old_logprobs="learner",
+        clip_eps=0.2,
+        clip_eps_high=None,
+        loss_agg="token_mean",
+    )
+    assert stats["loss"] == pytest.approx(-1.0, abs=TOL) and stats["clip_frac"] == 0.0
+    assert "logprob_gap" not in stats  # nothing measured it
+    without = [dataclasses.replace(t, rollout_logprobs=[], advantage=1.0) for t in trajectories]
+    assert learner.train_step(without)["loss"] == pytest.approx(-1.0, abs=TOL)
 
 
 def test_the_sequence_level_ratio_is_applied(learner, trajectories):

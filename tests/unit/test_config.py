@@ -137,6 +137,19 @@ def test_out_of_range_and_inconsistent_values_fail_at_load(override, names):
         load_config(PAPER, [override])
 
 
+@pytest.mark.parametrize(
+    "other", ["grpo.off_policy_steps=1", "grpo.tis_cap=2.0", "grpo.ssb_capacity=8", "grpo.old_logprobs=engine"]
+)
+def test_learner_old_logprobs_refuse_what_needs_the_rollouts(other):
+    """Stale samples (one step off-policy, replayed from the buffer) and TIS need the sampling policy's
+    log-probs, which only the rollout engine has."""
+    name = other.split("=")[0]
+    with pytest.raises(ConfigError, match=name.replace(".", r"\.")):
+        load_config(PAPER, ["grpo.old_logprobs=learner", other])
+    if not other.startswith("grpo.old_logprobs"):
+        assert load_config(PAPER, [other]).grpo.old_logprobs == "rollout"  # the default takes each of them
+
+
 def test_every_problem_is_reported_at_once():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["grpo.group_size=1", "eval.runs=0", "sft.max_length=0"])

@@ -63,6 +63,12 @@ def test_every_stage_sends_the_papers_prompt_for_a_row(kind):
         assert req.messages == [_user(row)], stage
         assert req.images == [row["image"]], stage
     assert built["grpo"].sampling.logprobs and built["grpo"].sampling.n == R1VConfig().grpo.group_size
+    # Per-token log-probs cost the engine time: asked for only where the learner takes its ratio against them.
+    from r1v_ray.grpo.rollouts import step_requests
+
+    learner_old = R1VConfig()
+    learner_old.grpo.old_logprobs = "learner"
+    assert not step_requests(learner_old.grpo, [row], 2, tag=0)[0].sampling.logprobs
     assert built["self_distill"].sampling.repetition_penalty == 1.3  # the row's own DRLC penalty
     assert built["sft_train"] == _user(row)
     assert built["judge"][1] == {"type": "text", "text": f"Query:\n{_expected_text(row)}"}
