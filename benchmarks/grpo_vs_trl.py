@@ -8,15 +8,21 @@ dropping. What differs is what is measured: r1v_ray generates with vLLM in a
 rollout actor and updates with DeepSpeed (gloo) learner actors; TRL generates
 with HF `generate` and updates in one process (its default `use_vllm=False`).
 r1v_ray runs twice: on-policy (`grpo.off_policy_steps: 0`, the paper's setting and
-TRL's) with 2 learners, and with the next step's rollouts generated during the update
-(`off_policy_steps: 1`) with 1 learner, so that generation and the update each have a core
-of the 2 (on a cluster they have their own GPUs); `--learners` / `--overlapped-learners`. The first step of each is a warm-up and is not timed, nor
+TRL's) with 2 learners and 2 rollout workers (they take turns with the learners, so each
+phase has both cores, as TRL's has), the ratio against the learner's own log-probs as TRL
+takes it (`grpo.old_logprobs: learner`: the engine returns no per-token log-probs); and
+with the next step's rollouts generated during the update (`off_policy_steps: 1`) with 1
+learner and 1 rollout worker, so that each has a core of the 2 (on a cluster they have
+their own GPUs), the ratio against the rollout's log-probs (the rollouts are a step stale).
+`--learners` / `--overlapped-learners`, `--rollout-workers` / `--overlapped-rollout-workers`,
+`--old-logprobs`. The first step of each is a warm-up and is not timed, nor
 is r1v_ray's last (in overlapped mode it generates nothing), so every timed step generates and
 trains one batch.
 Needs the `bench` extra (trl).
 
     .venv/bin/python benchmarks/grpo_vs_trl.py [--runs 3] [--steps 6] [--prompts 8] [--group 8] [--max-tokens 128]
-        [--learners 2] [--overlapped-learners 1]
+        [--learners 2] [--overlapped-learners 1] [--rollout-workers 2] [--overlapped-rollout-workers 1]
+        [--old-logprobs learner|rollout]
 
 Each run prints a per-phase profile of the step and the rollout's tokens/s three ways (inside the steps, the same
 requests sent straight to the rollout worker, and benchmarks/rollout.py's 32 x 8 workload on that worker).
@@ -58,7 +64,7 @@ PHASES = (  # printed per mode: medians over the timed steps, seconds per step
     ("ref_logprobs_s", "reference log-probs (learner, KL only)"),
     ("update_s", "learner update, of which:"),
     ("encode_s", "  prompt encoding"),
-    ("forward_s", "  forward (log-probs; old = rollout-time)"),
+    ("forward_s", "  forward (log-probs)"),
     ("backward_s", "  backward + gradient all-reduce"),
     ("optimizer_s", "  optimizer step"),
     ("sync_s", "weight sync"),
@@ -106,6 +112,9 @@ def r1v_samples_per_s(ckpt: str, rows: list[dict], args, work: str, off_policy_s
         "grpo.checkpoint_every_steps": 10_000,
         "grpo.off_policy_steps": off_policy_steps,
         "grpo.num_learners": args.learners if off_policy_steps == 0 else args.overlapped_learners,
+        "rollout.num_workers": args.rollout_workers if off_policy_steps == 0 else args.overlapped_rollout_workers,
+        # Overlapped rollouts are one step stale: their ratio needs the sampling policy's log-probs.
+        "grpo.old_logprobs": args.old_logprobs if off_policy_steps == 0 else "rollout",
         "rollout.max_model_len": 1024,
     }
     cfg = load_config(os.path.join(ROOT, "configs", "demo", "tiny.yaml"), [f"{k}={v}" for k, v in sets.items()])
@@ -251,6 +260,13 @@ def main(argv: list[str] | None = None) -> None:
     # Overlapped, generation and the update run at once: on 2 cores one learner leaves the rollout worker its
     # own core (as a cluster gives rollouts and learners their own GPUs); two would share the cores with it.
     ap.add_argument("--overlapped-learners", type=int, default=1, help="learner actors with rollouts overlapped")
+    # On-policy, generation and the update take turns: two rollout workers use both cores while the learners
+    # wait (as TRL's generate uses both); overlapped, one worker leaves the learner the other core.
+    ap.add_argument("--rollout-workers", type=int, default=2, help="vLLM rollout actors, on-policy")
+    ap.add_argument("--overlapped-rollout-workers", type=int, default=1, help="vLLM rollout actors, overlapped")
+    # learner: TRL's on-policy ratio (against the learner's own log-probs before the update; the engine then
+    # returns no per-token log-probs); rollout: against the engine's, as the demo trains.
+    ap.add_argument("--old-logprobs", choices=("learner", "rollout"), default="learner", help="on-policy only")
     ap.add_argument("--runs", type=int, default=3, help="each in its own process; medians printed at the end")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one run, its result as JSON
     args = ap.parse_args(argv)
