@@ -44,8 +44,8 @@ class Rollouts:
 
 
 def step_requests(g: GRPOConfig, rows: list[dict], n: int, tag: int) -> list:
-    """GRPO's paper request per row, n samples (with log-probs where the learner uses them), seeded by (grpo.seed, tag, position); ids
-    unique per call (row ids need not be unique)."""
+    """GRPO's paper request per row, n samples (with log-probs where the learner uses them), seeded by
+    (grpo.seed, tag, position); ids unique per call (row ids need not be unique)."""
     out = []
     for k, row in enumerate(rows):
         req = paper_request(
