@@ -130,6 +130,7 @@ def test_generation_lengths_beyond_the_engine_context_fail_at_load_naming_both_k
         ("grpo.tis_cap=0.5", "grpo.tis_cap"),
         ("grpo.ssb_capacity=-1", "grpo.ssb_capacity"),
         ("grpo.policy_ratio=seq", "grpo.policy_ratio"),
+        ("grpo.old_logprobs=engine", "grpo.old_logprobs"),
     ],
 )
 def test_out_of_range_and_inconsistent_values_fail_at_load(override, names):
@@ -137,17 +138,14 @@ def test_out_of_range_and_inconsistent_values_fail_at_load(override, names):
         load_config(PAPER, [override])
 
 
-@pytest.mark.parametrize(
-    "other", ["grpo.off_policy_steps=1", "grpo.tis_cap=2.0", "grpo.ssb_capacity=8", "grpo.old_logprobs=engine"]
-)
+@pytest.mark.parametrize("other", ["grpo.off_policy_steps=1", "grpo.tis_cap=2.0", "grpo.ssb_capacity=8"])
 def test_learner_old_logprobs_refuse_what_needs_the_rollouts(other):
     """Stale samples (one step off-policy, replayed from the buffer) and TIS need the sampling policy's
     log-probs, which only the rollout engine has."""
     name = other.split("=")[0]
     with pytest.raises(ConfigError, match=name.replace(".", r"\.")):
         load_config(PAPER, ["grpo.old_logprobs=learner", other])
-    if not other.startswith("grpo.old_logprobs"):
-        assert load_config(PAPER, [other]).grpo.old_logprobs == "rollout"  # the default takes each of them
+    assert load_config(PAPER, [other]).grpo.old_logprobs == "rollout"  # the default takes each of them
 
 
 def test_every_problem_is_reported_at_once():
