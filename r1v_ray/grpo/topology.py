@@ -23,7 +23,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from r1v_ray import store
 from r1v_ray.config import R1VConfig
-from r1v_ray.engines.rollout.actor import create_rollout_workers, rollout_placement_group
+from r1v_ray.engines.rollout.actor import create_rollout_workers, rollout_placement_group, wait_until_loaded
 from r1v_ray.engines.sync import make_sync
 from r1v_ray.grpo.batch import Trajectory
 from r1v_ray.grpo.learner import LearnerWorker
@@ -62,12 +62,15 @@ class GRPOTopology:
         self.learner_pg = placement_group([self._bundle()] * self.g.num_learners, strategy="PACK", name="grpo-learners")
         ray.get(self.learner_pg.ready())
         self.rollout_pg = None
-        self.rollout_workers = self._rollout_workers()
+        # Apart, the engines load while the learners build theirs (vLLM's start and DeepSpeed's overlap);
+        # colocated, the engines load first: vLLM sizes its cache from the GPU memory it finds free.
+        self.rollout_workers = self._rollout_workers(wait=self.g.colocate)
         self.learners = self._learners(reference_checkpoint)
         addr, port = ray.get(self.learners[0].address.remote())
         ray.get([learner.init.remote(addr, port) for learner in self.learners])
         if resume_from:
             ray.get([learner.load.remote(resume_from) for learner in self.learners])
+        wait_until_loaded(self.rollout_workers)
         self.sync.setup(self.learners, self.rollout_workers)
         g = self.g
         self.rewarder = (
@@ -117,20 +120,21 @@ class GRPOTopology:
             for i in range(g.num_learners)
         ]
 
-    def _rollout_workers(self) -> list:
-        """Rollout engines in their own placement group, or in the learners' bundles when colocated."""
+    def _rollout_workers(self, wait: bool = True) -> list:
+        """Rollout engines in their own placement group, or in the learners' bundles when colocated; without
+        `wait`, started but not yet loaded."""
         rollout = self.cfg.rollout
         if not self.g.colocate:
             if self.rollout_pg is None:
                 self.rollout_pg = rollout_placement_group(rollout, name="grpo-rollout")
-            return create_rollout_workers(self.model_path, rollout, self.cfg.model.dtype, pg=self.rollout_pg)
+            return create_rollout_workers(self.model_path, rollout, self.cfg.model.dtype, self.rollout_pg, wait)
         shared = dataclasses.replace(
             rollout,
             num_gpus_per_worker=0.5 * rollout.num_gpus_per_worker,
             node_resource=None,
             gpu_memory_utilization=min(rollout.gpu_memory_utilization, 0.4),
         )
-        return create_rollout_workers(self.model_path, shared, self.cfg.model.dtype, pg=self.learner_pg)
+        return create_rollout_workers(self.model_path, shared, self.cfg.model.dtype, self.learner_pg, wait)
 
     def _assert_owner(self, what: str) -> None:
         assert threading.get_ident() == self._owner, (

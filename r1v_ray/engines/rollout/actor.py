@@ -75,9 +75,10 @@ def rollout_placement_group(cfg: RolloutConfig, name: str = "rollout") -> Placem
 
 
 def create_rollout_workers(
-    checkpoint: str, cfg: RolloutConfig, dtype: str = "bfloat16", pg: PlacementGroup | None = None
+    checkpoint: str, cfg: RolloutConfig, dtype: str = "bfloat16", pg: PlacementGroup | None = None, wait: bool = True
 ) -> list:
-    """Start `cfg.num_workers` engine actors (in `pg` when given) and wait until they are loaded."""
+    """Start `cfg.num_workers` engine actors (in `pg` when given) and, with `wait`, wait until they are loaded
+    (else the caller waits: `wait_until_loaded`)."""
     bundle = worker_resources(cfg)
     actors = []
     for i in range(cfg.num_workers):
@@ -90,6 +91,11 @@ def create_rollout_workers(
         if pg is not None:
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
         actors.append(ray.remote(RolloutWorker).options(**options).remote(checkpoint, cfg, dtype))
+    return wait_until_loaded(actors) if wait else actors
+
+
+def wait_until_loaded(actors: list) -> list:
+    """`actors` once every engine has loaded (an engine that failed to start raises here)."""
     ray.get([a.ready.remote() for a in actors])
     return actors
 
