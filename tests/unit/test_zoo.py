@@ -8,11 +8,13 @@ import os
 import pytest
 import torch
 from PIL import Image
+from transformers import InternVLVisionModel, Qwen2ForCausalLM
 
+import r1v_ray.model.zoo as zoo_module
 from r1v_ray.config import ModelConfig, TinyModelConfig, ZooConfig
 from r1v_ray.data import synthetic
 from r1v_ray.model.assemble import build_processor
-from r1v_ray.model.factory import load_llm, load_vision, part_paths, tiny_vision_config
+from r1v_ray.model.factory import load_llm, load_vision, part_paths, tiny_text_config, tiny_vision_config
 from r1v_ray.model.tokenizer import IMAGE_TOKENS, has_image_tokens
 from r1v_ray.model.zoo import REASONING_SPECIAL, TextRenderer, _tokenizers, scene_token, zoo_dir, zoo_key
 from r1v_ray.prompts import user_turn
@@ -49,8 +51,6 @@ def test_parts_load_and_the_two_llms_share_a_base_but_not_special_tokens(zoo):
 
 def test_a_cached_zoo_is_reused_and_the_key_follows_the_settings(zoo, monkeypatch):
     cfg, paths = zoo
-    import r1v_ray.model.zoo as zoo_module
-
     monkeypatch.setattr(zoo_module, "build_zoo", lambda *a, **k: pytest.fail("rebuilt a cached zoo"))
     assert part_paths(cfg, "unused", task=synthetic) == paths
     other = _cfg(cfg.zoo.cache_dir, seed=1)
@@ -66,6 +66,37 @@ def test_the_build_is_deterministic_by_seed(zoo, tmp_path):
     assert all(torch.equal(first[k], second[k]) for k in first)
     v1, v2 = load_vision(paths.vision).state_dict(), load_vision(again.vision).state_dict()
     assert all(torch.equal(v1[k], v2[k]) for k in v1)
+
+
+def test_parts_trained_in_child_processes_equal_one_process_training_them_in_turn(zoo):
+    """The tower and the reasoning LLM train in child processes: each must get the weights one process would
+    (the tower's prediction head draws from the global generator where building the tower left it)."""
+    cfg, paths = zoo
+    t, z = cfg.tiny, cfg.zoo
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the build does
+    try:
+        torch.manual_seed(z.seed)
+        rows = zoo_module._rows(synthetic, z, z.rows, "zoo")
+        base_tok, sub_tok, reason_tok = _tokenizers(synthetic, t)
+        vision = InternVLVisionModel(tiny_vision_config(t))
+        zoo_module.pretrain_vision(vision, rows, list(synthetic.SCENE_WORDS), z, lambda *_: None)
+        text_cfg = tiny_text_config(t, base_tok)
+        text_cfg.vocab_size = max(text_cfg.vocab_size, len(sub_tok), len(reason_tok))
+        torch.manual_seed(z.seed + 1)
+        renderer = TextRenderer(base_tok, synthetic, text_cfg.vocab_size)
+        styles = (zoo_module.direct_response, zoo_module.think_response)
+        base, _ = zoo_module.train_lm(
+            Qwen2ForCausalLM(text_cfg), renderer, rows, styles, z.base_steps, z.learning_rate, z, print, "base"
+        )
+        reasoning, _ = zoo_module.train_lm(
+            base, renderer, rows, styles[1:], z.tune_steps, z.learning_rate / 4, z, print, "reasoning_llm"
+        )
+    finally:
+        torch.set_num_threads(threads)
+    for built, here in ((load_vision(paths.vision), vision), (load_llm(paths.reasoning_llm)[0], reasoning)):
+        state = here.state_dict()
+        assert all(torch.equal(v, state[k]) for k, v in built.state_dict().items())
 
 
 def test_the_zoo_needs_a_task():
