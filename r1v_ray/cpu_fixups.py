@@ -12,6 +12,9 @@ native ops fail to load next to `torch+cpu` (see shared platform notes):
   pure Python.
 * torchcodec raises OSError, which vLLM's import guard does not catch: removed.
 
+It also builds DeepSpeed's CPU shared-memory collectives op, which DeepSpeed otherwise compiles (~50 s on
+2 cores) in the first training job, and loads from its cache afterwards.
+
 Run by setup.sh as `python -m r1v_ray.cpu_fixups`. Idempotent, and a no-op on
 a CUDA torch (GPU installs keep their working wheels). Importing this module
 imports nothing but torch.
@@ -20,6 +23,7 @@ imports nothing but torch.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -95,13 +99,24 @@ def verify_imports() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def build_deepspeed_shm_op() -> str:
+    """DeepSpeed compiles this op when its CPU accelerator first initializes a process group; built here, at
+    install (DeepSpeed's own advice for its ops), a fresh clone's first training job only loads it."""
+    code = (
+        "from deepspeed.accelerator import get_accelerator;"
+        "get_accelerator().create_op_builder('ShareMemCommBuilder').load(verbose=False)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    return "deepspeed shm comm op: built (or found in the torch extensions cache)"
+
+
 def main() -> int:
     import torch
 
     if torch.version.cuda is not None or torch.version.hip is not None:
         print("cpu_fixups: GPU torch detected, nothing to do")
         return 0
-    for step in (patch_torchvision, disable_torchaudio_native, remove_torchcodec):
+    for step in (patch_torchvision, disable_torchaudio_native, remove_torchcodec, build_deepspeed_shm_op):
         print("cpu_fixups:", step())
     verify_imports()
     print("cpu_fixups: torchvision, transformers and vllm import cleanly")
