@@ -14,7 +14,7 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> str | None
     """
     import ray
 
-    use_parquet_reader_v1()
+    ray_data_defaults()
     if ray.is_initialized():
         return None
     if os.environ.get("RAY_ADDRESS"):
@@ -26,14 +26,20 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> str | None
         ).dashboard_url
 
 
-def use_parquet_reader_v1() -> None:
-    """Ray Data's `read_parquet` through its V1 datasource, unless RAY_DATA_USE_DATASOURCE_V2 says otherwise.
+def ray_data_defaults() -> None:
+    """Two Ray Data settings for every stage's passes:
 
-    The V2 reader (Ray 2.60's default) lists files in a task that starts actors to read the footers: 6-12 s
-    before the first row of a one-file, 156 KB dataset on 2 cores, against 0.2-1.9 s for V1
-    (benchmarks/parquet_read.py). A run reads a few small files a dozen times (each judge pass, each evaluation).
+    * `preserve_order`: rows leave each pass (judge pools, engine pools) in the order they entered, so the
+      files a stage writes, and the training that reads them by position, are the same on every run with
+      the same seeds; otherwise they follow whichever batch finished first.
+    * the V1 parquet reader, unless RAY_DATA_USE_DATASOURCE_V2 says otherwise. The V2 reader (Ray 2.60's
+      default) lists files in a task that starts actors to read the footers: ~8 s before the first row of a
+      one-file, 156 KB dataset on 2 cores, against ~0.3 s for V1 (benchmarks/parquet_read.py). A run reads a
+      few small files a dozen times (each judge pass, each evaluation).
     """
-    if "RAY_DATA_USE_DATASOURCE_V2" not in os.environ:
-        from ray.data import DataContext
+    from ray.data import DataContext
 
-        DataContext.get_current().use_datasource_v2 = False
+    ctx = DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    if "RAY_DATA_USE_DATASOURCE_V2" not in os.environ:
+        ctx.use_datasource_v2 = False
