@@ -59,10 +59,17 @@ def _write_outputs(out_dir: str, title: str, report: dict, per_row: list[dict], 
 
 
 def run_eval(
-    cfg: R1VConfig, checkpoint: str, data_uri: str, out_dir: str, name: str = "eval", side: SidePass | None = None
+    cfg: R1VConfig,
+    checkpoint: str,
+    data_uri: str,
+    out_dir: str,
+    name: str = "eval",
+    side: SidePass | None = None,
+    workers: list | None = None,
 ) -> dict:
     """Generate k runs per row, score Pass@1, write eval.json, eval.md, per_row.jsonl and rejected rows to `out_dir`.
 
+    `workers`: running rollout workers that hold `checkpoint`'s weights generate (`generate_dataset`).
     Returns eval.json's report with `per_row` (each row's score in every run; in per_row.jsonl on disk).
     """
     e = cfg.eval
@@ -84,7 +91,7 @@ def run_eval(
     ds = _tagged(data_uri, "eval")
     if side is not None:
         ds = ds.union(_tagged(side.data_uri, "side"))
-    out = generate_dataset(ds, checkpoint, rollout, build, dtype=cfg.model.dtype)
+    out = generate_dataset(ds, checkpoint, rollout, build, dtype=cfg.model.dtype, workers=workers)
     scored, rejected, lengths = [], [], []
     for row in out.drop_columns(["image"]).iter_rows():  # streams; images are not kept
         row = dict(row)

@@ -36,9 +36,11 @@ def body(cfg: R1VConfig, run: StageRun, base: str, train_uri: str, test_uri: str
     trainer = GRPORun(cfg, base, data, test_uri, run.dir)
     try:
         result = trainer.run()
+        # The rollout workers hold the final weights (synced after the last update): they evaluate them.
+        workers = trainer.topology.rollout_workers
+        report = run_eval(cfg, result["model"], test_uri, run.path_for("eval"), "GRPO", workers=workers)
     finally:
         trainer.shutdown()
-    report = run_eval(cfg, result["model"], test_uri, run.path_for("eval"), "GRPO")
     last_sft = (StageRun(cfg, "sft").manifest.get("metrics", {}).get("table") or [None])[-1]
     return {"model": result["model"]}, {
         "heldout": result["heldout"],

@@ -111,6 +111,34 @@ def test_generate_over_a_ray_dataset(local_ray, tiny_checkpoint):
     assert len(good) == 5 and all(len(r["completions"]) == 1 for r in good)
 
 
+def test_a_dataset_through_running_workers_gets_what_a_new_engine_pool_gets(local_ray, tiny_checkpoint, vllm_worker):
+    """GRPO evaluates its final weights on its own rollout workers: no engine of its own starts, and the same
+    seeded requests give the same rows as a fresh pool of engines (a rejected row keeps its reason)."""
+    rows = [make_row(0, "test", i) for i in range(6)]
+    rows[2]["question"] = "why " * 700
+
+    def build(row):
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": row["question"]}]}]
+        sampling = Sampling(n=2, temperature=1.0, max_tokens=6, seed=int(row["id"].rsplit("-", 1)[-1]))
+        return GenerationRequest(messages=msgs, images=[row["image"]], sampling=sampling)
+
+    cfg = RolloutConfig(backend="vllm", device="cpu", num_workers=1, max_model_len=512, cpu_kvcache_gib=1)
+    fresh, forwarded = (
+        {
+            r["id"]: r
+            for r in generate_dataset(
+                ray.data.from_items(rows), tiny_checkpoint, cfg, build, "float32", 4, w
+            ).take_all()
+        }
+        for w in (None, [vllm_worker])
+    )
+    assert fresh.keys() == forwarded.keys() == {r["id"] for r in rows}
+    for key, row in fresh.items():
+        assert row["error"] == forwarded[key]["error"]
+        assert list(row["completions"]) == list(forwarded[key]["completions"])
+    assert "prompt too long" in forwarded[rows[2]["id"]]["error"]
+
+
 def test_many_seeded_requests_in_one_batch(vllm_worker):
     """Regression: seeded requests beyond one prefill chunk crashed vLLM CPU's sampler."""
     reqs = [image_request(i, n=8, temperature=1.0, max_tokens=8, seed=i) for i in range(48)]

@@ -8,6 +8,7 @@ CPU and GPU runs differ only in the resources asked for.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import numpy as np
@@ -100,14 +101,13 @@ def wait_until_loaded(actors: list) -> list:
     return actors
 
 
-class _EngineUDF:
-    """Ray Data callable class: one engine per pool actor, rows in, rows plus generations out."""
+class _BatchGenerator:
+    """Ray Data callable class: rows in, rows plus generations out, through `generate`."""
 
-    def __init__(
-        self, checkpoint: str, cfg: RolloutConfig, dtype: str, build_request: Callable[[dict], GenerationRequest]
-    ):
-        self.engine = make_engine(checkpoint, cfg, dtype)
-        self.build_request = build_request
+    build_request: Callable[[dict], GenerationRequest]
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        raise NotImplementedError
 
     def __call__(self, batch: dict) -> dict:
         keys = list(batch)
@@ -119,7 +119,7 @@ class _EngineUDF:
             except Exception as exc:  # a row that cannot become a request is rejected, not dropped
                 errors[i] = f"bad request: {type(exc).__name__}: {exc}"
                 requests.append(None)
-        results = self.engine.generate([r for r in requests if r is not None])
+        results = self.generate([r for r in requests if r is not None])
         it = iter(results)
         out_texts, out_tokens, out_err, out_prompt = [], [], [], []
         for i, req in enumerate(requests):
@@ -135,6 +135,33 @@ class _EngineUDF:
         batch["prompt_tokens"] = np.array(out_prompt)
         batch["error"] = np.array(out_err, dtype=object)
         return batch
+
+
+class _EngineUDF(_BatchGenerator):
+    """One engine per pool actor."""
+
+    def __init__(
+        self, checkpoint: str, cfg: RolloutConfig, dtype: str, build_request: Callable[[dict], GenerationRequest]
+    ):
+        self.engine = make_engine(checkpoint, cfg, dtype)
+        self.build_request = build_request
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        return self.engine.generate(requests)
+
+
+class _WorkersUDF(_BatchGenerator):
+    """No engine of its own: each batch goes to one of running rollout workers (`RolloutWorker` actors), in
+    turn from a random start, so that the pool's forwarders share the workers."""
+
+    def __init__(self, workers: list, build_request: Callable[[dict], GenerationRequest]):
+        self.workers, self.build_request = workers, build_request
+        self.turn = random.randrange(len(workers))
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        worker = self.workers[self.turn % len(self.workers)]
+        self.turn += 1
+        return ray.get(worker.generate.remote(requests))
 
 
 def _list_column(values: list[list]) -> np.ndarray:
@@ -153,12 +180,24 @@ def generate_dataset(
     build_request: Callable[[dict], GenerationRequest],
     dtype: str = "bfloat16",
     batch_size: int | None = None,
+    workers: list | None = None,
 ) -> ray.data.Dataset:
     """Every row plus `completions`, `completion_tokens`, `prompt_tokens` and `error` (None when generated).
 
     Rows whose request was rejected keep their place with the reason in `error`,
-    so the caller can route them to `rejected`.
+    so the caller can route them to `rejected`. `workers`: running `RolloutWorker` actors that already hold
+    `checkpoint`'s weights generate, instead of a pool of new engines (no engine start, no second claim on
+    the accelerators).
     """
+    if workers:
+        return ds.map_batches(
+            _WorkersUDF,
+            fn_constructor_args=(workers, build_request),
+            batch_size=batch_size or cfg.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=len(workers)),
+            num_cpus=0,  # forwarders: the workers' own bundles hold the resources
+        )
     bundle = worker_resources(cfg)
     return ds.map_batches(
         _EngineUDF,
