@@ -296,28 +296,28 @@ def _build(t: TinyModelConfig, z: ZooConfig, task, out_dir: str, log) -> dict:
     clock.lap("render_and_tokenizer")
     with atomic_dir(out_dir) as tmp:
         vision = InternVLVisionModel(tiny_vision_config(t))
-        vision_done = _in_child(
+        with _InChild(
             _train_vision, vision.config, vision.state_dict(), torch.get_rng_state(), rows, list(task.SCENE_WORDS),
             z, os.path.join(tmp, "vision"),
-        )  # fmt: skip
-        text_cfg = tiny_text_config(t, base_tok)
-        text_cfg.vocab_size = max(text_cfg.vocab_size, len(sub_tok), len(reason_tok))
-        torch.manual_seed(z.seed + 1)
-        base = Qwen2ForCausalLM(text_cfg)
-        renderer = TextRenderer(base_tok, task, text_cfg.vocab_size)
-        base, record["base"] = train_lm(
-            base, renderer, rows, (direct_response, think_response), z.base_steps, z.learning_rate, z, log, "base"
-        )
-        record["vision"] = vision_done()
+        ) as vision_child:  # fmt: skip
+            text_cfg = tiny_text_config(t, base_tok)
+            text_cfg.vocab_size = max(text_cfg.vocab_size, len(sub_tok), len(reason_tok))
+            torch.manual_seed(z.seed + 1)
+            base = Qwen2ForCausalLM(text_cfg)
+            renderer = TextRenderer(base_tok, task, text_cfg.vocab_size)
+            base, record["base"] = train_lm(
+                base, renderer, rows, (direct_response, think_response), z.base_steps, z.learning_rate, z, log, "base"
+            )
+            record["vision"] = vision_child.result()
         clock.lap("vision_and_base")
 
         # The substitute answers directly (greedy: its majority style) but still models chains, so MLP-init's
         # <think> targets train the projector on the image's content rather than on switching the LLM's style.
         tune = (text_cfg, base.state_dict(), base_tok, task.__name__, rows, held_out, z)
-        reasoning = _in_child(_tune, "reasoning_llm", reason_tok, (think_response,), *tune, tmp)
-        substitute = (direct_response,) * 3 + (think_response,)
-        record["substitute_llm"] = _tune("substitute_llm", sub_tok, substitute, *tune, tmp, log)
-        record["reasoning_llm"] = reasoning()
+        with _InChild(_tune, "reasoning_llm", reason_tok, (think_response,), *tune, tmp) as reasoning_child:
+            substitute = (direct_response,) * 3 + (think_response,)
+            record["substitute_llm"] = _tune("substitute_llm", sub_tok, substitute, *tune, tmp, log)
+            record["reasoning_llm"] = reasoning_child.result()
         clock.lap("tunes")
         record["build_s"] = round(time.time() - start, 1)
         with open(os.path.join(tmp, "zoo.json"), "w") as f:
@@ -326,25 +326,31 @@ def _build(t: TinyModelConfig, z: ZooConfig, task, out_dir: str, log) -> dict:
     return record
 
 
-def _in_child(fn, *args):
-    """Start `fn(*args)` in a fresh interpreter on one intra-op thread, like the parent's; returns a function
-    that waits for its result. (Not multiprocessing's spawn: it re-runs the caller's main script.) The call
-    and its result travel as pickles in a private temporary directory."""
-    work = tempfile.mkdtemp(prefix="r1v_zoo_")
-    with open(os.path.join(work, "call.pkl"), "wb") as f:
-        pickle.dump((fn, args), f)
-    proc = subprocess.Popen([sys.executable, "-m", "r1v_ray.model.zoo", work])
+class _InChild:
+    """`fn(*args)` in a fresh interpreter on one intra-op thread, like the parent's (not multiprocessing's
+    spawn: it re-runs the caller's main script). The call and its result travel as pickles in a private
+    temporary directory. Left before its result was taken (the parent failed), the child is stopped."""
 
-    def result():
-        try:
-            if proc.wait() != 0:
-                raise RuntimeError(f"the zoo's {fn.__name__} failed in its process (exit code {proc.returncode})")
-            with open(os.path.join(work, "result.pkl"), "rb") as f:
-                return pickle.load(f)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+    def __init__(self, fn, *args):
+        self.name, self.work = fn.__name__, tempfile.mkdtemp(prefix="r1v_zoo_")
+        with open(os.path.join(self.work, "call.pkl"), "wb") as f:
+            pickle.dump((fn, args), f)
+        self.proc = subprocess.Popen([sys.executable, "-m", "r1v_ray.model.zoo", self.work])
 
-    return result
+    def result(self):
+        if self.proc.wait() != 0:
+            raise RuntimeError(f"the zoo's {self.name} failed in its process (exit code {self.proc.returncode})")
+        with open(os.path.join(self.work, "result.pkl"), "rb") as f:
+            return pickle.load(f)
+
+    def __enter__(self) -> _InChild:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.work, ignore_errors=True)
 
 
 def _child(work: str) -> None:

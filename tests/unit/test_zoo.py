@@ -3,7 +3,9 @@ tokenizers, loaded through the same `load_*` functions as real parts, pretrained
 sequence the stages send (the scene's words where the image tokens stand)."""
 
 import io
+import operator
 import os
+import time
 
 import pytest
 import torch
@@ -97,6 +99,17 @@ def test_parts_trained_in_child_processes_equal_one_process_training_them_in_tur
     for built, here in ((load_vision(paths.vision), vision), (load_llm(paths.reasoning_llm)[0], reasoning)):
         state = here.state_dict()
         assert all(torch.equal(v, state[k]) for k, v in built.state_dict().items())
+
+
+def test_a_part_in_its_own_process_returns_its_result_raises_its_failure_and_is_stopped_when_left():
+    with zoo_module._InChild(operator.add, 2, 3) as child:
+        assert child.result() == 5
+    with zoo_module._InChild(operator.truediv, 1, 0) as child:
+        with pytest.raises(RuntimeError, match="zoo's truediv failed in its process"):
+            child.result()
+    with zoo_module._InChild(time.sleep, 600) as child:
+        pass  # the parent failed before asking for the result
+    assert child.proc.returncode is not None and not os.path.exists(child.work)
 
 
 def test_the_zoo_needs_a_task():
