@@ -111,9 +111,10 @@ def test_generate_over_a_ray_dataset(local_ray, tiny_checkpoint):
     assert len(good) == 5 and all(len(r["completions"]) == 1 for r in good)
 
 
-def test_a_dataset_through_running_workers_gets_what_a_new_engine_pool_gets(local_ray, tiny_checkpoint, vllm_worker):
+def test_a_dataset_through_running_workers_gets_what_a_new_engine_pool_gets(local_ray, tiny_checkpoint):
     """GRPO evaluates its final weights on its own rollout workers: no engine of its own starts, and the same
-    seeded requests give the same rows as a fresh pool of engines (a rejected row keeps its reason)."""
+    seeded requests give the same rows as a fresh pool of engines (a rejected row keeps its reason). Its own
+    worker: the module's `vllm_worker` has had its weights updated by another test."""
     rows = [make_row(0, "test", i) for i in range(6)]
     rows[2]["question"] = "why " * 700
 
@@ -123,15 +124,22 @@ def test_a_dataset_through_running_workers_gets_what_a_new_engine_pool_gets(loca
         return GenerationRequest(messages=msgs, images=[row["image"]], sampling=sampling)
 
     cfg = RolloutConfig(backend="vllm", device="cpu", num_workers=1, max_model_len=512, cpu_kvcache_gib=1)
-    fresh, forwarded = (
-        {
-            r["id"]: r
-            for r in generate_dataset(
-                ray.data.from_items(rows), tiny_checkpoint, cfg, build, "float32", 4, w
-            ).take_all()
-        }
-        for w in (None, [vllm_worker])
-    )
+    pg = rollout_placement_group(cfg, name="rollout-forwarded")  # beside the module's worker's group
+    workers = create_rollout_workers(tiny_checkpoint, cfg, dtype="float32", pg=pg)
+    try:
+        fresh, forwarded = (
+            {
+                r["id"]: r
+                for r in generate_dataset(
+                    ray.data.from_items(rows), tiny_checkpoint, cfg, build, "float32", 4, w
+                ).take_all()
+            }
+            for w in (None, workers)
+        )
+    finally:
+        for w in workers:
+            ray.kill(w)
+        ray.util.remove_placement_group(pg)
     assert fresh.keys() == forwarded.keys() == {r["id"] for r in rows}
     for key, row in fresh.items():
         assert row["error"] == forwarded[key]["error"]
