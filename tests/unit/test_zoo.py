@@ -16,7 +16,7 @@ import r1v_ray.model.zoo as zoo_module
 from r1v_ray.config import ModelConfig, TinyModelConfig, ZooConfig
 from r1v_ray.data import synthetic
 from r1v_ray.model.assemble import build_processor
-from r1v_ray.model.factory import load_llm, load_vision, part_paths, tiny_text_config, tiny_vision_config
+from r1v_ray.model.factory import PartPaths, load_llm, load_vision, part_paths, tiny_text_config, tiny_vision_config
 from r1v_ray.model.tokenizer import IMAGE_TOKENS, has_image_tokens
 from r1v_ray.model.zoo import REASONING_SPECIAL, TextRenderer, _tokenizers, scene_token, zoo_dir, zoo_key
 from r1v_ray.prompts import user_turn
@@ -70,34 +70,45 @@ def test_the_build_is_deterministic_by_seed(zoo, tmp_path):
     assert all(torch.equal(v1[k], v2[k]) for k in v1)
 
 
-def test_parts_trained_in_child_processes_equal_one_process_training_them_in_turn(zoo):
-    """The tower and the reasoning LLM train in child processes: each must get the weights one process would
-    (the tower's prediction head draws from the global generator where building the tower left it)."""
-    cfg, paths = zoo
-    t, z = cfg.tiny, cfg.zoo
-    threads = torch.get_num_threads()
+def _in_turn(t: TinyModelConfig, z: ZooConfig) -> tuple[dict, dict]:
+    """The tower's and the reasoning LLM's weights as one process building the zoo in turn trains them."""
     torch.set_num_threads(1)  # as the build does
-    try:
-        torch.manual_seed(z.seed)
-        rows = zoo_module._rows(synthetic, z, z.rows, "zoo")
-        base_tok, sub_tok, reason_tok = _tokenizers(synthetic, t)
-        vision = InternVLVisionModel(tiny_vision_config(t))
-        zoo_module.pretrain_vision(vision, rows, list(synthetic.SCENE_WORDS), z, lambda *_: None)
-        text_cfg = tiny_text_config(t, base_tok)
-        text_cfg.vocab_size = max(text_cfg.vocab_size, len(sub_tok), len(reason_tok))
-        torch.manual_seed(z.seed + 1)
-        renderer = TextRenderer(base_tok, synthetic, text_cfg.vocab_size)
-        styles = (zoo_module.direct_response, zoo_module.think_response)
-        base, _ = zoo_module.train_lm(
-            Qwen2ForCausalLM(text_cfg), renderer, rows, styles, z.base_steps, z.learning_rate, z, print, "base"
-        )
-        reasoning, _ = zoo_module.train_lm(
-            base, renderer, rows, styles[1:], z.tune_steps, z.learning_rate / 4, z, print, "reasoning_llm"
-        )
-    finally:
-        torch.set_num_threads(threads)
-    for built, here in ((load_vision(paths.vision), vision), (load_llm(paths.reasoning_llm)[0], reasoning)):
-        state = here.state_dict()
+    torch.manual_seed(z.seed)
+    rows = zoo_module._rows(synthetic, z, z.rows, "zoo")
+    base_tok, sub_tok, reason_tok = _tokenizers(synthetic, t)
+    vision = InternVLVisionModel(tiny_vision_config(t))
+    zoo_module.pretrain_vision(vision, rows, list(synthetic.SCENE_WORDS), z, lambda *_: None)
+    text_cfg = tiny_text_config(t, base_tok)
+    text_cfg.vocab_size = max(text_cfg.vocab_size, len(sub_tok), len(reason_tok))
+    torch.manual_seed(z.seed + 1)
+    renderer = TextRenderer(base_tok, synthetic, text_cfg.vocab_size)
+    styles = (zoo_module.direct_response, zoo_module.think_response)
+    base, _ = zoo_module.train_lm(
+        Qwen2ForCausalLM(text_cfg), renderer, rows, styles, z.base_steps, z.learning_rate, z, print, "base"
+    )
+    reasoning, _ = zoo_module.train_lm(
+        base, renderer, rows, styles[1:], z.tune_steps, z.learning_rate / 4, z, print, "reasoning_llm"
+    )
+    return vision.state_dict(), reasoning.state_dict()
+
+
+def _build(cache: str) -> PartPaths:
+    return part_paths(_cfg(cache), "unused", task=synthetic)
+
+
+def test_parts_trained_in_child_processes_equal_one_process_training_them_in_turn(tmp_path, monkeypatch):
+    """The tower and the reasoning LLM train in child processes: each must get the weights one process would
+    (the tower's prediction head draws from the global generator where building the tower left it). Build and
+    reference each run in a fresh interpreter: an in-process vLLM (earlier tests) turns this process's
+    `torch.set_num_threads` into a no-op, and thread counts change the last bits."""
+    here = os.path.dirname(os.path.abspath(__file__))  # the children import this module to find its functions
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+    cfg = _cfg(str(tmp_path))
+    with zoo_module._InChild(_build, str(tmp_path)) as child:
+        paths = child.result()
+    with zoo_module._InChild(_in_turn, cfg.tiny, cfg.zoo) as child:
+        vision, reasoning = child.result()
+    for built, state in ((load_vision(paths.vision), vision), (load_llm(paths.reasoning_llm)[0], reasoning)):
         assert all(torch.equal(v, state[k]) for k, v in built.state_dict().items())
 
 
