@@ -252,6 +252,11 @@ class SFTConfig:
     error_set_max_tokens: int = 8192  # generation length when collecting E_{t-1}
     max_failures: int = 1  # Ray Train FailureConfig: worker failures survived by resuming
     node_resource: str | None = None  # custom resource each worker asks 1 of (cluster.yaml: "learner")
+    # One set of rollout engines serves every generation pass of the stage (evaluations, error sets,
+    # re-distillation), each new model's weights loaded in place: no engine start per pass. The engines then
+    # hold their rollout.num_workers bundles while the trainers run, so the cluster needs room for both
+    # (rollout.node_resource gives them nodes of their own); off, each pass starts and frees its engines.
+    keep_rollout_engines: bool = False
 
 
 @dataclass

@@ -45,6 +45,7 @@ IGNORED = (
     "sft.log_every_steps",
     "sft.max_failures",
     "sft.node_resource",
+    "sft.keep_rollout_engines",
     "grpo.num_learners",
     "grpo.node_resource",
     "grpo.checkpoint_every_steps",

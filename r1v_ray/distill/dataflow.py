@@ -29,7 +29,7 @@ from r1v_ray.data.validate import UniqueIds
 from r1v_ray.distill.drlc import repetition_penalty
 from r1v_ray.distill.udfs import USAGE_COLUMNS, Assess, RMScore, SelfDistill
 from r1v_ray.engines.judge import judge_api_key
-from r1v_ray.engines.rollout.actor import worker_resources, worker_runtime_env
+from r1v_ray.engines.rollout.actor import pool_options
 from r1v_ray.metrics import StageMetrics
 from r1v_ray.run_dir import BOUNDS, METRICS, RunLayout
 
@@ -236,14 +236,15 @@ def assess(cfg: R1VConfig, ds: ray.data.Dataset, out_dir: str, stage: str = "dis
     return pass1
 
 
-def _generated(cfg: R1VConfig, assessed: str, bounds: dict, model: str) -> ray.data.Dataset:
+def _generated(
+    cfg: R1VConfig, assessed: str, bounds: dict, model: str, workers: list | None = None
+) -> ray.data.Dataset:
     """Pass 2's dataset: each row's DRLC penalty from the normalized scores, then generation, verification
-    and revision by a pool of engine actors."""
+    and revision by a pool of engine actors (or of forwarders to running `workers` that hold `model`)."""
     d, rollout = cfg.distill, cfg.rollout
     scored = ray.data.read_parquet(assessed).map_batches(
         add_penalty, fn_kwargs=dict(bounds=bounds, alpha=d.alpha, beta=d.beta, gamma=d.gamma), batch_format="pyarrow"
     )
-    bundle = worker_resources(rollout)
     return scored.map_batches(
         SelfDistill,
         fn_constructor_args=(
@@ -256,24 +257,24 @@ def _generated(cfg: R1VConfig, assessed: str, bounds: dict, model: str) -> ray.d
             d,
             cfg.seed,
             judge_api_key(cfg.judge),
+            workers,
         ),
         batch_size=d.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=rollout.num_workers),
-        num_cpus=bundle["CPU"],
-        num_gpus=bundle.get("GPU", 0),
-        runtime_env=worker_runtime_env(rollout),
-        resources={k: v for k, v in bundle.items() if k not in ("CPU", "GPU")} or None,
+        **pool_options(rollout, workers),
     )
 
 
-def distill(cfg: R1VConfig, ds: ray.data.Dataset, model: str, out_dir: str, stage: str = "distill") -> dict:
-    """Both passes over `ds`; writes `assessed/`, `data/`, `rejected_assess/`, `rejected/` under `out_dir`."""
+def distill(
+    cfg: R1VConfig, ds: ray.data.Dataset, model: str, out_dir: str, stage: str = "distill", workers: list | None = None
+) -> dict:
+    """Both passes over `ds`; writes `assessed/`, `data/`, `rejected_assess/`, `rejected/` under `out_dir`.
+    `workers`: running rollout workers that hold `model` generate, instead of a pool of new engines."""
     pass1 = assess(cfg, ds, out_dir, stage)
     if pass1["rows_out"] == 0:
         raise ValueError(f"{stage}: every row was rejected while scoring; see {out_dir}/rejected_assess")
     bounds = {s: tuple(v) for s, v in pass1["bounds"].items()}
-    generated = _generated(cfg, store.join(out_dir, "assessed"), bounds, model)
+    generated = _generated(cfg, store.join(out_dir, "assessed"), bounds, model, workers)
     corr, counts = Correlation(), {"correct": 0, "revised": 0}
     penalty = {"min": math.inf, "max": -math.inf}
 

@@ -19,6 +19,7 @@ from r1v_ray.config_rules import ASSESSMENT_COLUMNS
 from r1v_ray.engines.judge import JudgeError, Usage, image_clarity, make_judge, split_think
 from r1v_ray.engines.judge.base import RevisionImpossible
 from r1v_ray.engines.rollout import GenerationRequest, make_engine
+from r1v_ray.engines.rollout.actor import WorkerClient
 from r1v_ray.prompts import paper_request
 
 USAGE_COLUMNS = list(Usage().as_dict())
@@ -160,9 +161,11 @@ class SelfDistill(_JudgePool):
         distill: DistillConfig,
         seed: int,
         api_key: str | None = None,
+        workers: list | None = None,
     ):
         super().__init__(judge_cfg, cache_dir, num_actors, api_key)
-        self.engine = make_engine(checkpoint, rollout, dtype)
+        # With `workers`: running rollout workers that hold `checkpoint` generate; no engine of its own.
+        self.engine = WorkerClient(workers) if workers else make_engine(checkpoint, rollout, dtype)
         self.cfg, self.seed = distill, seed
 
     def _generate(self, rows: list[dict], hint: bool) -> list[tuple[str | None, int, str | None]]:

@@ -13,25 +13,30 @@ from r1v_ray import store
 from r1v_ray.atomic import write_json_atomic
 from r1v_ray.config import R1VConfig
 from r1v_ray.distill.dataflow import distill, score
+from r1v_ray.engines.rollout.actor import HeldWorkers
 from r1v_ray.run_dir import BOUNDS, RunLayout
 from r1v_ray.stages.manifest import StageRun
 
 
-def redistill_hook(cfg: R1VConfig, run: StageRun) -> Callable[[int, str], str] | None:
-    """`before_iteration(t, model)` for iterative SFT: re-distill with M_{t-1}, re-score; returns the new data."""
+def redistill_hook(cfg: R1VConfig, run: StageRun) -> Callable[..., str] | None:
+    """`before_iteration(t, model, engines=None)` for iterative SFT: re-distill with M_{t-1} (on the stage's
+    held rollout workers, `engines`, when given), re-score; returns the new data."""
     distilled = StageRun(cfg, "distill")
     if not cfg.distill.before_iterations or not distilled.complete:
         return None
     train = distilled.manifest["inputs"]["train"]
     train_uri = train["path"] if isinstance(train, dict) else train
 
-    def before_iteration(t: int, model: str) -> str:
+    def before_iteration(t: int, model: str, engines: HeldWorkers | None = None) -> str:
         done = RunLayout(cfg.run_dir).redistill_done(t)
         out = store.dirname(done)
         if store.is_file(done):
             return store.read_json(done)["data"]
         reuse_first_pass(distilled.dir, store.join(out, "distill"))
-        d = distill(cfg, ray.data.read_parquet(train_uri), model, store.join(out, "distill"), stage=f"sft/M{t}/distill")
+        workers = engines.serving(model) if engines else None
+        d = distill(
+            cfg, ray.data.read_parquet(train_uri), model, store.join(out, "distill"), f"sft/M{t}/distill", workers
+        )
         s = score(
             cfg,
             ray.data.read_parquet(store.join(out, "distill", "data")),

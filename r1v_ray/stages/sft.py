@@ -9,11 +9,13 @@ checkpoints.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 from r1v_ray import store
 from r1v_ray.config import R1VConfig
 from r1v_ray.data.io import read_parquet
 from r1v_ray.data.select import all_rows, d_rm, with_errors
+from r1v_ray.engines.rollout.actor import HeldWorkers
 from r1v_ray.eval.evaluate import run_eval
 from r1v_ray.eval.table import stage_entry
 from r1v_ray.ray_connect import init_ray
@@ -37,11 +39,15 @@ def run(cfg: R1VConfig, force: bool = False) -> dict:
 
 
 class _Evaluations:
-    """Each model's Pass@1 on the test split, as the stage table recorded in the manifest while it runs."""
+    """Each model's Pass@1 on the test split, as the stage table recorded in the manifest while it runs.
+    With `engines`, the stage's held rollout workers generate (`HeldWorkers.serving`)."""
 
-    def __init__(self, cfg: R1VConfig, run: StageRun, test_uri: str):
-        self.cfg, self.run, self.test_uri = cfg, run, test_uri
+    def __init__(self, cfg: R1VConfig, run: StageRun, test_uri: str, engines: HeldWorkers | None = None):
+        self.cfg, self.run, self.test_uri, self.engines = cfg, run, test_uri, engines
         self.table: list[dict] = []
+
+    def workers(self, model: str) -> list | None:
+        return self.engines.serving(model) if self.engines else None
 
     def add(self, name: str, model: str, data_uri: str, errors_for: str | None = None) -> None:
         """Evaluate `model` (once: a finished evaluation is kept); with `errors_for`, the same engine pass
@@ -51,7 +57,8 @@ class _Evaluations:
         ids_done = errors_for is None or store.is_file(run.path_for(errors_for, ERROR_IDS))
         if not store.is_file(path) or not ids_done:
             errors = ErrorSetPass(self.cfg, data_uri) if errors_for else None
-            run_eval(self.cfg, model, self.test_uri, store.dirname(path), name, errors.side_pass() if errors else None)
+            side = errors.side_pass() if errors else None
+            run_eval(self.cfg, model, self.test_uri, store.dirname(path), name, side, workers=self.workers(model))
             if errors:
                 errors.save(run.path_for(errors_for))
         self.table.append(stage_entry(name, store.dirname(path), self.table[-1] if self.table else None))
@@ -81,17 +88,35 @@ def iterative_sft(
     base_model: str,
     train_uri: str,
     test_uri: str,
-    before_iteration: Callable[[int, str], str] | None = None,
+    before_iteration: Callable[..., str] | None = None,
 ) -> tuple[dict, dict]:
     """The stage's body: M0, then M1..MT, each evaluated.
 
-    `before_iteration(t, model)` may return a new train_uri (re-distilled data) before iteration t.
+    `before_iteration(t, model, engines)` may return a new train_uri (re-distilled data) before iteration t;
+    `engines`: the stage's `HeldWorkers` with sft.keep_rollout_engines, else None.
     """
     s = cfg.sft
     if len(s.taus) < s.iterations or len(s.iteration_lrs) < s.iterations:
         raise ValueError(f"sft.taus and sft.iteration_lrs need {s.iterations} entries (sft.iterations)")
+    with HeldWorkers(cfg.rollout, cfg.model.dtype, "sft-rollout") if s.keep_rollout_engines else nullcontext() as held:
+        evals = _Evaluations(cfg, run, test_uri, held)
+        table, iterations, m0 = _models(cfg, run, evals, base_model, train_uri, before_iteration)
+    metrics = {"table": table, "iterations": iterations, "stage1": m0}
+    if held is not None:  # how the held engines got each model: started, or weights loaded in place
+        metrics["engine_loads"] = held.loads
+    return {"model": run.path_for("model")}, metrics
+
+
+def _models(
+    cfg: R1VConfig,
+    run: StageRun,
+    evals: _Evaluations,
+    base_model: str,
+    train_uri: str,
+    before_iteration: Callable[..., str] | None,
+) -> tuple[list[dict], list[dict], dict]:
+    s = cfg.sft
     prefixes = s.trainable_prefixes or cfg.model.trainable_prefixes
-    evals = _Evaluations(cfg, run, test_uri)
     evals.add("reassembled", base_model, train_uri)
     m0 = train(
         cfg, run, "M0", base_model, all_rows(train_uri), s.stage1_learning_rate, prefixes, s.stage1_epochs or s.epochs
@@ -101,10 +126,9 @@ def iterative_sft(
     iterations = []
     for t in range(1, s.iterations + 1):
         if before_iteration is not None:
-            train_uri = before_iteration(t, current)
+            train_uri = before_iteration(t, current, evals.engines)
         iterations.append(_iteration(cfg, run, t, current, train_uri, prefixes))
         current = iterations[-1]["model"]
         evals.add(f"M{t}", current, train_uri, errors_for=f"M{t + 1}" if t < s.iterations else None)
-    final = run.path_for("model")
-    publish(current, final)
-    return {"model": final}, {"table": evals.table, "iterations": iterations, "stage1": m0}
+    publish(current, run.path_for("model"))
+    return evals.table, iterations, m0

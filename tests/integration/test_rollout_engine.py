@@ -1,13 +1,23 @@
 """The rollout engine on a local Ray: vLLM and HF agree, weight updates land, long prompts are rejected."""
 
+import json
+import os
+import shutil
+
 import pytest
 import ray
 import torch
+from safetensors.torch import load_file, save_file
 
 from r1v_ray.config import RolloutConfig
 from r1v_ray.data.synthetic import make_row
 from r1v_ray.engines.rollout import GenerationRequest, HFEngine, Sampling
-from r1v_ray.engines.rollout.actor import create_rollout_workers, generate_dataset, rollout_placement_group
+from r1v_ray.engines.rollout.actor import (
+    HeldWorkers,
+    create_rollout_workers,
+    generate_dataset,
+    rollout_placement_group,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -111,10 +121,31 @@ def test_generate_over_a_ray_dataset(local_ray, tiny_checkpoint):
     assert len(good) == 5 and all(len(r["completions"]) == 1 for r in good)
 
 
-def test_a_dataset_through_running_workers_gets_what_a_new_engine_pool_gets(local_ray, tiny_checkpoint):
-    """GRPO evaluates its final weights on its own rollout workers: no engine of its own starts, and the same
-    seeded requests give the same rows as a fresh pool of engines (a rejected row keeps its reason). Its own
-    worker: the module's `vllm_worker` has had its weights updated by another test."""
+def _changed_copy(src, dst, config_extra: dict | None = None):
+    """A copy of checkpoint `src`: new LLM weights, or (with `config_extra`) the same weights and a config with
+    more keys (an engine cannot tell it holds that model)."""
+    shutil.copytree(src, dst)
+    if config_extra:
+        with open(os.path.join(dst, "config.json")) as f:
+            config = json.load(f)
+        with open(os.path.join(dst, "config.json"), "w") as f:
+            json.dump({**config, **config_extra}, f)
+        return str(dst)
+    weights = load_file(os.path.join(src, "model.safetensors"))
+    gen = torch.Generator().manual_seed(0)
+    for name, t in weights.items():
+        if name.startswith("language_model.") and t.is_floating_point():
+            weights[name] = t + 0.05 * torch.randn(t.shape, generator=gen)
+    save_file(weights, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+    return str(dst)
+
+
+def test_held_workers_load_each_model_in_place_and_generate_what_a_new_engine_pool_gets(
+    local_ray, tiny_checkpoint, tmp_path
+):
+    """A stage's held rollout workers (`HeldWorkers`): the engine started on one checkpoint, given the next
+    one's weights in place, gives the same seeded rows as a fresh pool of engines on that checkpoint (a
+    rejected row keeps its reason); a checkpoint whose config differs gets new workers."""
     rows = [make_row(0, "test", i) for i in range(6)]
     rows[2]["question"] = "why " * 700
 
@@ -123,28 +154,24 @@ def test_a_dataset_through_running_workers_gets_what_a_new_engine_pool_gets(loca
         sampling = Sampling(n=2, temperature=1.0, max_tokens=6, seed=int(row["id"].rsplit("-", 1)[-1]))
         return GenerationRequest(messages=msgs, images=[row["image"]], sampling=sampling)
 
+    def generated(model, workers=None):
+        out = generate_dataset(ray.data.from_items(rows), model, cfg, build, "float32", 4, workers).take_all()
+        return {r["id"]: (r["error"], list(r["completions"])) for r in out}
+
     cfg = RolloutConfig(backend="vllm", device="cpu", num_workers=1, max_model_len=512, cpu_kvcache_gib=1)
-    pg = rollout_placement_group(cfg, name="rollout-forwarded")  # beside the module's worker's group
-    workers = create_rollout_workers(tiny_checkpoint, cfg, dtype="float32", pg=pg)
-    try:
-        fresh, forwarded = (
-            {
-                r["id"]: r
-                for r in generate_dataset(
-                    ray.data.from_items(rows), tiny_checkpoint, cfg, build, "float32", 4, w
-                ).take_all()
-            }
-            for w in (None, workers)
-        )
-    finally:
-        for w in workers:
-            ray.kill(w)
-        ray.util.remove_placement_group(pg)
-    assert fresh.keys() == forwarded.keys() == {r["id"] for r in rows}
-    for key, row in fresh.items():
-        assert row["error"] == forwarded[key]["error"]
-        assert list(row["completions"]) == list(forwarded[key]["completions"])
-    assert "prompt too long" in forwarded[rows[2]["id"]]["error"]
+    second = _changed_copy(tiny_checkpoint, tmp_path / "second")
+    renamed = _changed_copy(second, tmp_path / "renamed", config_extra={"r1v_note": "another model"})
+    with HeldWorkers(cfg, "float32", "rollout-held") as held:  # beside the module's worker's group
+        first_workers = held.serving(tiny_checkpoint)
+        before = generated(tiny_checkpoint, held.serving(tiny_checkpoint))
+        assert held.serving(second) == first_workers and held.loads == {"started": 1, "in_place": 1}
+        after = generated(second, held.serving(second))
+        assert held.serving(renamed) != first_workers and held.loads == {"started": 2, "in_place": 1}
+    fresh = generated(second)
+    assert fresh.keys() == after.keys() == {r["id"] for r in rows}
+    assert after == fresh
+    assert after != before, "the second checkpoint's weights did not reach generation"
+    assert "prompt too long" in after[rows[2]["id"]][0]
 
 
 def test_many_seeded_requests_in_one_batch(vllm_worker):

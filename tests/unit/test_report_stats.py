@@ -156,7 +156,7 @@ def test_iterative_sft_table_entries_carry_std_and_ci(tmp_path, monkeypatch):
 
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "sft.iterations=0"])
     monkeypatch.setattr(
-        sft, "run_eval", lambda cfg, model, data, out_dir, name, side: _eval_dir(out_dir, CORRECT[name])
+        sft, "run_eval", lambda cfg, model, data, out_dir, name, side, workers=None: _eval_dir(out_dir, CORRECT[name])
     )
     (tmp_path / "m0").mkdir()
     monkeypatch.setattr(sft, "train", lambda *args, **kw: {"model": str(tmp_path / "m0")})
@@ -181,7 +181,7 @@ def test_stage1_epochs_set_m0s_passes(tmp_path, monkeypatch):
     overrides = ["sft.iterations=0", "sft.epochs=2", "sft.stage1_epochs=5"]
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", *overrides])
     monkeypatch.setattr(
-        sft, "run_eval", lambda cfg, model, data, out_dir, name, side: _eval_dir(out_dir, CORRECT[name])
+        sft, "run_eval", lambda cfg, model, data, out_dir, name, side, workers=None: _eval_dir(out_dir, CORRECT[name])
     )
     epochs = []
 

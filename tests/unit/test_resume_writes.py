@@ -88,7 +88,7 @@ def test_redistill_never_trusts_a_half_copied_first_pass(tmp_path, monkeypatch):
     _finished_distill(cfg, rows=10)
     seen = []
 
-    def fake_distill(cfg, ds, model, out_dir, stage):
+    def fake_distill(cfg, ds, model, out_dir, stage, workers=None):
         assert os.path.exists(os.path.join(out_dir, "bounds.json"))
         seen.append(read_parquet(os.path.join(out_dir, "assessed")).num_rows)
         write_parquet(pa.table({"id": ["0"]}), os.path.join(out_dir, "data"))

@@ -8,18 +8,21 @@ CPU and GPU runs differ only in the resources asked for.
 
 from __future__ import annotations
 
+import json
+import os
 import random
 from collections.abc import Callable
 
 import numpy as np
 import ray
-from ray.util.placement_group import PlacementGroup, placement_group
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from r1v_ray.config import RolloutConfig
 from r1v_ray.engines.rollout import make_engine
 from r1v_ray.engines.rollout.types import GenerationRequest, GenerationResult, resolve_device
 from r1v_ray.engines.rollout.vllm_engine import vllm_env
+from r1v_ray.store import stage_in
 
 
 class RolloutWorker:
@@ -42,6 +45,16 @@ class RolloutWorker:
         self.engine.update_weights(named_tensors)
         return len(named_tensors)
 
+    def load_checkpoint(self, checkpoint: str) -> str | None:
+        """Load `checkpoint`'s weights in place; returns None, or (loading nothing) why this engine cannot
+        hold it: a model whose config or tokenizer differs needs an engine of its own."""
+        local = stage_in(checkpoint)
+        reason = checkpoint_mismatch(stage_in(self.checkpoint), local)
+        if reason is None:
+            self.engine.load_checkpoint(local)
+            self.checkpoint = checkpoint
+        return reason
+
     def sequence_logprobs(self, request: GenerationRequest, completion_ids: list[int]) -> list[float]:
         return self.engine.sequence_logprobs(request, completion_ids)
 
@@ -51,6 +64,18 @@ class RolloutWorker:
     def receive_weights(self, meta: list) -> int:
         self.engine.receive_weights(meta)
         return len(meta)
+
+
+def checkpoint_mismatch(held: str, new: str) -> str | None:
+    """Why an engine started on local checkpoint `held` cannot load `new`'s weights in place, or None."""
+    for name in ("config.json", "tokenizer.json"):
+        a, b = (os.path.join(d, name) for d in (held, new))
+        if not os.path.exists(a) or not os.path.exists(b):
+            return f"{name} missing in {held if not os.path.exists(a) else new}"
+        with open(a) as fa, open(b) as fb:
+            if json.load(fa) != json.load(fb):
+                return f"{name} differs"
+    return None
 
 
 def worker_resources(cfg: RolloutConfig) -> dict:
@@ -99,6 +124,46 @@ def wait_until_loaded(actors: list) -> list:
     """`actors` once every engine has loaded (an engine that failed to start raises here)."""
     ray.get([a.ready.remote() for a in actors])
     return actors
+
+
+class HeldWorkers:
+    """Rollout workers a stage keeps through all its generation passes: `serving(model)` gives workers that
+    hold `model`, loading its weights in place (no engine start) where its config and tokenizer are the held
+    engine's, else starting new workers. `close()` (or leaving the `with` block) stops them."""
+
+    def __init__(self, cfg: RolloutConfig, dtype: str, name: str):
+        self.cfg, self.dtype, self.name = cfg, dtype, name
+        self.workers: list = []
+        self.pg: PlacementGroup | None = None
+        self.model: str | None = None
+        self.loads = {"started": 0, "in_place": 0}  # how each model got to the workers
+
+    def serving(self, model: str) -> list:
+        if self.workers and model != self.model:
+            reasons = ray.get([w.load_checkpoint.remote(model) for w in self.workers])
+            if any(reasons):  # left as they were: this model needs engines of its own
+                self.close()
+            else:
+                self.loads["in_place"] += 1
+        if not self.workers:
+            self.pg = rollout_placement_group(self.cfg, self.name)
+            self.workers = create_rollout_workers(model, self.cfg, self.dtype, self.pg)
+            self.loads["started"] += 1
+        self.model = model
+        return self.workers
+
+    def close(self) -> None:
+        for w in self.workers:
+            ray.kill(w)
+        if self.pg is not None:
+            remove_placement_group(self.pg)
+        self.workers, self.pg, self.model = [], None, None
+
+    def __enter__(self) -> HeldWorkers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class _BatchGenerator:
@@ -150,18 +215,43 @@ class _EngineUDF(_BatchGenerator):
         return self.engine.generate(requests)
 
 
-class _WorkersUDF(_BatchGenerator):
-    """No engine of its own: each batch goes to one of running rollout workers (`RolloutWorker` actors), in
-    turn from a random start, so that the pool's forwarders share the workers."""
+class WorkerClient:
+    """`generate` on running rollout workers (`RolloutWorker` actors): each call goes to one of them, in turn
+    from a random start, so that the forwarders of a pool share the workers."""
 
-    def __init__(self, workers: list, build_request: Callable[[dict], GenerationRequest]):
-        self.workers, self.build_request = workers, build_request
+    def __init__(self, workers: list):
+        self.workers = workers
         self.turn = random.randrange(len(workers))
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         worker = self.workers[self.turn % len(self.workers)]
         self.turn += 1
         return ray.get(worker.generate.remote(requests))
+
+
+class _WorkersUDF(_BatchGenerator):
+    """No engine of its own: batches go to running rollout workers (`WorkerClient`)."""
+
+    def __init__(self, workers: list, build_request: Callable[[dict], GenerationRequest]):
+        self.client, self.build_request = WorkerClient(workers), build_request
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        return self.client.generate(requests)
+
+
+def pool_options(cfg: RolloutConfig, workers: list | None = None) -> dict:
+    """`map_batches` options of a pool of engine actors, or (with `workers`) of forwarders to running workers,
+    one per worker, that hold no resources: the workers' own bundles do."""
+    if workers:
+        return {"compute": ray.data.ActorPoolStrategy(size=len(workers)), "num_cpus": 0}
+    bundle = worker_resources(cfg)
+    return {
+        "compute": ray.data.ActorPoolStrategy(size=cfg.num_workers),
+        "num_cpus": bundle["CPU"],
+        "num_gpus": bundle.get("GPU", 0),
+        "resources": {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")} or None,
+        "runtime_env": worker_runtime_env(cfg),
+    }
 
 
 def _list_column(values: list[list]) -> np.ndarray:
@@ -189,24 +279,13 @@ def generate_dataset(
     `checkpoint`'s weights generate, instead of a pool of new engines (no engine start, no second claim on
     the accelerators).
     """
-    if workers:
-        return ds.map_batches(
-            _WorkersUDF,
-            fn_constructor_args=(workers, build_request),
-            batch_size=batch_size or cfg.batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=len(workers)),
-            num_cpus=0,  # forwarders: the workers' own bundles hold the resources
-        )
-    bundle = worker_resources(cfg)
+    udf, args = (
+        (_WorkersUDF, (workers, build_request)) if workers else (_EngineUDF, (checkpoint, cfg, dtype, build_request))
+    )
     return ds.map_batches(
-        _EngineUDF,
-        fn_constructor_args=(checkpoint, cfg, dtype, build_request),
+        udf,
+        fn_constructor_args=args,
         batch_size=batch_size or cfg.batch_size,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
-        num_cpus=bundle["CPU"],
-        num_gpus=bundle.get("GPU", 0),
-        resources={k: v for k, v in bundle.items() if k not in ("CPU", "GPU")} or None,
-        runtime_env=worker_runtime_env(cfg),
+        **pool_options(cfg, workers),
     )

@@ -11,12 +11,15 @@ from r1v_ray.prompts import GenerationRequest, PromptBuilder, RequestRejected
 
 class HFEngine(RolloutEngine):
     def __init__(self, checkpoint: str, cfg: RolloutConfig, dtype: str = "float32"):
+        self.device, self.dtype, self.max_model_len = resolve_device(cfg.device), dtype, cfg.max_model_len
+        self.load_checkpoint(checkpoint)
+
+    def load_checkpoint(self, checkpoint: str) -> None:
         from r1v_ray.model.assemble import load_checkpoint
 
-        self.device = resolve_device(cfg.device)
-        self.model, self.processor = load_checkpoint(checkpoint, dtype=dtype, device=self.device)
+        self.model, self.processor = load_checkpoint(checkpoint, dtype=self.dtype, device=self.device)
         self.tokenizer = self.processor.tokenizer
-        self.prompts = PromptBuilder(self.processor, cfg.max_model_len)
+        self.prompts = PromptBuilder(self.processor, self.max_model_len)
 
     def _inputs(self, text: str, images: list) -> dict:
         kwargs = {"text": [text], "return_tensors": "pt"}

@@ -86,6 +86,11 @@ class RolloutEngine(ABC):
         """Load (a subset of) HF-named tensors in place; later generations use them."""
 
     @abstractmethod
+    def load_checkpoint(self, checkpoint: str) -> None:
+        """Every weight of a local checkpoint folder in place of the current ones (same architecture and
+        tokenizer: `RolloutWorker.load_checkpoint` checks); later generations use them."""
+
+    @abstractmethod
     def sequence_logprobs(self, request: GenerationRequest, completion_ids: list[int]) -> list[float]:
         """Log-probs the current weights give `completion_ids` after the request's prompt."""
 

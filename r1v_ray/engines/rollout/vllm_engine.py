@@ -151,6 +151,15 @@ class VLLMEngine(RolloutEngine):
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(named_tensors.items())})
         self._reset_caches()
 
+    def load_checkpoint(self, checkpoint: str) -> None:
+        from transformers import AutoProcessor
+
+        # vLLM's own reload from disk: each worker streams the files (tensor-parallel shards included).
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": checkpoint})
+        self._reset_caches()
+        self.processor = AutoProcessor.from_pretrained(checkpoint)
+        self.prompts = PromptBuilder(self.processor, self.cfg.max_model_len)
+
     def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int) -> int:
         if self.device != "cuda":
             raise NotImplementedError("grpo.weight_sync=nccl needs CUDA rollout workers; use object_store on CPU")
