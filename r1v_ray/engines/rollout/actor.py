@@ -29,8 +29,8 @@ class RolloutWorker:
     """Holds one engine; Ray actor methods mirror the RolloutEngine interface."""
 
     def __init__(self, checkpoint: str, cfg: RolloutConfig, dtype: str = "bfloat16"):
-        self.checkpoint = checkpoint
-        self.engine = make_engine(checkpoint, cfg, dtype)
+        self.checkpoint, self.local = checkpoint, stage_in(checkpoint)  # the local folder the engine holds
+        self.engine = make_engine(self.local, cfg, dtype)
 
     def ready(self) -> str:
         return self.checkpoint
@@ -49,10 +49,10 @@ class RolloutWorker:
         """Load `checkpoint`'s weights in place; returns None, or (loading nothing) why this engine cannot
         hold it: a model whose config or tokenizer differs needs an engine of its own."""
         local = stage_in(checkpoint)
-        reason = checkpoint_mismatch(stage_in(self.checkpoint), local)
+        reason = checkpoint_mismatch(self.local, local)
         if reason is None:
             self.engine.load_checkpoint(local)
-            self.checkpoint = checkpoint
+            self.checkpoint, self.local = checkpoint, local
         return reason
 
     def sequence_logprobs(self, request: GenerationRequest, completion_ids: list[int]) -> list[float]:
