@@ -1,4 +1,5 @@
 """One Ray Train worker's SFT run, torchtune's recipe shape: setup, resume, train_step, save_checkpoint.
+A worker runs a chain of jobs one after the other (`train_loop_per_worker`), each a recipe of its own.
 
 Every rank runs the same collectives in the same order: token counts and statistics are all-reduced,
 the ids each rank trained on are gathered (rank 0 records them), and an empty micro-batch slot at the end
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 
 import torch
 
 from r1v_ray import append_log, store
+from r1v_ray.run_dir import TRAIN_MODEL
 from r1v_ray.sft.data import WorkerShard, interleave_ranks
 from r1v_ray.sft.trainer import (
     METRICS_FILE,
@@ -60,22 +63,29 @@ class SFTRecipe:
         self.window = (time.time(), 0, 0)  # (start, tokens, samples) since the last logged step
 
     def resume(self) -> None:
-        """From Ray Train's latest checkpoint of this run, if any; else start the run's records afresh."""
+        """From Ray Train's latest checkpoint of this job, if any; else start the job's records afresh. In a
+        chain the latest checkpoint may be the job before's: its `state.json` names its job."""
         import ray.train
 
         from r1v_ray.metrics import truncate_after
 
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
+        state = None
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                with open(os.path.join(d, "state.json")) as f:
+                    state = json.load(f)
+                if state.get("stage", self.job.stage) == self.job.stage:
+                    self.learner.load_state(d)
+                    load_rng(os.path.join(d, f"rng_rank{self.rank}.json"))
+                else:
+                    state = None
+        if state is None:
             if self.rank == 0:
                 for path in (self.seen_path, self.metrics.path):
                     store.write_text(path, "")
             return
-        with checkpoint.as_directory() as d:
-            self.learner.load_state(d)
-            with open(os.path.join(d, "state.json")) as f:
-                self.global_step = json.load(f)["global_step"]
-            load_rng(os.path.join(d, f"rng_rank{self.rank}.json"))
+        self.global_step = state["global_step"]
         if self.rank == 0:  # steps after the checkpoint were lost with the failed run
             truncate_after(self.seen_path, self.global_step)
             truncate_after(self.metrics.path, self.global_step)
@@ -146,7 +156,9 @@ class SFTRecipe:
         return self.global_step % self.job.sft.log_every_steps == 0 or self.global_step == self.total_steps
 
     def save_checkpoint(self, values: dict) -> None:
-        """DeepSpeed state, step, every rank's RNG and an HF export, reported to Ray Train as one checkpoint."""
+        """DeepSpeed state, step, every rank's RNG and an HF export, reported to Ray Train as one checkpoint.
+        At the job's last step the export is published as the job's model instead (a chain's next job
+        starts from it)."""
         import ray.train
 
         job = self.job
@@ -154,10 +166,14 @@ class SFTRecipe:
             self.learner.save_state(tmp)
             if self.rank == 0:
                 with open(os.path.join(tmp, "state.json"), "w") as f:
-                    json.dump({"global_step": self.global_step, "epoch": values["epoch"]}, f)
+                    json.dump({"global_step": self.global_step, "epoch": values["epoch"], "stage": job.stage}, f)
             save_rng(os.path.join(tmp, f"rng_rank{self.rank}.json"))
             meta = {"stage": job.stage, "step": self.global_step, "init_checkpoint": job.init_checkpoint}
-            self.learner.export_hf(os.path.join(tmp, "hf"), self.rank, meta)
+            hf = os.path.join(tmp, "hf")
+            self.learner.export_hf(hf, self.rank, meta)
+            if self.rank == 0 and self.global_step == self.total_steps:
+                store.publish_dir(hf, store.join(job.output_dir, TRAIN_MODEL))
+                shutil.rmtree(hf)  # the job's model now: the last checkpoint need not upload it again
             ray.train.report({"step": self.global_step, **values}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     def run(self) -> None:
@@ -173,6 +189,17 @@ class SFTRecipe:
                 ray.train.report({"step": self.global_step, **values})
 
 
-def train_loop_per_worker(job_dict: dict) -> None:
-    """The Ray Train worker entry point (see the module docstring)."""
-    SFTRecipe(job_from_dict(job_dict)).run()
+def train_loop_per_worker(config: dict) -> None:
+    """The Ray Train worker entry point: the chain's jobs in order (see the module docstring). A job whose
+    model is published already (a chain restarted after a failure) is not trained again."""
+    import gc
+
+    import torch.distributed as dist
+
+    from r1v_ray.model.assemble import checkpoint_complete
+
+    for job in map(job_from_dict, config["jobs"]):
+        if not checkpoint_complete(store.join(job.output_dir, TRAIN_MODEL)):
+            SFTRecipe(job).run()
+            gc.collect()  # the job's engine, optimizer and model before the next job builds its own
+        dist.barrier()  # the next job starts from this one's model, which rank 0 published

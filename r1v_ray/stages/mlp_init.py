@@ -17,7 +17,8 @@ from r1v_ray.data.sources import dataset_uris
 from r1v_ray.eval.evaluate import run_eval
 from r1v_ray.model.factory import assemble_initial
 from r1v_ray.ray_connect import init_ray
-from r1v_ray.sft.training_folder import publish, train
+from r1v_ray.run_dir import TRAIN_MODEL
+from r1v_ray.sft.training_folder import TrainingRun, publish, train_chain
 from r1v_ray.stages.inputs import training_data
 from r1v_ray.stages.manifest import StageRun, run_stage
 
@@ -37,14 +38,15 @@ def body(cfg: R1VConfig, run: StageRun, train_uri: str, test_uri: str | None = N
     scored = train_uri
     if any(sub.score_column for sub in cfg.sft.mlp_init_stages):
         scored, metrics["assess"] = _assessed(cfg, run, train_uri)
-    current, sub_stages = init, []
-    for sub in cfg.sft.mlp_init_stages:
+    runs, current = [], init
+    for sub in cfg.sft.mlp_init_stages:  # each sub-stage starts from the one before's model
         rows = subset(scored if sub.score_column else train_uri, sub.score_column, sub.min_score, sub.sources)
-        summary = train(cfg, run, sub.name, current, rows, sub.learning_rate, cfg.model.trainable_prefixes, sub.epochs)
-        sub_stages.append({"name": sub.name, "subset": rows.description, **summary})
-        current = summary["model"]
+        runs.append(TrainingRun(sub.name, current, rows, sub.learning_rate, cfg.model.trainable_prefixes, sub.epochs))
+        current = store.join(run.path_for(sub.name), TRAIN_MODEL)
+    summaries = train_chain(cfg, run, runs)  # one Ray Train run for all sub-stages
+    sub_stages = [{"name": r.name, "subset": r.selection.description, **x} for r, x in zip(runs, summaries)]
     final = run.path_for("model")
-    publish(current, final)
+    publish(summaries[-1]["model"], final)
     metrics["sub_stages"] = sub_stages
     if test_uri is not None:
         report = run_eval(cfg, final, test_uri, run.path_for("eval"), "MLP-init")

@@ -29,10 +29,11 @@ def _cfg(run_dir: str):
 def no_training(monkeypatch):
     jobs = []
 
-    def record(job):
-        jobs.append(job)
-        os.makedirs(os.path.join(job.output_dir, "model"), exist_ok=True)
-        open(os.path.join(job.output_dir, "model", "config.json"), "w").close()
+    def record(chain):
+        for job in chain:
+            jobs.append(job)
+            os.makedirs(os.path.join(job.output_dir, "model"), exist_ok=True)
+            open(os.path.join(job.output_dir, "model", "config.json"), "w").close()
 
     monkeypatch.setattr(training_folder, "run_sft", record)
     return jobs
