@@ -9,6 +9,7 @@ checkpoints.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent import futures
 from contextlib import nullcontext
 
 from r1v_ray import store
@@ -117,10 +118,13 @@ def _models(
 ) -> tuple[list[dict], list[dict], dict]:
     s = cfg.sft
     prefixes = s.trainable_prefixes or cfg.model.trainable_prefixes
-    evals.add("reassembled", base_model, train_uri)
-    m0 = train(
-        cfg, run, "M0", base_model, all_rows(train_uri), s.stage1_learning_rate, prefixes, s.stage1_epochs or s.epochs
-    )
+    # M0's training does not wait for the re-assembled model's score: the rollout workers generate it while
+    # Ray Train starts its workers and trains (the table gets its rows in order all the same).
+    with futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sft-eval") as pool:
+        base_eval = pool.submit(evals.add, "reassembled", base_model, train_uri)
+        epochs = s.stage1_epochs or s.epochs
+        m0 = train(cfg, run, "M0", base_model, all_rows(train_uri), s.stage1_learning_rate, prefixes, epochs)
+        base_eval.result()
     current = m0["model"]
     evals.add("M0", current, train_uri, errors_for="M1" if s.iterations else None)
     iterations = []

@@ -196,3 +196,29 @@ def test_stage1_epochs_set_m0s_passes(tmp_path, monkeypatch):
     epochs.clear()
     sft.iterative_sft(cfg, StageRun(cfg, "sft"), "base", "train-uri", "test-uri")
     assert epochs == [("M0", 2)]
+
+
+def test_m0_trains_while_the_reassembled_model_is_evaluated(tmp_path, monkeypatch):
+    """M0's training does not wait for the re-assembled model's evaluation; the table keeps its order."""
+    import threading
+
+    from r1v_ray.config import load_config
+    from r1v_ray.stages import sft
+    from r1v_ray.stages.manifest import StageRun
+
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "sft.iterations=0"])
+    m0_started = threading.Event()
+
+    def fake_eval(cfg, model, data, out_dir, name, side, workers=None):
+        if name == "reassembled" and not m0_started.wait(timeout=20):
+            raise AssertionError("M0's training did not start while the re-assembled model was evaluated")
+        return _eval_dir(out_dir, CORRECT[name])
+
+    def fake_train(*args, **kw):
+        m0_started.set()
+        return {"model": str(tmp_path / "m0")}
+
+    monkeypatch.setattr(sft, "run_eval", fake_eval)
+    monkeypatch.setattr(sft, "train", fake_train)
+    _, metrics = sft.iterative_sft(cfg, StageRun(cfg, "sft"), "base", "train-uri", "test-uri")
+    assert [row["model"] for row in metrics["table"]] == ["reassembled", "M0"]
