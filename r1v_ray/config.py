@@ -256,6 +256,7 @@ class SFTConfig:
     # re-distillation), each new model's weights loaded in place: no engine start per pass. The engines then
     # hold their rollout.num_workers bundles while the trainers run, so the cluster needs room for both
     # (rollout.node_resource gives them nodes of their own); off, each pass starts and frees its engines.
+    # On, a model's test evaluation is generated while the next model trains (its error set first, alone).
     keep_rollout_engines: bool = False
 
 

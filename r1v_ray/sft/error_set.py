@@ -10,7 +10,8 @@ from r1v_ray.config import R1VConfig
 from r1v_ray.data.io import ParquetSink
 from r1v_ray.data.schema import REJECTED_SCHEMA, rejected_table
 from r1v_ray.data.select import Selection
-from r1v_ray.eval.evaluate import SidePass
+from r1v_ray.engines.rollout.actor import generate_dataset
+from r1v_ray.eval.evaluate import EVAL_COLUMNS, SidePass
 from r1v_ray.prompts import paper_request, row_choices
 from r1v_ray.rewards import accuracy_reward
 from r1v_ray.run_dir import ERROR_IDS
@@ -18,7 +19,8 @@ from r1v_ray.run_dir import ERROR_IDS
 
 class ErrorSetPass:
     """E's ids by greedy generation over the training rows: those whose Φ(M(x)) != y (paper 2.2). Rides along
-    with M's evaluation (`SidePass`), so one engine start serves both."""
+    with M's evaluation (`SidePass`), so one engine start serves both, or runs on its own on held rollout
+    workers (`generate`), when M's evaluation waits for the engines to be free."""
 
     def __init__(self, cfg: R1VConfig, train_uri: str):
         self.cfg, self.train_uri = cfg, train_uri
@@ -31,6 +33,15 @@ class ErrorSetPass:
 
     def build(self, row: dict):
         return paper_request(row, 1, self.cfg.sft.error_set_max_tokens, 0.0, 1.0, seed=self.cfg.seed)
+
+    def generate(self, model: str, workers: list) -> None:
+        """The pass on its own, on running workers that hold `model`."""
+        import ray
+
+        ds = ray.data.read_parquet(self.train_uri).select_columns(EVAL_COLUMNS)
+        out = generate_dataset(ds, model, self.cfg.rollout, self.build, dtype=self.cfg.model.dtype, workers=workers)
+        for row in out.drop_columns(["image"]).iter_rows():
+            self.consume(dict(row))
 
     def consume(self, row: dict) -> None:
         self.generated += 1

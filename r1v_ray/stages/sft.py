@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent import futures
 from contextlib import nullcontext
+from typing import TypeVar
 
 from r1v_ray import store
 from r1v_ray.config import R1VConfig
@@ -26,6 +27,8 @@ from r1v_ray.sft.training_folder import publish, train
 from r1v_ray.stages.inputs import training_inputs
 from r1v_ray.stages.manifest import StageRun, run_stage
 from r1v_ray.stages.redistill import redistill_hook
+
+T = TypeVar("T")
 
 
 def run(cfg: R1VConfig, force: bool = False) -> dict:
@@ -55,8 +58,7 @@ class _Evaluations:
         generates over the training rows for that iteration's error set."""
         run = self.run
         path = run.path_for("eval", name, EVAL_JSON)
-        ids_done = errors_for is None or store.is_file(run.path_for(errors_for, ERROR_IDS))
-        if not store.is_file(path) or not ids_done:
+        if not store.is_file(path) or not self._errors_done(errors_for):
             errors = ErrorSetPass(self.cfg, data_uri) if errors_for else None
             side = errors.side_pass() if errors else None
             run_eval(self.cfg, model, self.test_uri, store.dirname(path), name, side, workers=self.workers(model))
@@ -64,6 +66,16 @@ class _Evaluations:
                 errors.save(run.path_for(errors_for))
         self.table.append(stage_entry(name, store.dirname(path), self.table[-1] if self.table else None))
         run.record(table=self.table)
+
+    def errors(self, model: str, data_uri: str, errors_for: str) -> None:
+        """The error set's pass on its own, on the held workers (once: finished ids are kept)."""
+        if not self._errors_done(errors_for):
+            errors = ErrorSetPass(self.cfg, data_uri)
+            errors.generate(model, self.workers(model))
+            errors.save(self.run.path_for(errors_for))
+
+    def _errors_done(self, errors_for: str | None) -> bool:
+        return errors_for is None or store.is_file(self.run.path_for(errors_for, ERROR_IDS))
 
 
 def _iteration(cfg: R1VConfig, run: StageRun, t: int, current: str, train_uri: str, prefixes: list[str]) -> dict:
@@ -108,6 +120,17 @@ def iterative_sft(
     return {"model": run.path_for("model")}, metrics
 
 
+def _alongside(background: Callable[[], object] | None, work: Callable[[], T]) -> T:
+    """`work()` in this thread while `background()` runs in another; both have finished on return."""
+    if background is None:
+        return work()
+    with futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sft-eval") as pool:
+        done = pool.submit(background)
+        out = work()
+        done.result()
+    return out
+
+
 def _models(
     cfg: R1VConfig,
     run: StageRun,
@@ -118,21 +141,31 @@ def _models(
 ) -> tuple[list[dict], list[dict], dict]:
     s = cfg.sft
     prefixes = s.trainable_prefixes or cfg.model.trainable_prefixes
-    # M0's training does not wait for the re-assembled model's score: the rollout workers generate it while
-    # Ray Train starts its workers and trains (the table gets its rows in order all the same).
-    with futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sft-eval") as pool:
-        base_eval = pool.submit(evals.add, "reassembled", base_model, train_uri)
-        epochs = s.stage1_epochs or s.epochs
-        m0 = train(cfg, run, "M0", base_model, all_rows(train_uri), s.stage1_learning_rate, prefixes, epochs)
-        base_eval.result()
-    current = m0["model"]
-    evals.add("M0", current, train_uri, errors_for="M1" if s.iterations else None)
-    iterations = []
+    # A model's test score is generated while the next model trains: the re-assembled model's during M0's
+    # training, and with held workers M_{t-1}'s during M_t's (the table gets its rows in order all the same).
+    epochs = s.stage1_epochs or s.epochs
+    m0 = _alongside(
+        lambda: evals.add("reassembled", base_model, train_uri),
+        lambda: train(cfg, run, "M0", base_model, all_rows(train_uri), s.stage1_learning_rate, prefixes, epochs),
+    )
+    current, iterations = m0["model"], []
     for t in range(1, s.iterations + 1):
+        # With held workers M_{t-1}'s error set goes first, in a pass of its own; without, one engine start
+        # serves both passes.
+        apart = evals.engines is not None
+        if apart:
+            evals.errors(current, train_uri, errors_for=f"M{t}")
+        else:
+            evals.add(f"M{t - 1}", current, train_uri, errors_for=f"M{t}")
         if before_iteration is not None:
             train_uri = before_iteration(t, current, evals.engines)
-        iterations.append(_iteration(cfg, run, t, current, train_uri, prefixes))
+        iterations.append(
+            _alongside(
+                (lambda: evals.add(f"M{t - 1}", current, train_uri)) if apart else None,
+                lambda: _iteration(cfg, run, t, current, train_uri, prefixes),
+            )
+        )
         current = iterations[-1]["model"]
-        evals.add(f"M{t}", current, train_uri, errors_for=f"M{t + 1}" if t < s.iterations else None)
+    evals.add(f"M{s.iterations}", current, train_uri)
     publish(current, run.path_for("model"))
     return evals.table, iterations, m0

@@ -222,3 +222,71 @@ def test_m0_trains_while_the_reassembled_model_is_evaluated(tmp_path, monkeypatc
     monkeypatch.setattr(sft, "train", fake_train)
     _, metrics = sft.iterative_sft(cfg, StageRun(cfg, "sft"), "base", "train-uri", "test-uri")
     assert [row["model"] for row in metrics["table"]] == ["reassembled", "M0"]
+
+
+def test_with_held_workers_each_model_is_scored_while_the_next_one_trains(tmp_path, monkeypatch):
+    """M_{t-1}'s error set gets its own pass first; its test score is generated during M_t's training."""
+    import threading
+
+    from r1v_ray import store
+    from r1v_ray.config import load_config
+    from r1v_ray.run_dir import ERROR_IDS
+    from r1v_ray.stages import sft
+    from r1v_ray.stages.manifest import StageRun
+
+    sets = [f"run_dir={tmp_path / 'run'}", "sft.iterations=2", "sft.keep_rollout_engines=true"]
+    cfg = load_config(None, sets)
+    training = {name: threading.Event() for name in ("M0", "M1", "M2")}
+    order = []
+
+    class HeldWorkers:
+        loads: dict = {}
+
+        def __init__(self, *args):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def serving(self, model):
+            return [f"worker holding {model}"]
+
+    class ErrorSetPass:
+        def __init__(self, cfg, data_uri):
+            pass
+
+        def generate(self, model, workers):
+            assert workers == [f"worker holding {model}"]
+            order.append(("errors", model))
+
+        def save(self, out_dir):
+            store.write_json(store.join(out_dir, ERROR_IDS), {"ids": []})
+
+    def fake_eval(cfg, model, data, out_dir, name, side, workers=None):
+        assert side is None, "the error set rode along with the evaluation"
+        following = {"reassembled": "M0", "M0": "M1", "M1": "M2"}.get(name)
+        if following and not training[following].wait(timeout=20):
+            raise AssertionError(f"{following} did not train while {name} was evaluated")
+        order.append(("eval", name))
+        return _eval_dir(out_dir, CORRECT.get(name, CORRECT["M1"]))
+
+    def fake_train(cfg, run, name, *args):
+        training[name].set()
+        return {"model": name}
+
+    def fake_iteration(cfg, run, t, current, train_uri, prefixes):
+        training[f"M{t}"].set()
+        order.append(("train", f"M{t}"))
+        return {"model": f"M{t}"}
+
+    for name, fake in [("HeldWorkers", HeldWorkers), ("ErrorSetPass", ErrorSetPass), ("run_eval", fake_eval)]:
+        monkeypatch.setattr(sft, name, fake)
+    monkeypatch.setattr(sft, "train", fake_train)
+    monkeypatch.setattr(sft, "_iteration", fake_iteration)
+    _, metrics = sft.iterative_sft(cfg, StageRun(cfg, "sft"), "base", "train-uri", "test-uri")
+    assert [row["model"] for row in metrics["table"]] == ["reassembled", "M0", "M1", "M2"]
+    assert order.index(("errors", "M0")) < order.index(("train", "M1"))
+    assert order.index(("errors", "M1")) < order.index(("train", "M2"))
