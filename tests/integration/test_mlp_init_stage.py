@@ -35,12 +35,13 @@ def test_score_selected_sub_stages_train_on_the_assessed_rows(tmp_path, monkeypa
 
     trained = {}
 
-    def fake_train(cfg, run, name, init, rows, lr, prefixes, epochs):
-        rows.write(str(tmp_path / name))
-        trained[name] = read_parquet(str(tmp_path / name))
-        return {"model": init}
+    def fake_train_chain(cfg, run, runs):
+        for r in runs:
+            r.selection.write(str(tmp_path / r.name))
+            trained[r.name] = read_parquet(str(tmp_path / r.name))
+        return [{"model": runs[0].init} for _ in runs]  # the assembled model stands in for each
 
-    monkeypatch.setattr(mlp_init, "train", fake_train)
+    monkeypatch.setattr(mlp_init, "train_chain", fake_train_chain)
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     try:
         manifest = mlp_init.run(cfg)
