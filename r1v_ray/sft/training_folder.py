@@ -63,11 +63,11 @@ def train_chain(cfg: R1VConfig, run: StageRun, runs: list[TrainingRun]) -> list[
     in one Ray Train run: one worker group start for all of them. Each run's selection is streamed through
     the length filter into `name/data` first; an empty training set stops here, before any worker starts.
     A chain trains one model, so every run's data is tokenized with the first run's processor."""
-    processor = AutoProcessor.from_pretrained(store.stage_in(runs[0].init))
     outs = [run.path_for(r.name) for r in runs]
     summaries = [store.join(out, TRAIN_SUMMARY) for out in outs]
     if all(model_done(store.join(out, TRAIN_MODEL)) and store.is_file(p) for out, p in zip(outs, summaries)):
         return [store.read_json(p) for p in summaries]
+    processor = AutoProcessor.from_pretrained(store.stage_in(runs[0].init))
     counts = [_write_data(cfg, run, r, out, processor) for r, out in zip(runs, outs)]
     jobs = [
         SFTJob(
