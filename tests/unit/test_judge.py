@@ -100,6 +100,15 @@ def test_offline_rm_scores_what_the_chain_says_about_the_image():
     assert score == 3 and reason == "missing: grounded, faithful"
 
 
+def test_offline_rm_grounded_means_three_quarters_of_the_reference_facts():
+    """Half of the facts was the old bar, and nearly every distilled chain cleared it: the scores took two
+    values and |D_rm(tau)| barely fell."""
+    row = {**make_row(0, "train", 2), "question": "What is shown?", "rationale": "alpha beta gamma delta"}
+    said = {3: "I see alpha beta gamma in this picture here.", 2: "I see alpha beta in this picture here."}
+    assert OfflineJudge().rm_score({**row, "think": said[3]})[:2] == (4, "missing: faithful")
+    assert OfflineJudge().rm_score({**row, "think": said[2]})[:2] == (3, "missing: grounded, faithful")
+
+
 def test_penalty_normalization_and_correlation():
     table = pa.table({"s_v_raw": [0.2, 0.6, 1.0], "s_t_raw": [0.5, 0.5, 0.5], "s_i_raw": [0.0, 0.5, 1.0]})
     out = add_penalty(table, {"s_v": (0.2, 1.0), "s_t": (0.5, 0.5), "s_i": (0.0, 1.0)}, alpha=0.7, beta=1.0, gamma=1.0)

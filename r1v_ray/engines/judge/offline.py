@@ -147,6 +147,9 @@ def _distinct_trigram_ratio(text: str) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+GROUNDED = 0.75  # the share of the reference's facts a grounded chain states
+
+
 class OfflineJudge(Judge):
     name = "offline"
     uses_regeneration = True  # revise() reads a hinted re-generation; the stage batches them
@@ -173,10 +176,13 @@ class OfflineJudge(Judge):
 
     def rm_score(self, row: dict) -> tuple[int, str, Usage]:
         """Five rubric points on the chain's quality: correct (the right answer, well-formed), fluent
-        (non-degenerate), grounded (at least half of the reference rationale's facts: its words that are
-        not the question's), faithful (all of them), clear image. Without a reference rationale, grounded
-        and faithful ask for a word of the question. A chain the judge replaced by the reference scores 5;
-        one the model wrote scores by how much of what it says about the image is so."""
+        (non-degenerate), grounded (at least three quarters of the reference rationale's facts: its words
+        that are not the question's), faithful (all of them), clear image. Without a reference rationale,
+        grounded and faithful ask for a word of the question. A chain the judge replaced by the reference
+        scores 5; one the model wrote scores by how much of what it says about the image is so.
+
+        Grounded at half the facts told almost nothing apart: the demo's distilled chains state 60-100% of
+        them, so 0 to 8 of its 512 rows (by host) missed the point and the scores took two values."""
         think = row.get("think") or row.get("rationale") or ""
         response = row.get("response") or f"Answer: \\boxed{{{row['answer']}}}"
         completion = f"<think>\n{think}\n</think>\n\n{response}"
@@ -189,7 +195,7 @@ class OfflineJudge(Judge):
             and format_reward(completion) == 1.0
             and bool(think.strip()),
             "fluent": len(_words(think)) >= 5 and _distinct_trigram_ratio(think) >= 0.5,
-            "grounded": found >= 0.5,
+            "grounded": found >= GROUNDED,
             "faithful": found >= 1.0,
             "clear_image": image_clarity(row["image"]) >= 0.2,
         }
