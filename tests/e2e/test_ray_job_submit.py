@@ -219,8 +219,8 @@ def test_pipeline_on_three_nodes_survives_losing_its_cluster(tmp_path, short_roo
         assert heldout[-1]["heldout_reward"] > heldout[0]["heldout_reward"], heldout
         assert store.is_file(f"{RUN_DIR}/grpo/model/model.safetensors")
 
-        # The paper's effects, with margins, GRPO's CI over M_T above 0 among them (demo: +1.47 [+0.20, +2.83] on an AMD host,
-        # +2.30 [+1.13, +3.50] on an earlier one before the judge change: README).
+        # The paper's effects, with margins, GRPO's CI over M_T above 0 among them (demo: +1.47 [+0.20, +2.83]
+        # on an AMD host, +2.30 [+1.13, +3.50] on an earlier one before the judge change: README).
         assert_paper_effects(RUN_DIR)
 
     # Nothing of the run outside the bucket and the scratch folders: not in the repository, not in the jobs'
