@@ -182,7 +182,7 @@ class OfflineJudge(Judge):
         scores 5; one the model wrote scores by how much of what it says about the image is so.
 
         Grounded at half the facts told almost nothing apart: the demo's distilled chains state 60-100% of
-        them, so 0 to 8 of its 512 rows (by host) missed the point and the scores took two values."""
+        them on one host, where every row scored 4 or 5 (on another, 8 of 512 scored lower)."""
         think = row.get("think") or row.get("rationale") or ""
         response = row.get("response") or f"Answer: \\boxed{{{row['answer']}}}"
         completion = f"<think>\n{think}\n</think>\n\n{response}"
