@@ -60,7 +60,11 @@ def plot_grpo(run_dir: str, path: str) -> bool:
         axes[0].plot(hx, hy, "o-", label="held-out reward", color="tab:orange")
     axes[0].set(title="Reward", xlabel="GRPO step", ylabel="reward")
     axes[0].legend(fontsize=8)
-    axes[1].plot(*_series(steps, "response_length"), color="tab:green")
+    axes[1].plot(*_series(steps, "response_length"), label="train batch", color="tab:green", alpha=0.7)
+    lx, ly = _series(records, "heldout_response_length")
+    if lx:
+        axes[1].plot(lx, ly, "o-", label="held-out prompts", color="tab:olive")
+        axes[1].legend(fontsize=8)
     axes[1].set(title="Response length", xlabel="GRPO step", ylabel="tokens (mean)")
     axes[2].plot(*_series(steps, "accuracy"), label="train accuracy", color="tab:red")
     axes[2].plot(*_series(steps, "format_rate"), label="train format rate", color="tab:purple", alpha=0.6)

@@ -252,26 +252,42 @@ def iteration_lines(run_dir: str) -> list[str]:
     return lines + [""]
 
 
-def response_lengths(run_dir: str) -> tuple[list[int], list[float]]:
-    """(steps, mean response length) of GRPO's training steps (the held-out point at step 0 has none)."""
-    records = [r for r in read_jsonl(Layout(run_dir).grpo_metrics()) if r.get("response_length") is not None]
-    return [r["step"] for r in records], [r["response_length"] for r in records]
+def response_lengths(run_dir: str, key: str = "response_length") -> tuple[list[int], list[float]]:
+    """(steps, mean response length) of GRPO's training batches, or with key="heldout_response_length" of its
+    held-out passes (the same prompts and seeds each time, step 0 included)."""
+    records = [r for r in read_jsonl(Layout(run_dir).grpo_metrics()) if r.get(key) is not None]
+    return [r["step"] for r in records], [r[key] for r in records]
+
+
+def _trend(steps: list[int], lengths: list[float], what: str) -> str:
+    r, b = pearson(steps, lengths), slope(steps, lengths)
+    return (
+        f"{what}: {len(steps)} points; Pearson r(step, response length) = {'n/a' if r is None else f'{r:+.3f}'}, "
+        f"slope {'n/a' if b is None else f'{b:+.4f}'} tokens per step"
+    )
 
 
 def response_length_lines(run_dir: str, bins: int = 5) -> list[str]:
-    """GRPO's mean response length over its steps: a binned table, Pearson r with the step, the slope."""
+    """GRPO's mean response length over its steps: the training batches binned (the paper's figure; a step's 8
+    prompts move it by which tasks they drew), then the held-out passes on fixed prompts; Pearson r, slope."""
     steps, lengths = response_lengths(run_dir)
     if not steps:
         return ["(no GRPO steps in this run)", ""]
-    r, b = pearson(steps, lengths), slope(steps, lengths)
-    summary = (
-        f"{len(steps)} steps; Pearson r(step, response length) = {'n/a' if r is None else f'{r:+.3f}'}, "
-        f"slope {'n/a' if b is None else f'{b:+.3f}'} tokens per step"
-    )
     rows = [
         f"| {int(v['x_min'])} – {int(v['x_max'])} | {v['y_mean']:.1f} |" for v in binned_means(steps, lengths, bins)
     ]
-    return _binned_table(summary, ["steps", "mean response length (tokens)"], rows)
+    lines = _binned_table(_trend(steps, lengths, "Training batches"), ["steps", "mean response length (tokens)"], rows)
+    held_steps, held = response_lengths(run_dir, "heldout_response_length")
+    if held_steps:
+        lines += [
+            _trend(held_steps, held, "Held-out prompts (the same prompts and seeds at each point)"),
+            "",
+            "| step | mean response length (tokens) |",
+            "|---:|---:|",
+            *[f"| {s} | {v:.2f} |" for s, v in zip(held_steps, held)],
+            "",
+        ]
+    return lines
 
 
 def stats_markdown(run_dir: str) -> list[str]:

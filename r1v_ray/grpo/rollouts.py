@@ -81,11 +81,16 @@ class RolloutCollector:
         return out
 
     def held_out_reward(self, rows: list[dict], generate: Generate) -> dict:
+        """Mean reward, accuracy and response length of `group_size` samples of each held-out row. The
+        prompts and seeds are the same at every call, so the series shows what the model changed; a step's
+        batch length also moves with which tasks its few prompts drew."""
         results = generate(step_requests(self.g, rows, self.g.group_size, tag=-1))
         scores = [s for group in self.score(rows, results) for s in group]
+        lengths = [len(c.token_ids) for res in results for c in res.completions]
         return {
             "heldout_reward": statistics.fmean(s["reward"] for s in scores) if scores else 0.0,
             "heldout_accuracy": statistics.fmean(s["accuracy"] for s in scores) if scores else 0.0,
+            "heldout_response_length": statistics.fmean(lengths) if lengths else 0.0,
         }
 
     def collect(self, step: int, generate: Generate) -> Rollouts:

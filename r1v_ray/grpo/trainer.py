@@ -170,7 +170,7 @@ class GRPORun:
 
     def run(self) -> dict:
         # A resumed run keeps the held-out points logged up to its checkpoint (its metrics end there).
-        held_keys = ("heldout_reward", "heldout_accuracy")
+        held_keys = ("heldout_reward", "heldout_accuracy", "heldout_response_length")
         history = [
             {"step": r["step"], **{k: r[k] for k in held_keys if k in r}}
             for r in read_jsonl(self.metrics.path)

@@ -151,6 +151,7 @@ def test_resume_from_the_last_checkpoint(local_ray, tiny_checkpoint, data, tmp_p
     assert all(m["trajectories"] == 16 for m in _metrics(out)[1:])
     assert os.path.exists(os.path.join(result["model"], "model.safetensors"))
     assert [h["step"] for h in result["heldout"]] == [0, 4]  # a resumed run keeps the points before its checkpoint
+    assert all(h["heldout_response_length"] > 0 for h in result["heldout"])  # the resumed point's too, from JSONL
 
 
 @pytest.mark.timeout(600)  # without the collective finite check the healthy learner waits in backward forever

@@ -20,7 +20,8 @@ SHOWN = {
     "d_rm_by_tau": {1: 512, 2: 512, 3: 502, 4: 452, 5: 352},
     "d_rm_rows": [512, 470],
     "error_sets": [300, 250],
-    "grpo_length_slope": 0.05,
+    "grpo_heldout_lengths": [40.4, 40.6, 40.7, 40.9],
+    "grpo_length_slope": 0.005,
     "penalty_length_correlation": [-0.2, -0.1, None],
 }
 
@@ -38,7 +39,9 @@ def test_each_missing_effect_is_named():
         "M2 40.00 fell": {"iterative": [45.0, 46.0, 40.0]},
         "GRPO 44.10 not": {"grpo": 44.1},
         "CI's low end": {"grpo_ci_lo": -0.2},
-        "length does not rise": {"grpo_length_slope": -0.01},
+        "length on the held-out prompts does not rise": {"grpo_length_slope": -0.01},
+        "[40.4, 41.2, 41.0, 40.3]": {"grpo_heldout_lengths": [40.4, 41.2, 41.0, 40.3]},  # a rise, then back below
+        "[], slope None": {"grpo_heldout_lengths": [], "grpo_length_slope": None},
         "does not shorten": {"penalty_length_correlation": [-0.2, 0.1, None]},
         "fewer than 3 values": {"rm_histogram": {5: 500, 4: 12}},
         "barely falls": {"d_rm_by_tau": {1: 512, 2: 512, 3: 512, 4: 512, 5: 500}},

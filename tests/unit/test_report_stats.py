@@ -72,7 +72,9 @@ def _run_dir(root) -> str:
     write(f"{run}/grpo/manifest.json", {"status": "complete", "metrics": {"eval_pass1": 100.0}})
     write(
         f"{run}/grpo/metrics.jsonl",
-        [{"step": s, "response_length": 20 + 2 * s, "reward_mean": 0.1} for s in range(1, 11)],
+        [{"step": 0, "heldout_reward": 0.1, "heldout_response_length": 30.0}]
+        + [{"step": s, "response_length": 20 + 2 * s, "reward_mean": 0.1} for s in range(1, 11)]
+        + [{"step": 10, "heldout_reward": 0.2, "heldout_response_length": 30.5}],
     )
     _parquet(f"{run}/distill/data", [1.0 + 0.05 * i for i in range(10)], [100 - 5 * i for i in range(10)])
     _parquet(f"{run}/sft/M1/redistill/distill/data", [1.0, 1.1, 1.2], [10, 20, 30])
@@ -144,7 +146,10 @@ def test_report_sections(tmp_path):
     assert "| 3 | 2 | 20.0% | 10 | ######## |" in md and "| 5 | 5 | 50.0% | 5 | #################### |" in md
     assert "Re-scored before M1:" in md and "| 0 | 1 | 33.3% | 3 | ########## |" in md
     assert "| 1 | 2 | 9 | 5 | 0.583 | 11 |" in md  # t, tau_t, |D_rm(tau_t)|, |E_0|, M0's accuracy, rows trained
-    assert "10 steps; Pearson r(step, response length) = +1.000, slope +2.000 tokens per step" in md
+    assert "Training batches: 10 points; Pearson r(step, response length) = +1.000, slope +2.0000 tokens" in md
+    # the held-out passes (step 0 included) are a series of their own
+    assert "Held-out prompts (the same prompts and seeds at each point): 2 points;" in md
+    assert "slope +0.0500 tokens per step" in md and "| 0 | 30.00 |" in md and "| 10 | 30.50 |" in md
     assert "| 1 – 2 | 23.0 |" in md and "| 9 – 10 | 39.0 |" in md
 
 
