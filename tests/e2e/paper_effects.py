@@ -14,7 +14,7 @@ from r1v_ray.data.io import read_parquet
 from r1v_ray.eval.stats import slope
 from r1v_ray.report_stats import response_lengths
 
-# Margins (Pass@1 points). One test row is 0.17 points at the demo's n_test=600.
+# Margins (Pass@1 points). One test row is 0.10 points at the demo's n_test=1000.
 WELL_ABOVE_CHANCE = 10.0  # the re-assembled model over the chance level
 M0_OVER_REASSEMBLED = 2.0
 ITERATION_SLACK = 3.0  # M_t may fall this far below M_{t-1} (two runs of one model differ by about this)
