@@ -61,6 +61,7 @@ def paper_effects(run_dir: str) -> dict:
     test = sft["inputs"]["test"]
     histogram = {int(k): v for k, v in score["metrics"]["histogram"].items()}
     error_sets = [it["error_set"]["wrong"] for it in iterations]
+    held_steps, held_lengths = response_lengths(run_dir, "heldout_response_length")
     return {
         "chance": chance_level(test["path"] if isinstance(test, dict) else test),
         "mlp_init": mlp["metrics"]["eval_pass1"],
@@ -76,8 +77,8 @@ def paper_effects(run_dir: str) -> dict:
         "error_sets": error_sets,  # |E_0|, |E_1|, ...: E_{t-1} is iteration t's
         # On the held-out prompts (the same prompts and seeds at each point): a training batch's length moves by
         # several tokens with which tasks its 8 prompts drew, which hides a trend of a token or so.
-        "grpo_heldout_lengths": response_lengths(run_dir, "heldout_response_length")[1],
-        "grpo_length_slope": slope(*response_lengths(run_dir, "heldout_response_length")),  # tokens per step
+        "grpo_heldout_lengths": held_lengths,
+        "grpo_length_slope": slope(held_steps, held_lengths),  # tokens per step
         "penalty_length_correlation": [
             distill["metrics"].get("penalty_length_correlation"),
             *_redistill_correlations(run_dir, len(iterations)),
