@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import os
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
@@ -203,12 +204,15 @@ class RowReader:
 
     Up front only the files' footers are read, for their row-group sizes (a few ints per row group).
     `take(positions)` reads the row groups that hold those positions, one at a time, and keeps just the rows
-    asked for: memory is bounded by them plus one row group (write such datasets with
-    `ParquetSink(row_group_rows=...)`).
+    asked for (write such datasets with `ParquetSink(row_group_rows=...)`). The row groups read last are
+    kept, up to `cache_bytes`: a training run reads its rows again every epoch, and on an object store each
+    row group is a request. Memory is bounded by the rows asked for plus the cache.
     """
 
-    def __init__(self, uri: str, columns: list[str] | None = None):
-        self.uri, self.columns = uri, columns
+    def __init__(self, uri: str, columns: list[str] | None = None, cache_bytes: int = 64 << 20):
+        self.uri, self.columns, self.cache_bytes = uri, columns, cache_bytes
+        self._cache: OrderedDict[int, pa.Table] = OrderedDict()  # row group index -> its rows, least recent first
+        self._cached_bytes = 0
         dataset = _dataset(uri)
         self._fs = dataset.filesystem
         self._files = list(dataset.files)
@@ -240,8 +244,19 @@ class RowReader:
             by_group.setdefault(bisect.bisect_right(self._starts, p) - 1, set()).add(p)
         rows: dict[int, dict] = {}
         for g in sorted(by_group):
-            f, group = self._groups[g]
-            table = self._file(f).read_row_group(group, columns=self.columns)
+            table = self._row_group(g)
             offsets = sorted(by_group[g])
             rows.update(zip(offsets, table.take([p - self._starts[g] for p in offsets]).to_pylist()))
         return [rows[p] for p in positions]
+
+    def _row_group(self, g: int) -> pa.Table:
+        if g in self._cache:
+            self._cache.move_to_end(g)
+            return self._cache[g]
+        f, group = self._groups[g]
+        table = self._file(f).read_row_group(group, columns=self.columns)
+        self._cache[g] = table
+        self._cached_bytes += table.nbytes
+        while self._cached_bytes > self.cache_bytes and self._cache:
+            self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
+        return table

@@ -37,6 +37,25 @@ def test_row_reader_returns_rows_in_the_asked_order_reading_only_their_row_group
         reader.take([60])
 
 
+def test_row_reader_keeps_the_row_groups_it_read_last_within_its_cache_bytes(tmp_path, monkeypatch):
+    """An epoch's second pass over the same rows reads nothing again (on an object store, a request per row
+    group); with no room in the cache every pass reads them again."""
+    with io.ParquetSink(str(tmp_path / "small"), row_group_rows=4, rows_per_file=25) as sink:
+        sink.write(_table(60))
+    reads = []
+    original = io.pq.ParquetFile.read_row_group
+    monkeypatch.setattr(
+        io.pq.ParquetFile, "read_row_group", lambda self, i, **kw: reads.append(i) or original(self, i, **kw)
+    )
+    cached, uncached = RowReader(str(tmp_path / "small")), RowReader(str(tmp_path / "small"), cache_bytes=0)
+    for reader in (cached, uncached):
+        first = reader.take([5, 6, 30, 59])
+        reads.clear()
+        assert reader.take([59, 30, 6, 5]) == first[::-1]
+        assert len(reads) == (0 if reader is cached else 3)
+    assert 0 < cached._cached_bytes <= cached.cache_bytes and uncached._cached_bytes == 0
+
+
 def test_selections_match_the_in_memory_filters_and_stream_their_output(tmp_path):
     uri = str(tmp_path / "d")
     table = _table(90)
