@@ -59,6 +59,7 @@ class SFTRecipe:
         self.learner.start(optimizer, self.scheduler)
         self.metrics = StageMetrics(job.stage, store.join(job.output_dir, METRICS_FILE) if self.rank == 0 else None)
         self.seen_path = store.join(job.output_dir, SEEN_FILE)
+        self._seen_pending: list[str] = []  # rank 0's records since the last checkpoint, written with it
         self.global_step = 0
         self.window = (time.time(), 0, 0)  # (start, tokens, samples) since the last logged step
 
@@ -143,14 +144,21 @@ class SFTRecipe:
         return self._dummy
 
     def _record_ids(self, epoch: int, mine: list[str]) -> None:
-        """The ids each rank really trained on, gathered: the record proves every sample trained once."""
+        """The ids each rank really trained on, gathered: the record proves every sample trained once. They are
+        written with the next checkpoint (`_write_seen`): steps after a checkpoint are redone after a failure,
+        and on an object store one append per step costs a request and a rewritten segment each."""
         import torch.distributed as dist
 
         per_rank: list = [None] * self.world
         dist.all_gather_object(per_rank, mine)
         if self.rank == 0:
             record = {"step": self.global_step, "epoch": epoch, "ids": interleave_ranks(per_rank)}
-            append_log.append(self.seen_path, json.dumps(record) + "\n")
+            self._seen_pending.append(json.dumps(record) + "\n")
+
+    def _write_seen(self) -> None:
+        if self._seen_pending:
+            append_log.append(self.seen_path, "".join(self._seen_pending))
+            self._seen_pending = []
 
     def _logs_now(self) -> bool:
         return self.global_step % self.job.sft.log_every_steps == 0 or self.global_step == self.total_steps
@@ -162,6 +170,7 @@ class SFTRecipe:
         import ray.train
 
         job = self.job
+        self._write_seen()  # before the checkpoint exists: a resume from it finds its steps' records
         with tempfile.TemporaryDirectory() as tmp:
             self.learner.save_state(tmp)
             if self.rank == 0:
