@@ -306,6 +306,9 @@ class GRPOConfig:
     weight_sync: Literal["object_store", "nccl"] = "object_store"  # nccl: GPU learners and vLLM rollout workers
     sync_bucket_mb: int = 512  # weight-sync bucket size
     resample_rounds: int = 2  # extra prompt batches drawn to refill groups dropped for zero variance
+    # Online difficulty filtering: a prompt all of whose group_size samples were right is not drawn again in
+    # the run; its groups teach little and are mostly dropped for zero variance.
+    skip_solved_prompts: bool = False
     # 1: step k+1's rollouts are generated with step k's weights while the learners update (one step
     # off-policy, corrected by the clipped ratio against rollout log-probs); 0: on-policy, as in the paper.
     off_policy_steps: Literal[0, 1] = 0

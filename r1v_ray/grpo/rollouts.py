@@ -39,6 +39,7 @@ class Rollouts:
     groups_dropped: int = 0
     replayed: int = 0  # trajectories replayed from the Selective Sample Buffer into dropped groups' slots
     rejected: int = 0
+    solved: list[int] = dataclasses.field(default_factory=list)  # rows every sample of which was right
     generation_s: float = 0.0
     reward_s: float = 0.0
 
@@ -102,12 +103,13 @@ class RolloutCollector:
             need = g.prompts_per_step - len(out.trajectories) // g.group_size
             if need <= 0:
                 break
-            rows = self.rows.take(self.sampler.take(need))  # this step's rows only, images included
+            drawn = self.sampler.take(need)
+            rows = self.rows.take(drawn)  # this step's rows only, images included
             t = time.perf_counter()
             requests = step_requests(g, rows, g.group_size, tag=step * 7 + round_)
             results = generate(requests)
             out.generation_s += time.perf_counter() - t
-            kept = [(row, req, res) for row, req, res in zip(rows, requests, results) if self._complete(res)]
+            kept = [item for item in zip(drawn, rows, requests, results) if self._complete(item[3])]
             out.rejected += len(rows) - len(kept)
             if kept:
                 self._add_groups(out, kept)
@@ -124,7 +126,7 @@ class RolloutCollector:
         `drop_zero_variance_groups` is off) join the batch with their group advantages."""
         g = self.g
         t = time.perf_counter()
-        scores = self.score([r for r, _, _ in kept], [res for _, _, res in kept])
+        scores = self.score([r for _, r, _, _ in kept], [res for _, _, _, res in kept])
         out.reward_s += time.perf_counter() - t
         rewards = torch.tensor([s["reward"] for group in scores for s in group])
         out.rewards += rewards.tolist()
@@ -136,7 +138,9 @@ class RolloutCollector:
             else torch.ones(len(kept), dtype=torch.bool)
         )
         out.groups_dropped += int((~keep).sum())
-        for gi, ((_, req, res), use) in enumerate(zip(kept, keep.tolist())):
+        if g.skip_solved_prompts:  # marked in the sampler when the batch is trained on (`GRPORun.train_step`)
+            out.solved += [i for (i, _, _, _), group in zip(kept, scores) if all(s["accuracy"] == 1 for s in group)]
+        for gi, ((_, _, req, res), use) in enumerate(zip(kept, keep.tolist())):
             if not use:
                 continue
             for ci, comp in enumerate(res.completions):

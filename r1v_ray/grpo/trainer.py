@@ -118,6 +118,8 @@ class GRPORun:
             batch = self.rollouts.collect(self.step, self.generate)
         rollout_wait_s = time.perf_counter() - t0  # on-policy: the whole collect; overlapped: what was left of it
         self._prefetched = None
+        # Marked once the batch is trained on, before the next draw: a batch prefetched but dropped marks nothing.
+        self.rollouts.sampler.mark_solved(batch.solved)
         if self.g.off_policy_steps and self.step + 1 < self.g.steps:
             # The background thread generates through the topology without restarting: a lost worker ends it.
             self._prefetch_from = self.rollouts.sampler.state()
@@ -140,7 +142,8 @@ class GRPORun:
             "sync_s": sync["sync_s"],
             "step_s": time.perf_counter() - t0,
         }
-        return step_values(batch, timings, len(self.rollouts.buffer), self.topology.restarts, learner_stats)
+        values = step_values(batch, timings, len(self.rollouts.buffer), self.topology.restarts, learner_stats)
+        return {**values, "prompts_solved": len(self.rollouts.sampler.solved)}
 
     def _settle_prefetch(self) -> dict | None:
         """Wait for the next step's rollouts: the sync must not land in the middle of them. Rollouts that lost

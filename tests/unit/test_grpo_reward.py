@@ -63,3 +63,15 @@ def test_an_empty_or_too_small_prompt_set_fails_at_once():
         PromptSampler(0, seed=0)
     with pytest.raises(ValueError, match="cannot draw 5 distinct prompts from 3"):
         PromptSampler(3, seed=0).take(5)
+
+
+def test_solved_rows_are_passed_over_and_kept_in_the_saved_position():
+    sampler = PromptSampler(10, seed=2)
+    sampler.mark_solved([1, 2, 3])
+    drawn = sampler.take(7) + sampler.take(7)  # two epochs of the 7 unsolved rows
+    assert sorted(drawn) == sorted([0, 4, 5, 6, 7, 8, 9] * 2)
+    state = sampler.state()
+    assert state["solved"] == [1, 2, 3]
+    assert PromptSampler(10, seed=2, **state).take(5) == sampler.take(5)
+    sampler.mark_solved([0, 4, 5, 6, 7])  # 2 unsolved left: a draw of 3 takes solved rows too
+    assert len(set(sampler.take(3))) == 3 and set(sampler.take(2)) == {8, 9}

@@ -3,6 +3,7 @@ by the background prefetch is restarted by the step loop's own thread, the promp
 are drawn again, and no step is lost or trained twice."""
 
 import dataclasses
+import json
 import threading
 
 import pytest
@@ -93,3 +94,66 @@ def test_a_worker_lost_by_the_prefetch_is_restarted_by_the_step_loop_and_its_pro
     # Every change to the topology came from the thread that built it; the restart happened once.
     assert all(by_owner for _, by_owner in topology.changes)
     assert [what for what, _ in topology.changes].count("restart") == 1
+
+
+class SolvesSomeRows(StandInTopology):
+    """Every sample of a row in `solvable` is right; the other rows' groups are half right."""
+
+    solvable: set[str] = set()
+
+    def generate(self, requests):
+        results = super().generate(requests)
+        for req, res in zip(requests, results):  # the text carries the row id, for `score`
+            res.completions = [dataclasses.replace(c, text=req.request_id) for c in res.completions]
+        return results
+
+    def save(self, path, step):
+        pass
+
+    def score(self, items):
+        right = [float(text.split("@")[0] in self.solvable or i % 2) for i, (text, _, _) in enumerate(items)]
+        return [{"reward": r, "accuracy": r, "format": 1.0} for r in right]
+
+
+def _skipping_run(tmp_path, monkeypatch, skip: bool) -> trainer.GRPORun:
+    monkeypatch.setattr(trainer, "GRPOTopology", SolvesSomeRows)
+    write_split(str(tmp_path / "train"), 16, seed=1)
+    write_split(str(tmp_path / "test"), 2, seed=1, split="test")
+    base = R1VConfig()
+    g = dataclasses.replace(
+        base.grpo, prompts_per_step=2, group_size=2, steps=10, off_policy_steps=1, eval_prompts=2,
+        checkpoint_every_steps=1000, skip_solved_prompts=skip,
+    )  # fmt: skip
+    run = trainer.GRPORun(
+        dataclasses.replace(base, grpo=g), "init", str(tmp_path / "train"), str(tmp_path / "test"), str(tmp_path)
+    )
+    ids = [row["id"] for row in run.rollouts.rows.take(range(16))]
+    SolvesSomeRows.solvable = set(ids[::2])
+    return run
+
+
+def _drawn_per_call(run) -> list[list[str]]:
+    return [[rid.split("@")[0] for rid in ids] for _, ids in run.topology.generated]
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_a_solved_prompt_is_not_drawn_again_and_the_checkpoint_keeps_the_solved_rows(tmp_path, monkeypatch, skip):
+    run = _skipping_run(tmp_path, monkeypatch, skip)
+    try:
+        solved_counts = [run.train_step()["prompts_solved"] for _ in range(10)]
+        run.checkpoint()
+        calls = _drawn_per_call(run)
+    finally:
+        run.shutdown()
+    drawn = [rid for call in calls for rid in call]
+    solvable_draws = [rid for rid in drawn if rid in SolvesSomeRows.solvable]
+    if not skip:  # the second epoch draws the solved rows again
+        assert len(solvable_draws) > len(set(solvable_draws)) and set(solved_counts) == {0}
+        return
+    # Each solvable row is drawn once: it is skipped from the draw after the batch that solved it was trained on.
+    assert len(solvable_draws) == len(set(solvable_draws)) > 0
+    assert len(drawn) - len(solvable_draws) > 8  # the unsolved rows are drawn again, epoch after epoch
+    assert solved_counts == sorted(solved_counts) and solved_counts[-1] > 0
+    saved = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["sampler"]
+    ids = [row["id"] for row in run.rollouts.rows.take(range(16))]
+    assert {ids[i] for i in saved["solved"]} <= SolvesSomeRows.solvable and len(saved["solved"]) == solved_counts[-1]
