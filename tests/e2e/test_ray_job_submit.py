@@ -219,9 +219,9 @@ def test_pipeline_on_three_nodes_survives_losing_its_cluster(tmp_path, short_roo
         assert heldout[-1]["heldout_reward"] > heldout[0]["heldout_reward"], heldout
         assert store.is_file(f"{RUN_DIR}/grpo/model/model.safetensors")
 
-        # The paper's effects, with margins, GRPO's CI over M_T above 0 among them (demo on an AMD host: +1.62
-        # [+0.56, +2.72] on 1000 test rows, +1.47 [+0.20, +2.83] on 600; an earlier host before the judge change:
-        # +2.30 [+1.13, +3.50] on 600: README), and its response length rising on the held-out prompts.
+        # The paper's effects, with margins, GRPO's CI over M_T above 0 among them (demo on an AMD host: +1.80
+        # [+0.50, +3.06] on 1000 test rows, skipping solved prompts; +1.62 [+0.56, +2.72] without; an earlier
+        # host before the judge change: +2.30 [+1.13, +3.50] on 600: README), and its held-out length rising.
         assert_paper_effects(RUN_DIR)
 
     # Nothing of the run outside the bucket and the scratch folders: not in the repository, not in the jobs'
