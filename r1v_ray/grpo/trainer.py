@@ -25,7 +25,7 @@ from r1v_ray.metrics import StageMetrics, read_jsonl, truncate_after
 from r1v_ray.run_dir import LATEST, METRICS, checkpoint_step
 
 
-def step_values(batch: Rollouts, timings: dict, ssb_size: int, restarts: int, learner_stats: dict) -> dict:
+def step_values(batch: Rollouts, timings: dict, ssb_size: int, solved: int, restarts: int, learner_stats: dict) -> dict:
     """The metrics one step logs: its batch's rewards, scores and lengths, the phases' seconds, the learners'."""
     fresh = batch.trajectories[: len(batch.trajectories) - batch.replayed]  # replays: an earlier step's
     lengths = [len(tr.completion_ids) for tr in fresh]
@@ -40,6 +40,7 @@ def step_values(batch: Rollouts, timings: dict, ssb_size: int, restarts: int, le
         "groups_dropped": batch.groups_dropped,
         "ssb_replayed": batch.replayed,
         "ssb_size": ssb_size,
+        "prompts_solved": solved,  # rows not drawn again (grpo.skip_solved_prompts)
         "prompts_rejected": batch.rejected,
         "trajectories": len(batch.trajectories),
         "generation_s": batch.generation_s,
@@ -142,8 +143,8 @@ class GRPORun:
             "sync_s": sync["sync_s"],
             "step_s": time.perf_counter() - t0,
         }
-        values = step_values(batch, timings, len(self.rollouts.buffer), self.topology.restarts, learner_stats)
-        return {**values, "prompts_solved": len(self.rollouts.sampler.solved)}
+        solved = len(self.rollouts.sampler.solved)
+        return step_values(batch, timings, len(self.rollouts.buffer), solved, self.topology.restarts, learner_stats)
 
     def _settle_prefetch(self) -> dict | None:
         """Wait for the next step's rollouts: the sync must not land in the middle of them. Rollouts that lost
