@@ -16,6 +16,16 @@ def _table(n: int) -> pa.Table:
     return pa.table({"id": [f"r{i}" for i in range(n)], "rm_score": scores, "source": ["a", "b", "c"] * (n // 3)})
 
 
+def _counted_row_group_reads(monkeypatch) -> list[int]:
+    """The row groups pyarrow reads from now on, in order."""
+    reads: list[int] = []
+    original = io.pq.ParquetFile.read_row_group
+    monkeypatch.setattr(
+        io.pq.ParquetFile, "read_row_group", lambda self, i, **kw: reads.append(i) or original(self, i, **kw)
+    )
+    return reads
+
+
 def test_row_reader_returns_rows_in_the_asked_order_reading_only_their_row_groups(tmp_path, monkeypatch):
     uri = str(tmp_path / "d")
     write_parquet(_table(60), uri, rows_per_file=25)  # 3 files, 1 row group each
@@ -26,11 +36,7 @@ def test_row_reader_returns_rows_in_the_asked_order_reading_only_their_row_group
         reader = RowReader(path)
         wanted = [59, 0, 24, 25, 25, 7]
         assert len(reader) == 60 and reader.take(wanted) == [whole[i] for i in wanted]
-    reads = []
-    original = io.pq.ParquetFile.read_row_group
-    monkeypatch.setattr(
-        io.pq.ParquetFile, "read_row_group", lambda self, i, **kw: reads.append(i) or original(self, i, **kw)
-    )
+    reads = _counted_row_group_reads(monkeypatch)
     RowReader(str(tmp_path / "small")).take([5, 6, 30])
     assert len(reads) == 2  # two row groups of 4 rows, not the 60-row dataset
     with pytest.raises(IndexError, match="has 60 rows"):
@@ -42,11 +48,7 @@ def test_row_reader_keeps_the_row_groups_it_read_last_within_its_cache_bytes(tmp
     group); with no room in the cache every pass reads them again."""
     with io.ParquetSink(str(tmp_path / "small"), row_group_rows=4, rows_per_file=25) as sink:
         sink.write(_table(60))
-    reads = []
-    original = io.pq.ParquetFile.read_row_group
-    monkeypatch.setattr(
-        io.pq.ParquetFile, "read_row_group", lambda self, i, **kw: reads.append(i) or original(self, i, **kw)
-    )
+    reads = _counted_row_group_reads(monkeypatch)
     cached, uncached = RowReader(str(tmp_path / "small")), RowReader(str(tmp_path / "small"), cache_bytes=0)
     for reader in (cached, uncached):
         first = reader.take([5, 6, 30, 59])
