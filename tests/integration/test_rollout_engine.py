@@ -18,6 +18,8 @@ from r1v_ray.engines.rollout.actor import (
     generate_dataset,
     rollout_placement_group,
 )
+from r1v_ray.engines.rollout.vllm_engine import CPU_BLOCK_SIZE
+from r1v_ray.prompts import paper_request
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -185,6 +187,15 @@ def test_many_seeded_requests_in_one_batch(vllm_worker):
     tok = AutoTokenizer.from_pretrained(ray.get(vllm_worker.ready.remote()))
     banned = {tok.context_image_token_id, tok.start_image_token_id, tok.end_image_token_id}
     assert not banned & {t for r in results for c in r.completions for t in c.token_ids}
+
+
+def test_the_samples_of_one_prompt_share_its_kv_blocks(vllm_worker):
+    """Two requests for one prompt in one batch, as vLLM schedules the n samples of one request: the second
+    takes all but the prompt's last partial KV block from the first, through the prefix cache."""
+    request = paper_request(make_row(0, "test", 40), 1, 4, 1.0, 1.0, seed=0)
+    first, second = ray.get(vllm_worker.generate.remote([request, request]))
+    assert first.prompt_tokens == second.prompt_tokens > CPU_BLOCK_SIZE
+    assert second.cached_prompt_tokens >= second.prompt_tokens - CPU_BLOCK_SIZE, second
 
 
 def test_batch_decoded_texts_equal_vllms_own_detokenizer(vllm_worker):

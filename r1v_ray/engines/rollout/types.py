@@ -58,6 +58,8 @@ class CompletionDelta:
 class GenerationResult:
     request_id: str
     prompt_tokens: int = 0
+    # Of those, the ones whose KV came from the engine's prefix cache (vLLM; for n > 1, one sample's count).
+    cached_prompt_tokens: int = 0
     completions: list[Completion] = field(default_factory=list)
     error: str | None = None  # set when the request was rejected; completions is then empty
 

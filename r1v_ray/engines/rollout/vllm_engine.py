@@ -21,6 +21,10 @@ EXPECTED_VLLM_WARNINGS = {
     "vllm.model_executor.model_loader.reload.layerwise": "Failed to load weights",
     "vllm.model_executor.model_loader.reload.inplace": "Following weights were not loaded from checkpoint",
 }
+# KV block size on CPU (vLLM's CPU default is 128). Prefix caching shares whole blocks only, so at 128 the k
+# samples of one prompt (n > 1: k requests scheduled together) shared nothing of a demo prompt (117-133 tokens)
+# and each computed it again; at 32 they share all but its last partial block (BENCHMARKS.md).
+CPU_BLOCK_SIZE = 32
 
 
 class _DropMessage(logging.Filter):
@@ -71,6 +75,7 @@ def engine_kwargs(checkpoint: str, cfg: RolloutConfig, dtype: str, gpu_memory_ut
         # generator, which CPU generators cannot do ("CPU Generator does not use offset").
         kwargs["enable_chunked_prefill"] = False
         kwargs["max_num_batched_tokens"] = max(cfg.max_model_len, 8192)
+        kwargs["block_size"] = CPU_BLOCK_SIZE
     else:
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization or cfg.gpu_memory_utilization
     # Loaded by name inside vLLM's workers (importing it here would import vLLM with this module).
@@ -128,6 +133,7 @@ class VLLMEngine(RolloutEngine):
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
             texts = iter(self._texts([c for out, p in zip(outputs, params) if not p.detokenize for c in out.outputs]))
             for i, out, p in zip(where, outputs, params):
+                results[i].cached_prompt_tokens = out.num_cached_tokens or 0
                 results[i].completions = [
                     Completion(
                         text=c.text if p.detokenize else next(texts),
