@@ -44,8 +44,9 @@ def one_run(block_size: int, rows: int, max_tokens: int, work: str) -> dict:
 
 
 def spawn(block_size: int, args) -> dict:
-    cmd = [sys.executable, __file__, "--one-run", str(block_size), "--rows", str(args.rows)]
-    out = subprocess.run([*cmd, "--max-tokens", str(args.max_tokens)], capture_output=True, text=True, check=True)
+    cmd = [sys.executable, __file__, "--one-run", str(block_size)]
+    cmd += ["--rows", str(args.rows), "--max-tokens", str(args.max_tokens)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(next(line[7:] for line in out.stdout.splitlines() if line.startswith("RESULT ")))
 
 
