@@ -89,19 +89,20 @@ def _placement(cluster: LocalCluster) -> dict[str, set[str]]:
 
 
 def _run_until_checkpoint(cluster: LocalCluster, s3, job_id: str, timeout: float = 2700) -> dict:
-    """Wait for GRPO's step-INTERRUPT_AT checkpoint in the bucket; the actors' placement seen meanwhile."""
+    """Wait for GRPO's step-INTERRUPT_AT checkpoint in the bucket; the actors' placement seen meanwhile (once
+    both kinds are up: each state-API read costs the 2-core host CPU the pipeline needs)."""
     latest = f"{RUN_DIR}/grpo/checkpoints/latest.json"
     placement: dict = {}
     deadline = time.time() + timeout
     while time.time() < deadline:
         info = _job(cluster, job_id)
         assert info["status"] not in ("SUCCEEDED", "FAILED", "STOPPED"), (info, _logs(cluster, job_id)[-3000:])
-        seen = _placement(cluster)
-        if seen["RolloutWorker"] and seen["LearnerWorker"]:
-            placement = seen
+        if not placement:
+            seen = _placement(cluster)
+            placement = seen if seen["RolloutWorker"] and seen["LearnerWorker"] else {}
         if store.is_file(latest) and store.read_json(latest)["step"] >= INTERRUPT_AT:
             return placement
-        time.sleep(1)
+        time.sleep(2)
     raise TimeoutError("GRPO's first checkpoint did not appear")
 
 
