@@ -61,15 +61,6 @@ def test_a_cached_zoo_is_reused_and_the_key_follows_the_settings(zoo, monkeypatc
     assert zoo_key(moved.tiny, moved.zoo) == zoo_key(cfg.tiny, cfg.zoo)
 
 
-def test_the_build_is_deterministic_by_seed(zoo, tmp_path):
-    cfg, paths = zoo
-    again = part_paths(_cfg(str(tmp_path)), "unused", task=synthetic)
-    first, second = load_llm(paths.reasoning_llm)[0].state_dict(), load_llm(again.reasoning_llm)[0].state_dict()
-    assert all(torch.equal(first[k], second[k]) for k in first)
-    v1, v2 = load_vision(paths.vision).state_dict(), load_vision(again.vision).state_dict()
-    assert all(torch.equal(v1[k], v2[k]) for k in v1)
-
-
 def _in_turn(t: TinyModelConfig, z: ZooConfig) -> tuple[dict, dict]:
     """The tower's and the reasoning LLM's weights as one process building the zoo in turn trains them."""
     torch.set_num_threads(1)  # as the build does
@@ -96,9 +87,11 @@ def _build(cache: str) -> PartPaths:
     return part_paths(_cfg(cache), "unused", task=synthetic)
 
 
-def test_parts_trained_in_child_processes_equal_one_process_training_them_in_turn(tmp_path, monkeypatch):
+def test_the_build_is_deterministic_by_seed_with_parts_trained_in_child_processes(tmp_path, monkeypatch):
     """The tower and the reasoning LLM train in child processes: each must get the weights one process would
-    (the tower's prediction head draws from the global generator where building the tower left it). Build and
+    (the tower's prediction head draws from the global generator where building the tower left it). The
+    reference is a second training from the same seed, so a build that drew from anything but its seed (or
+    in another order) fails here too: this is the zoo's determinism check. Build and
     reference each run in a fresh interpreter: an in-process vLLM (earlier tests) turns this process's
     `torch.set_num_threads` into a no-op, and thread counts change the last bits."""
     here = os.path.dirname(os.path.abspath(__file__))  # the children import this module to find its functions
@@ -113,14 +106,18 @@ def test_parts_trained_in_child_processes_equal_one_process_training_them_in_tur
 
 
 def test_a_part_in_its_own_process_returns_its_result_raises_its_failure_and_is_stopped_when_left():
-    with zoo_module._InChild(operator.add, 2, 3) as child:
-        assert child.result() == 5
-    with zoo_module._InChild(operator.truediv, 1, 0) as child:
+    # The three children start at once: each is an interpreter importing torch, ~5 s apiece one after another.
+    with (
+        zoo_module._InChild(operator.add, 2, 3) as adds,
+        zoo_module._InChild(operator.truediv, 1, 0) as divides,
+        zoo_module._InChild(time.sleep, 600) as sleeps,
+    ):
+        assert adds.result() == 5
         with pytest.raises(RuntimeError, match="zoo's truediv failed in its process"):
-            child.result()
-    with zoo_module._InChild(time.sleep, 600) as child:
-        pass  # the parent failed before asking for the result
-    assert child.proc.returncode is not None and not os.path.exists(child.work)
+            divides.result()
+        # the sleeper is left before its result is asked for, as when the parent fails
+    assert sleeps.proc.returncode is not None and not os.path.exists(sleeps.work)
+    assert all(not os.path.exists(child.work) for child in (adds, divides))
 
 
 def test_the_zoo_needs_a_task():
